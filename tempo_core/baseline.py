@@ -1,0 +1,142 @@
+"""Baselines through plain transformers `generate`, recorded in the same trace form as TEMPO.
+
+Default mode streams: `generate` runs in a worker thread, a streamer hands each chosen token back, and a
+logits processor records that step's top alternatives.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .config import TempoSettings
+from .engine import StepEvent, new_trace
+from .model import LoadedModel
+from .trace import Candidate, Step, finalise_text
+
+TOP_ALTERNATIVES = 5
+
+
+class _RecordTop(LogitsProcessor):
+    """Keeps softmax(logits / T) of each step, reduced to its top alternatives."""
+
+    def __init__(self, temperature: float, out: "queue.Queue[tuple[str, Any]]"):
+        self.temperature, self.out = temperature, out
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores[0].float() / self.temperature, dim=-1)
+        p, i = probs.topk(TOP_ALTERNATIVES)
+        self.out.put(("dist", (probs, i.tolist(), p.tolist())))
+        return scores
+
+
+class _Streamer(BaseStreamer):
+    def __init__(self, out: "queue.Queue[tuple[str, Any]]"):
+        self.out, self.seen_prompt = out, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate() first sends the prompt
+            self.seen_prompt = True
+            return
+        self.out.put(("token", int(value.reshape(-1)[0])))
+
+    def end(self) -> None:
+        pass
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, stop: threading.Event | None):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        hit = self.stop is not None and self.stop.is_set()
+        return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+
+
+def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
+    """Greedy (or sampling with temperature/top-p/top-k) decoding through `model.generate`."""
+    trace = new_trace(lm, s)
+    out: queue.Queue[tuple[str, Any]] = queue.Queue()
+    ids = torch.tensor([trace.prompt_token_ids], device=lm.device)
+    kwargs: dict[str, Any] = dict(max_new_tokens=s.max_tokens, min_new_tokens=s.min_steps, do_sample=s.do_sample,
+                                  logits_processor=LogitsProcessorList([_RecordTop(s.temperature, out)]),
+                                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                                  streamer=_Streamer(out), pad_token_id=lm.tokenizer.pad_token_id
+                                  or next(iter(lm.eos_ids), None))
+    if s.do_sample:
+        kwargs.update(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+
+    def work() -> None:
+        try:
+            torch.manual_seed(s.seed)
+            with torch.inference_mode():
+                lm.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+            out.put(("end", None))
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            out.put(("error", exc))
+
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    trace.stop_reason = "max_tokens"
+    pending: tuple[torch.Tensor, list[int], list[float]] | None = None
+    last = t0
+    while True:
+        kind, payload = out.get()
+        if kind == "error":
+            raise payload
+        if kind == "end":
+            break
+        if kind == "dist":
+            pending = payload
+            continue
+        token = payload
+        probs, top_i, top_p = pending if pending is not None else (None, [], [])
+        now = time.perf_counter()
+        step = len(trace.steps)
+        if token in lm.eos_ids and step >= s.min_steps:
+            trace.stop_reason = "eos"
+            continue
+        prob = float(probs[token]) if probs is not None else 1.0
+        alts = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in zip(top_i, top_p) if i != token]
+        trace.steps.append(Step(step, len(trace.prompt_token_ids) + step, 0.0, None,
+                                [Candidate(token, lm.decode([token]), prob, row=len(trace.prompt_token_ids) + step)],
+                                alternatives=alts, time_ms=(now - last) * 1e3))
+        last = now
+        finalise_text(trace, lm.decode, s.show_token_ids)
+        yield StepEvent(step, trace, [])
+    worker.join()
+    if stop is not None and stop.is_set():
+        trace.stop_reason = "stopped"
+    total = (time.perf_counter() - t0) * 1e3
+    n = len(trace.steps)
+    finalise_text(trace, lm.decode, s.show_token_ids)
+    trace.timings.update(total_ms=total, mean_step_ms=total / n if n else 0.0, steps_per_s=n / total * 1e3 if n else 0)
+    trace.stats.update(steps=n, physical_tokens=n, mean_set_size=1.0 if n else 0.0, max_set_size=1 if n else 0,
+                       pruned=0, forward_passes=n + 1, tokens_processed=len(trace.prompt_token_ids) + n)
+    yield StepEvent(n - 1, trace, [], done=True)
+
+
+def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_tokens: int) -> dict[str, Any]:
+    """Plain HF beam search (for benchmarks and the baselines view): sequences, scores, time."""
+    ids = torch.tensor([prompt_ids], device=lm.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=num_beams,
+                                num_return_sequences=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                do_sample=False, early_stopping=False, output_scores=True,
+                                return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
+                                pad_token_id=lm.tokenizer.pad_token_id or next(iter(lm.eos_ids), None))
+    seconds = time.perf_counter() - t0
+    n = len(prompt_ids)
+    return {"sequences": [seq[n:].tolist() for seq in out.sequences],
+            "scores": out.sequences_scores.tolist() if out.sequences_scores is not None else [],
+            "seconds": seconds, "steps": len(out.scores)}

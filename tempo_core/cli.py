@@ -1,0 +1,166 @@
+"""`python -m tempo_core`: run TEMPO from the command line.
+
+Flags mirror the settings fields (`selection_threshold` -> `--selection-threshold`) plus the seeds' aliases.
+Bad input exits non-zero with one line naming the field and its allowed range; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import FIELDS, SettingsError, TempoSettings, describe_range, load_settings
+from .model import ModelError, load_model
+from .trace import Trace
+
+# seeds' spellings that are not simply --field-name / --no-field-name
+EXTRA_FLAGS = {
+    "selection_threshold": (["--threshold"], None),
+    "use_retroactive_pruning": (["--use-retroactive-removal"], None),
+    "complete_pruning_mode": (["--complete-removal-mode"], None),
+    "use_relative_attention": ([], "--no-relative-attention"),
+    "use_multi_scale_attention": ([], "--no-multi-scale-attention"),
+    "use_sigmoid_threshold": ([], "--no-sigmoid-threshold"),
+    "preserve_isolated_tokens": ([], "--no-preserve-isolated-tokens"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m tempo_core", description="TEMPO: threshold-enabled multipath parallel output.",
+                argument_default=argparse.SUPPRESS)
+    run = p.add_argument_group("model and output")
+    run.add_argument("--model", help="hub id or local path (default: $TEMPO_MODEL, else the bundled SmolLM2-135M)")
+    run.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
+    run.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
+    run.add_argument("--config", help="JSON or YAML file of settings (CLI > TEMPO_* env > file > defaults)")
+    run.add_argument("--output-dir", help="write trace.json and text.txt here")
+    run.add_argument("--save-visualization", action="store_true", help="with --output-dir: also write figures")
+    run.add_argument("--json", action="store_true", help="print the JSON trace to stdout")
+    run.add_argument("--debug-mode", action="store_true", help="log every step's candidates and pruning to stderr")
+    run.add_argument("--profile", action="store_true", help="print a timing breakdown to stderr")
+    run.add_argument("--use-cprofile", action="store_true", help="run under cProfile")
+    run.add_argument("--profile-output", help="cProfile stats file (default tempo_profile.prof)")
+    gen = p.add_argument_group("generation settings (each also settable as TEMPO_<NAME> or in --config)")
+    for name, f in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        aliases, negative = EXTRA_FLAGS.get(name, ([], None))
+        help_text = f"{f.metadata['help']} ({describe_range(name)}; default {f.default})"
+        if f.type == "bool":
+            if f.default is True:  # a default-on switch is turned off by its --no- flag
+                gen.add_argument(negative or "--no-" + flag[2:], dest=name, action="store_const", const=False,
+                                 help=help_text)
+                continue
+            gen.add_argument(flag, *aliases, dest=name, action="store_const", const=True, help=help_text)
+            if negative:
+                gen.add_argument(negative, dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
+        else:
+            gen.add_argument(flag, *aliases, dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
+    return p
+
+
+def _explicit_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if k in FIELDS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    opts = vars(ns)
+    logging.basicConfig(level=logging.DEBUG if opts.get("debug_mode") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings = load_settings(_explicit_settings(ns), config_file=opts.get("config"))
+        if not settings.prompt.strip():
+            raise SettingsError("prompt", "must be a non-empty string (use --prompt)")
+        if opts.get("save_visualization") and not opts.get("output_dir"):
+            raise SettingsError("save_visualization", "needs --output-dir")
+        lm = load_model(opts.get("model"), opts.get("device"), opts.get("dtype"))
+        profiler = cProfile.Profile() if opts.get("use_cprofile") else None
+        if profiler:
+            profiler.enable()
+        trace = _run_with_progress(lm, settings, debug=bool(opts.get("debug_mode")))
+        if profiler:
+            profiler.disable()
+            out = opts.get("profile_output", "tempo_profile.prof")
+            profiler.dump_stats(out)
+            print(f"cProfile stats written to {out}", file=sys.stderr)
+    except (SettingsError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if opts.get("profile"):
+        _print_profile(trace, lm.load_seconds)
+    if opts.get("output_dir"):
+        _write_outputs(trace, Path(opts["output_dir"]), bool(opts.get("save_visualization")))
+    if opts.get("json"):
+        print(trace.to_json(indent=2))
+    else:
+        print(trace.text)
+        print(f"\nclean: {trace.clean_text}", file=sys.stderr)
+    return 0
+
+
+def _run_with_progress(lm, settings: TempoSettings, debug: bool) -> Trace:
+    from tqdm import tqdm
+
+    from .engine import generate
+
+    log = logging.getLogger("tempo_core.steps")
+    bar = tqdm(total=settings.max_tokens, desc=settings.mode, unit="step", file=sys.stderr, leave=False,
+               dynamic_ncols=True)
+    event = None
+    try:
+        for event in generate(lm, settings):
+            if event.done:
+                break
+            st = event.step
+            bar.update(1)
+            bar.set_postfix(set=len(st.candidates), pruned=event.trace.stats.get("pruned", 0))
+            if debug:
+                cands = ", ".join(f"{c.text!r}:{c.prob:.3f}" for c in st.candidates)
+                log.debug("step %d pos %d [%s]%s", st.step, st.position, cands,
+                          "".join(f" pruned {c.text!r}@{c.pruned_at}" for c in event.pruned))
+    finally:
+        bar.close()
+    assert event is not None
+    return event.trace
+
+
+def _print_profile(trace: Trace, load_s: float) -> None:
+    t, s = trace.timings, trace.stats
+    print(f"profile: load {load_s:.2f}s | prefill {t.get('prefill_ms', 0):.1f} ms | "
+          f"{s.get('steps', 0)} steps, mean {t.get('mean_step_ms', 0):.1f} ms/step, "
+          f"{t.get('steps_per_s', 0):.2f} steps/s | mean set {s.get('mean_set_size', 0):.2f} | "
+          f"{s.get('forward_passes', 0)} forwards, {s.get('tokens_processed', 0)} tokens processed",
+          file=sys.stderr)
+
+
+def _write_outputs(trace: Trace, out: Path, figures: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trace.json").write_text(trace.to_json(indent=2))
+    (out / "text.txt").write_text(f"{trace.text}\n\nclean: {trace.clean_text}\n")
+    written = ["trace.json", "text.txt"]
+    if figures:
+        try:
+            from components.figures import save_figures
+        except ImportError as exc:
+            print(f"warning: figures need plotly and networkx ({exc})", file=sys.stderr)
+        else:
+            written += save_figures(trace, out)
+    print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

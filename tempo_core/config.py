@@ -1,0 +1,228 @@
+"""One validated settings object for every way TEMPO is driven (CLI, env, file, API, UI, code).
+
+Precedence: explicit values (CLI / API body / code) > `TEMPO_*` environment > `--config` file > defaults.
+Every field declares its allowed range once, here; every error names the field and that range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+MAX_TOKENS_LIMIT = 2048
+MAX_PARALLEL_LIMIT = 64
+MAX_PROMPT_CHARS = 20_000
+PRUNING_MODES = ("keep_token", "keep_unattended", "remove_position")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, of the wrong type or out of range. `field` names it."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None, *,
+       lo_open: bool = False, choices: tuple[str, ...] | None = None, nullable: bool = False):
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "nullable": nullable}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TempoSettings:
+    # --- what to generate
+    prompt: str = _f("", "Text prompt (non-empty)")
+    max_tokens: int = _f(100, "Maximum logical steps", 1, MAX_TOKENS_LIMIT)
+    min_steps: int = _f(0, "Steps before an EOS may end the run", 0, MAX_TOKENS_LIMIT)
+    selection_threshold: float = _f(0.1, "Keep every token with probability >= this", 0.0, 1.0)
+    max_parallel_tokens: int = _f(8, "Cap on candidates per logical step", 1, MAX_PARALLEL_LIMIT)
+    temperature: float = _f(1.0, "Softmax temperature for selection", 0.0, 10.0, lo_open=True)
+    seed: int = _f(42, "Random seed (sampling, sigmoid pruning, MCTS ties)", 0, 2**32 - 1)
+    raw_prompt: bool = _f(False, "Feed the prompt exactly as given (no chat template)")
+    enable_thinking: bool = _f(False, "System prompt 'Enable deep thinking subroutine.' via the chat template")
+    allow_intraset_token_visibility: bool = _f(False, "Let siblings of one set see each other")
+    disable_kv_cache: bool = _f(False, "Recompute the whole sequence every step (same positions and mask)")
+    # --- retroactive pruning
+    use_retroactive_pruning: bool = _f(False, "Prune candidates that later tokens barely attend to")
+    attention_threshold: float = _f(0.01, "Prune below this mean attention", 0.0, 1.0)
+    pruning_window: int = _f(3, "Later steps whose attention scores a set", 1, 64)
+    use_relative_attention: bool = _f(False, "Also require score < relative_threshold x the set's best")
+    relative_threshold: float = _f(0.5, "Relative cut-off (fraction of the set's best score)", 0.0, 1.0)
+    use_multi_scale_attention: bool = _f(False, "Weight layers linspace(0.2, 1) instead of a plain mean")
+    num_layers_to_use: int | None = _f(None, "Score with the last N layers (None = all)", 1, 1024, nullable=True)
+    use_sigmoid_threshold: bool = _f(False, "Seeded probabilistic pruning: P(prune) = sigmoid(k (thr-score)/thr)")
+    sigmoid_steepness: float = _f(10.0, "Steepness k of the sigmoid decision", 0.0, 1000.0, lo_open=True)
+    complete_pruning_mode: str = _f("keep_token", "What happens when a whole set fails", choices=PRUNING_MODES)
+    preserve_isolated_tokens: bool = _f(True, "Never score single-candidate steps")
+    # --- dynamic pruning threshold
+    dynamic_threshold: bool = _f(False, "Pruning threshold follows a curve over the run")
+    final_threshold: float = _f(0.05, "Pruning threshold at the last step", 0.0, 1.0)
+    bezier_p1: float = _f(0.2, "First Bezier control value", 0.0, 1.0)
+    bezier_p2: float = _f(0.8, "Second Bezier control value", 0.0, 1.0)
+    use_relu: bool = _f(False, "ReLU curve instead of Bezier")
+    relu_activation_point: float = _f(0.5, "Fraction of the run where the ReLU ramp starts", 0.0, 0.99)
+    # --- other modes
+    default_mode: bool = _f(False, "Plain transformers generate (greedy, or sampling with do_sample)")
+    do_sample: bool = _f(False, "Default mode: sample instead of greedy")
+    top_p: float = _f(1.0, "Default mode: nucleus sampling", 0.0, 1.0, lo_open=True)
+    top_k: int = _f(0, "Default mode: top-k sampling (0 = off)", 0, 100_000)
+    use_mcts: bool = _f(False, "Monte Carlo tree search over threshold-selected candidates")
+    mcts_simulations: int = _f(10, "MCTS simulations per step", 1, 1000)
+    mcts_c_puct: float = _f(1.0, "MCTS exploration constant", 0.0, 100.0, lo_open=True)
+    mcts_depth: int = _f(5, "MCTS maximum search depth", 1, 64)
+    # --- output
+    show_token_ids: bool = _f(False, "Show token ids in the bracketed text")
+
+    @property
+    def mode(self) -> str:
+        return "default" if self.default_mode else "mcts" if self.use_mcts else "tempo"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "TempoSettings":
+        return build_settings(changes, base=self)
+
+
+FIELDS = {f.name: f for f in fields(TempoSettings)}
+ALIASES = {"threshold": "selection_threshold", "use_retroactive_removal": "use_retroactive_pruning",
+           "complete_removal_mode": "complete_pruning_mode"}
+
+
+def describe_range(name: str) -> str:
+    m = FIELDS[name].metadata
+    if m["choices"]:
+        return "one of " + ", ".join(m["choices"])
+    typ = FIELDS[name].type
+    if "bool" in str(typ):
+        return "true or false"
+    kind = "an integer" if "int" in str(typ) else "a number"
+    lo, hi = m["lo"], m["hi"]
+    if lo is None:
+        return kind
+    left = "(" if m["lo_open"] else "["
+    extra = " or null" if m["nullable"] else ""
+    return f"{kind} in {left}{lo:g}, {hi:g}]{extra}"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    f = FIELDS[name]
+    m = f.metadata
+    typ = str(f.type)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and m["nullable"]):
+        if m["nullable"]:
+            return None
+        raise SettingsError(name, f"must be {describe_range(name)}, got null")
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise SettingsError(name, f"must be true or false, got {value!r}")
+    if typ == "str":
+        if not isinstance(value, str):
+            raise SettingsError(name, f"must be a string, got {type(value).__name__}")
+        if m["choices"] and value not in m["choices"]:
+            raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+        return value
+    # numbers
+    if isinstance(value, bool):
+        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+    try:
+        num = float(value) if "float" in typ else _to_int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}") from None
+    if isinstance(num, float) and not math.isfinite(num):
+        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+    lo, hi = m["lo"], m["hi"]
+    if lo is not None and (num < lo or num > hi or (m["lo_open"] and num == lo)):
+        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+    return num
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, int):
+        return value
+    raise TypeError
+
+
+def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None) -> TempoSettings:
+    """Validate `values` (snake_case names or known aliases) on top of `base` (or defaults)."""
+    current = asdict(base) if base is not None else {
+        f.name: f.default for f in fields(TempoSettings) if f.default is not MISSING}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name not in FIELDS:
+            raise SettingsError(key, "unknown setting")
+        current[name] = _coerce(name, value)
+    settings = TempoSettings(**current)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: TempoSettings) -> None:
+    if s.default_mode and s.use_mcts:
+        raise SettingsError("use_mcts", "cannot be combined with default_mode; choose one mode")
+    if s.min_steps > s.max_tokens:
+        raise SettingsError("min_steps", f"must be in [0, max_tokens={s.max_tokens}], got {s.min_steps}")
+
+
+def validate_prompt(s: TempoSettings) -> None:
+    if not s.prompt or not s.prompt.strip():
+        raise SettingsError("prompt", "must be a non-empty string")
+    if len(s.prompt) > MAX_PROMPT_CHARS:
+        raise SettingsError("prompt", f"must be at most {MAX_PROMPT_CHARS} characters, got {len(s.prompt)}")
+
+
+def env_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`TEMPO_SELECTION_THRESHOLD=0.2` -> {'selection_threshold': '0.2'}. Unknown TEMPO_* names are ignored
+    so that other TEMPO_ variables (TEMPO_MODEL, TEMPO_CACHE_DIR) can live beside them."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, value in environ.items():
+        if key.startswith("TEMPO_"):
+            name = key[len("TEMPO_"):].lower()
+            name = ALIASES.get(name, name)
+            if name in FIELDS:
+                out[name] = value
+    return out
+
+
+def file_values(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON or YAML settings file (a flat mapping of snake_case names)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError("config", f"file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - report any parse error against the field
+        raise SettingsError("config", f"cannot parse {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError("config", f"{p} must hold a mapping of setting names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(explicit: Mapping[str, Any] | None = None, config_file: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> TempoSettings:
+    """Merge defaults < file < env < explicit, validating every layer."""
+    settings = TempoSettings()
+    if config_file:
+        settings = build_settings(file_values(config_file), settings)
+    settings = build_settings(env_values(environ), settings)
+    return build_settings(dict(explicit or {}), settings)

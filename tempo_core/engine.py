@@ -1,0 +1,198 @@
+"""The TEMPO step loop: one generator that yields an event per logical step.
+
+Per step: select every candidate above the threshold from the current next-token distribution, feed all of
+them in ONE forward at ONE shared position id (siblings masked from each other, one KV cache), score earlier
+sets by the attention this step pays them (retroactive pruning), and form the next distribution as the
+probability-weighted mixture of the live siblings' distributions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import DynamicCache
+
+from .attention import record_attention
+from .config import SettingsError, TempoSettings, validate_prompt
+from .layout import Layout, full_mask, step_mask
+from .model import LoadedModel
+from .pruning import RetroactivePruner, combine_layers, layer_weights
+from .schedule import pruning_threshold
+from .selection import mixture, select_candidates, to_probs
+from .trace import Candidate, Step, Trace, finalise_text
+
+THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
+
+
+@dataclass
+class StepEvent:
+    """What a caller (CLI progress bar, UI) sees after each logical step. `trace` is the live trace."""
+    index: int  # the step just made (-1 when none was)
+    trace: Trace
+    pruned: list[Candidate]  # candidates pruned by this step's attention
+    done: bool = False  # the last event of a run: trace.stop_reason and timings are final
+
+    @property
+    def step(self) -> Step:
+        return self.trace.steps[self.index]
+
+
+def encode_prompt(lm: LoadedModel, s: TempoSettings) -> tuple[str, list[int]]:
+    """Chat template for instruct models (unless `raw_prompt`); thinking adds Cogito's system prompt."""
+    tok = lm.tokenizer
+    if s.enable_thinking and (s.raw_prompt or not lm.has_chat_template):
+        raise SettingsError("enable_thinking", "needs the chat template (a model that has one, without raw_prompt)")
+    if s.raw_prompt or not lm.has_chat_template:
+        ids = tok(s.prompt, add_special_tokens=True)["input_ids"]
+        return s.prompt, list(ids)
+    messages = [{"role": "user", "content": s.prompt}]
+    if s.enable_thinking:
+        messages.insert(0, {"role": "system", "content": THINKING_SYSTEM_PROMPT})
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def new_trace(lm: LoadedModel, s: TempoSettings) -> Trace:
+    validate_prompt(s)
+    prompt_text, ids = encode_prompt(lm, s)
+    max_ctx = getattr(lm.model.config, "max_position_embeddings", None)
+    if max_ctx and len(ids) + s.max_tokens > max_ctx:
+        raise SettingsError("max_tokens", f"prompt ({len(ids)} tokens) + max_tokens must fit the model's "
+                                          f"context of {max_ctx}; use max_tokens <= {max(1, max_ctx - len(ids))}")
+    return Trace(model=lm.name, mode=s.mode, settings=s.to_dict(), prompt=s.prompt, prompt_text=prompt_text,
+                 prompt_token_ids=ids)
+
+
+class ParallelSequence:
+    """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
+
+    def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int]):
+        self.lm, self.s = lm, s
+        self.layout = Layout.for_prompt(prompt_ids)
+        self.cache = None if s.disable_kv_cache else DynamicCache(config=lm.model.config)
+        self.forward_passes = 0
+        self.tokens_processed = 0
+        self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
+                        if s.use_retroactive_pruning and s.mode == "tempo" else {})
+
+    def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int):
+        dev = self.lm.device
+        with torch.inference_mode(), record_attention(self.capture.keys()) as rec:
+            out = self.lm.model(input_ids=torch.tensor([ids], device=dev),
+                                position_ids=torch.tensor([positions], device=dev),
+                                attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
+                                logits_to_keep=keep)
+        self.forward_passes += 1
+        self.tokens_processed += len(ids)
+        return out.logits[0], rec.weights
+
+    def prefill(self) -> torch.Tensor:
+        """Feed the prompt exactly once; returns the last row's logits."""
+        return self._forward(self.layout.tokens, self.layout.positions, None, keep=1)[0][-1]
+
+    def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+        """Append one set at one position; returns (rows, logits [k, V], attention [k, rows] or None)."""
+        k, dev = len(token_ids), self.lm.device
+        visible = self.s.allow_intraset_token_visibility
+        past_alive = list(self.layout.alive)
+        rows = self.layout.append_set(token_ids, position)
+        if self.cache is None:
+            mask = full_mask(self.layout, visible, dev)
+            logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
+            attn = {layer: a[-k:] for layer, a in attn.items()}
+        else:
+            # k == 1 with nothing hidden is plain decoding: keep HF's mask-free fast path
+            mask = None if k == 1 and all(past_alive) else step_mask(past_alive, k, visible, dev)
+            logits, attn = self._forward(token_ids, [position] * k, mask, keep=k)
+        combined = combine_layers(attn, self.capture) if self.capture else None
+        return rows, logits, combined
+
+
+def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
+              dist: torch.Tensor) -> tuple[list[int], list[float], bool, bool]:
+    """EOS ends the run only as the most probable candidate (after min_steps); otherwise it is dropped."""
+    if ids[0] in eos and may_stop:
+        return ids, probs, True, False
+    kept = [(i, p) for i, p in zip(ids, probs) if i not in eos]
+    dropped = len(kept) != len(ids)
+    if not kept:  # EOS was the only candidate before min_steps: take the best non-EOS token
+        masked = dist.clone()
+        masked[list(eos)] = 0.0
+        best = int(masked.argmax())
+        kept = [(best, float(dist[best]))]
+    return [i for i, _ in kept], [p for _, p in kept], False, dropped
+
+
+def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
+    """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event."""
+    trace = new_trace(lm, s)
+    t0 = time.perf_counter()
+    seq = ParallelSequence(lm, s, trace.prompt_token_ids)
+    pruner = RetroactivePruner(s, s.seed) if seq.capture else None
+    probs = to_probs(seq.prefill(), s.temperature)
+    trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
+    prompt_len, eos = len(trace.prompt_token_ids), lm.eos_ids
+    trace.stop_reason = "max_tokens"
+    for step in range(s.max_tokens):
+        if stop is not None and stop.is_set():
+            trace.stop_reason = "stopped"
+            break
+        ts = time.perf_counter()
+        ids, ps = select_candidates(probs, s.selection_threshold, s.max_parallel_tokens)
+        ids, ps, is_end, dropped = split_eos(ids, ps, eos, step >= s.min_steps, probs)
+        if is_end:
+            trace.stop_reason = "eos"
+            break
+        hidden = seq.layout.dead_rows()
+        rows, logits, attention = seq.feed(ids, prompt_len + step)
+        threshold = pruning_threshold(step, s) if pruner else None
+        cands = [Candidate(i, lm.decode([i]), p, row=r) for i, p, r in zip(ids, ps, rows)]
+        trace.steps.append(Step(step, prompt_len + step, s.selection_threshold, threshold, cands,
+                                hidden_rows=hidden, dropped_eos=dropped))
+        pruned = pruner.update(trace.steps, attention, threshold) if pruner else []
+        for c in pruned:
+            seq.layout.kill(c.row)
+        probs = mixture(to_probs(logits, s.temperature), ps)  # the current set is never pruned yet
+        trace.steps[-1].time_ms = (time.perf_counter() - ts) * 1e3
+        _finish(trace, lm, s, seq, t0)
+        yield StepEvent(step, trace, pruned)
+    _finish(trace, lm, s, seq, t0)
+    yield StepEvent(len(trace.steps) - 1, trace, [], done=True)
+
+
+def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequence, t0: float) -> None:
+    finalise_text(trace, lm.decode, s.show_token_ids)
+    total = (time.perf_counter() - t0) * 1e3
+    n = len(trace.steps)
+    step_ms = [st.time_ms for st in trace.steps]
+    trace.timings.update(total_ms=total, mean_step_ms=sum(step_ms) / n if n else 0.0,
+                         steps_per_s=n / (total / 1e3) if total > 0 else 0.0)
+    sizes = [len(st.candidates) for st in trace.steps]
+    trace.stats.update(steps=n, physical_tokens=seq.layout.rows - seq.layout.prompt_len,
+                       mean_set_size=sum(sizes) / n if n else 0.0, max_set_size=max(sizes, default=0),
+                       pruned=sum(1 for st in trace.steps for c in st.candidates if not c.alive),
+                       forward_passes=seq.forward_passes, tokens_processed=seq.tokens_processed)
+
+
+def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
+    """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
+    if s.default_mode:
+        from .baseline import default_events
+        return default_events(lm, s, stop)
+    if s.use_mcts:
+        from .mcts import mcts_events
+        return mcts_events(lm, s, stop)
+    return tempo_events(lm, s, stop)
+
+
+def run(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Trace:
+    """Run to the end and return the finished trace."""
+    event = None
+    for event in generate(lm, s, stop):
+        pass
+    assert event is not None and event.done
+    return event.trace

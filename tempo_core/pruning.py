@@ -1,0 +1,96 @@
+"""Retroactive pruning: candidates that later tokens barely attend to are hidden from every later token.
+
+Score of a candidate = mean, over the later steps seen so far in its window, of the attention those
+steps' query rows pay its row (mean over heads, over query rows, and over the chosen layers).
+After each later step inside the window the candidate is pruned the first time its score falls below
+the threshold in force (and, with relative attention, below `relative_threshold` x its set's best).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from .config import TempoSettings
+from .trace import Candidate, Step
+
+
+def layer_weights(num_layers: int, s: TempoSettings) -> dict[int, float]:
+    """Which layers score attention, and with what weight (sums to 1)."""
+    n = num_layers if s.num_layers_to_use is None else min(s.num_layers_to_use, num_layers)
+    layers = list(range(num_layers - n, num_layers))
+    if s.use_multi_scale_attention:
+        raw = torch.linspace(0.2, 1.0, len(layers)).tolist() if len(layers) > 1 else [1.0]
+    else:
+        raw = [1.0] * len(layers)
+    total = sum(raw)
+    return {layer: w / total for layer, w in zip(layers, raw)}
+
+
+def combine_layers(per_layer: dict[int, torch.Tensor], weights: dict[int, float]) -> torch.Tensor:
+    """Weighted sum of head-averaged attention maps [q, kv] -> [q, kv]."""
+    return sum(weights[layer] * per_layer[layer] for layer in weights)
+
+
+class RetroactivePruner:
+    """Keeps the per-candidate scores and takes the pruning decisions for one run."""
+
+    def __init__(self, s: TempoSettings, seed: int):
+        self.s = s
+        self._rng = random.Random(seed)
+        self._draw: dict[tuple[int, int], float] = {}  # one uniform per candidate: sigmoid decisions are seeded
+
+    def _uniform(self, step: int, idx: int) -> float:
+        key = (step, idx)
+        if key not in self._draw:
+            self._draw[key] = self._rng.random()
+        return self._draw[key]
+
+    def scored(self, step: Step) -> bool:
+        return len(step.candidates) >= 2 or not self.s.preserve_isolated_tokens
+
+    def update(self, steps: list[Step], attention: torch.Tensor, threshold: float) -> list[Candidate]:
+        """Score earlier sets with the newest step's attention [k_new, rows]; return newly pruned candidates."""
+        now = steps[-1].step
+        per_row = attention.mean(dim=0)  # mean over the new step's query rows
+        pruned: list[Candidate] = []
+        for past in steps[max(0, len(steps) - 1 - self.s.pruning_window):-1]:
+            for c in past.candidates:
+                if c.row >= 0:
+                    c.attention_by_step[now] = float(per_row[c.row])
+                    c.attention = sum(c.attention_by_step.values()) / len(c.attention_by_step)
+            if self.scored(past):
+                pruned += self._decide(past, now, threshold)
+        return pruned
+
+    def _fails(self, step: Step, idx: int, c: Candidate, threshold: float, best: float) -> bool:
+        score = c.attention if c.attention is not None else math.inf
+        if self.s.use_sigmoid_threshold:
+            if threshold <= 0:
+                return False
+            p_prune = 1.0 / (1.0 + math.exp(-self.s.sigmoid_steepness * (threshold - score) / threshold))
+            fails = self._uniform(step.step, idx) < p_prune
+        else:
+            fails = score < threshold
+        if self.s.use_relative_attention:
+            fails = fails and score < self.s.relative_threshold * best
+        return fails
+
+    def _decide(self, step: Step, now: int, threshold: float) -> list[Candidate]:
+        alive = [(i, c) for i, c in enumerate(step.candidates) if c.alive and not c.unattended]
+        if not alive:
+            return []
+        best = max(c.attention or 0.0 for _, c in alive)
+        failing = [(i, c) for i, c in alive if self._fails(step, i, c, threshold, best)]
+        if not failing:
+            return []
+        if len(failing) == len(alive) and self.s.complete_pruning_mode != "remove_position":
+            keep = max(failing, key=lambda ic: ic[1].prob)
+            failing.remove(keep)
+            if self.s.complete_pruning_mode == "keep_unattended":
+                keep[1].unattended = True
+        for _, c in failing:
+            c.pruned_at = now
+        return [c for _, c in failing]

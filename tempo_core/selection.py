@@ -1,0 +1,31 @@
+"""Candidate selection and the next-step distribution of a parallel set."""
+
+from __future__ import annotations
+
+import torch
+
+
+def select_candidates(probs: torch.Tensor, threshold: float, max_candidates: int) -> tuple[list[int], list[float]]:
+    """Every token with probability >= threshold, most probable first, at most `max_candidates`.
+
+    Never empty: when nothing passes, the argmax is kept.
+    """
+    top_p, top_i = probs.topk(min(max_candidates, probs.numel()))
+    keep = top_p >= threshold
+    keep[0] = True  # argmax fallback
+    return top_i[keep].tolist(), top_p[keep].tolist()
+
+
+def mixture(probs_per_sibling: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """Probability-weighted mixture sum_i w_i p_i(x) with weights renormalised over live siblings.
+
+    `probs_per_sibling` is [k, vocab]; this is the exact marginal next-token distribution when the prefix is
+    a single path and the siblings are isolated.
+    """
+    w = torch.tensor(weights, dtype=probs_per_sibling.dtype, device=probs_per_sibling.device)
+    w = w / w.sum()
+    return (w[:, None] * probs_per_sibling).sum(dim=0)
+
+
+def to_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits.float() / temperature, dim=-1)

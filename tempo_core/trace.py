@@ -1,0 +1,124 @@
+"""The recorded run: plain dataclasses that serialise to the JSON trace.
+
+Everything a picture or a report needs is in here; nothing refers to live model state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Candidate:
+    token_id: int
+    text: str
+    prob: float  # probability in the distribution it was selected from
+    row: int = -1  # physical row (KV-cache index) the token was fed at; -1 if never fed
+    pruned_at: int | None = None  # logical step after which it was pruned (None = alive)
+    attention: float | None = None  # cumulative attention score used by pruning
+    attention_by_step: dict[int, float] = field(default_factory=dict)  # later step -> mean attention
+    unattended: bool = False  # kept only because its whole set failed (keep_unattended)
+    visits: int | None = None  # MCTS visit count
+    value: float | None = None  # MCTS mean value
+
+    @property
+    def alive(self) -> bool:
+        return self.pruned_at is None
+
+
+@dataclass
+class Step:
+    step: int
+    position: int  # logical position id shared by every candidate of the set
+    selection_threshold: float
+    pruning_threshold: float | None
+    candidates: list[Candidate]
+    hidden_rows: list[int] = field(default_factory=list)  # rows masked from this step's queries
+    dropped_eos: bool = False  # a less probable EOS candidate was removed from this set
+    alternatives: list[dict[str, Any]] = field(default_factory=list)  # baseline modes: top tokens not chosen
+    time_ms: float = 0.0
+
+    @property
+    def alive(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.alive]
+
+
+@dataclass
+class Trace:
+    model: str
+    mode: str
+    settings: dict[str, Any]
+    prompt: str
+    prompt_text: str  # the prompt as fed to the model (chat template applied)
+    prompt_token_ids: list[int]
+    steps: list[Step] = field(default_factory=list)
+    text: str = ""
+    clean_text: str = ""
+    stop_reason: str = "running"
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Trace":
+        if not isinstance(data, dict) or "steps" not in data:
+            raise ValueError("not a TEMPO trace: expected a JSON object with 'steps'")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported trace schema_version {version!r}; this build reads {SCHEMA_VERSION}")
+        steps = []
+        for s in data["steps"]:
+            cands = []
+            for c in s["candidates"]:
+                c = dict(c)
+                c["attention_by_step"] = {int(k): v for k, v in c.get("attention_by_step", {}).items()}
+                cands.append(Candidate(**c))
+            steps.append(Step(**{**s, "candidates": cands}))
+        return cls(**{**data, "steps": steps})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trace":
+        return cls.from_dict(json.loads(text))
+
+
+def bracket_text(steps: list[Step], show_ids: bool = False) -> str:
+    """`[a/b]` for sets of several candidates; pruned alternatives as `~~x~~`."""
+    out = []
+    for s in steps:
+        shown = [c for c in s.candidates]
+        if not shown:
+            continue
+        label = (lambda c: f"{c.text}<{c.token_id}>") if show_ids else (lambda c: c.text)
+        if len(shown) == 1:
+            c = shown[0]
+            out.append(label(c) if c.alive else f"~~{label(c)}~~")
+            continue
+        parts = [label(c) if c.alive else f"~~{label(c)}~~" for c in shown]
+        out.append("[" + "/".join(parts) + "]")
+    return "".join(out)
+
+
+def clean_token_ids(steps: list[Step]) -> list[int]:
+    """The most probable surviving candidate of each step (steps whose whole set was removed are skipped)."""
+    ids = []
+    for s in steps:
+        alive = s.alive
+        if alive:
+            ids.append(max(alive, key=lambda c: c.prob).token_id)
+    return ids
+
+
+def finalise_text(trace: Trace, decode: Callable[[list[int]], str], show_ids: bool = False) -> None:
+    """Fill `text` and `clean_text`; clean text is decoded as one sequence so spaces survive."""
+    trace.text = bracket_text(trace.steps, show_ids=show_ids)
+    trace.clean_text = decode(clean_token_ids(trace.steps))
