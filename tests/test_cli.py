@@ -1,0 +1,98 @@
+"""The command line, end to end, in a subprocess (tiny model saved to disk, so `--model PATH` is real)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tiny import tiny_llama
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    lm = tiny_llama(seed=2)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def cli(*args, env=None):
+    import os
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPO_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tempo_core", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=full_env, timeout=300)
+
+
+def test_json_trace_schema(model_dir):
+    r = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "6", "--threshold", "0.05", "--json")
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)
+    assert t["schema_version"] == 1 and t["model"] == model_dir and t["mode"] == "tempo"
+    assert t["settings"]["selection_threshold"] == 0.05 and t["prompt"] == "the cat" and t["prompt_token_ids"]
+    step = t["steps"][0]
+    assert {"step", "position", "selection_threshold", "pruning_threshold", "candidates"} <= step.keys()
+    assert {"token_id", "text", "prob", "pruned_at", "attention"} <= step["candidates"][0].keys()
+    assert {"text", "clean_text", "stop_reason", "timings"} <= t.keys()
+    assert "step" in r.stderr  # the progress bar went to stderr
+
+
+def test_flags_change_behaviour(model_dir):
+    base = ["--model", model_dir, "--prompt", "the cat", "--max-tokens", "8", "--threshold", "0.05", "--json"]
+    plain = json.loads(cli(*base).stdout)
+    pruned = json.loads(cli(*base, "--use-retroactive-removal", "--attention-threshold", "0.1").stdout)
+    assert pruned["settings"]["use_retroactive_pruning"] and pruned["stats"]["pruned"] > 0
+    assert plain["stats"]["pruned"] == 0
+    greedy = json.loads(cli(*base, "--default-mode").stdout)
+    assert greedy["mode"] == "default" and greedy["stats"]["max_set_size"] == 1
+    ids = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "3", "--show-token-ids")
+    assert "<" in ids.stdout and ">" in ids.stdout
+    env = json.loads(cli(*base[:-1], "--json", env={"TEMPO_MAX_TOKENS": "2", "TEMPO_SEED": "5"}).stdout)
+    assert env["settings"]["seed"] == 5 and env["settings"]["max_tokens"] == 8  # CLI beats env
+
+
+def test_output_dir_profile_debug_and_cprofile(model_dir, tmp_path):
+    out = tmp_path / "out"
+    prof = tmp_path / "p.prof"
+    r = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "5", "--threshold", "0.05",
+            "--output-dir", str(out), "--save-visualization", "--use-retroactive-pruning", "--profile",
+            "--debug-mode", "--use-cprofile", "--profile-output", str(prof))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "trace.json").read_text())["steps"]
+    assert "clean:" in (out / "text.txt").read_text()
+    assert (out / "tree.html").stat().st_size > 1000 and (out / "threshold.html").exists()
+    assert (out / "attention.html").exists()
+    assert "profile: load" in r.stderr and "steps/s" in r.stderr
+    assert "step 0 pos" in r.stderr  # --debug-mode logs every step
+    assert prof.stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--prompt", ""], "prompt: must be a non-empty string"),
+    (["--prompt", "x", "--selection-threshold", "1.5"], "selection_threshold: must be a number in [0, 1], got '1.5'"),
+    (["--prompt", "x", "--selection-threshold", "nan"], "selection_threshold: must be a number in [0, 1]"),
+    (["--prompt", "x", "--max-tokens", "0"], "max_tokens: must be an integer in [1, 2048]"),
+    (["--prompt", "x", "--max-tokens", "99999999"], "max_tokens: must be an integer in [1, 2048]"),
+    (["--prompt", "x", "--model", "./no/such/model"], "model: path not found: ./no/such/model"),
+    (["--prompt", "x", "--complete-pruning-mode", "zap"], "complete_pruning_mode: must be one of"),
+    (["--prompt", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_input_exits_nonzero_with_one_clear_line(args, needle):
+    r = cli(*args)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_unsupported_model_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tiny import tiny_tokenizer
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320)).save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    r = cli("--model", str(tmp_path), "--prompt", "x")
+    assert r.returncode != 0 and "no rotary position embeddings" in r.stderr and "Traceback" not in r.stderr

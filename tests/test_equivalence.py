@@ -1,0 +1,157 @@
+"""TEMPO against plain transformers on a tiny random Llama: the proofs the engine is built on."""
+
+import pytest
+import torch
+
+from tempo_core import build_settings, run
+from tempo_core.engine import ParallelSequence
+from tempo_core.selection import mixture, to_probs
+from tiny import tiny_llama
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=0)
+
+
+def plain_logits(lm, ids):
+    with torch.inference_mode():
+        return lm.model(torch.tensor([ids])).logits[0, -1]
+
+
+def settings(**kw):
+    base = dict(prompt="the cat sat on the mat", max_tokens=12, raw_prompt=True)
+    return build_settings({**base, **kw})
+
+
+def prompt_ids(lm):
+    return lm.tokenizer("the cat sat on the mat")["input_ids"]
+
+
+@pytest.mark.parametrize("prompt,chat", [("the cat sat on the mat", False), ("once upon a time", True)])
+@pytest.mark.parametrize("pruning", [False, True])
+def test_never_branching_run_equals_greedy_generate(lm, prompt, chat, pruning):
+    s = build_settings(dict(prompt=prompt, max_tokens=20, selection_threshold=1.0, raw_prompt=not chat,
+                            use_retroactive_pruning=pruning))
+    trace = run(lm, s)
+    assert all(len(st.candidates) == 1 for st in trace.steps)
+    ids = torch.tensor([trace.prompt_token_ids])
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                            temperature=None, top_p=None, top_k=None)[0, ids.shape[1]:].tolist()
+    ours = [st.candidates[0].token_id for st in trace.steps]
+    if trace.stop_reason == "eos":
+        assert out[len(ours)] in lm.eos_ids
+        out = out[:len(ours)]
+    assert ours == out and len(ours) > 0
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_isolated_siblings_get_the_logits_they_would_get_alone(lm, k):
+    prompt = prompt_ids(lm)
+    seq = ParallelSequence(lm, settings(), prompt)
+    first = seq.prefill()
+    siblings = first.topk(k).indices.tolist()
+    rows, logits, _ = seq.feed(siblings, len(prompt))
+    assert rows == list(range(len(prompt), len(prompt) + k))
+    for tok, got in zip(siblings, logits):
+        assert (got - plain_logits(lm, prompt + [tok])).abs().max() < TOL
+    # one level deeper: siblings after a single token still match their own single path
+    seq2 = ParallelSequence(lm, settings(), prompt)
+    seq2.prefill()
+    seq2.feed([siblings[0]], len(prompt))
+    _, deeper, _ = seq2.feed(siblings, len(prompt) + 1)
+    for tok, got in zip(siblings, deeper):
+        assert (got - plain_logits(lm, prompt + [siblings[0], tok])).abs().max() < TOL
+
+
+def test_visible_siblings_do_see_each_other(lm):
+    prompt = prompt_ids(lm)
+    seq = ParallelSequence(lm, settings(allow_intraset_token_visibility=True), prompt)
+    siblings = seq.prefill().topk(3).indices.tolist()
+    _, logits, _ = seq.feed(siblings, len(prompt))
+    diffs = [(got - plain_logits(lm, prompt + [tok])).abs().max() for tok, got in zip(siblings, logits)]
+    assert max(diffs) > 1e-2
+
+
+def test_mixture_after_first_set_equals_mixture_of_separate_runs(lm):
+    trace = run(lm, settings(selection_threshold=0.0, max_parallel_tokens=3, max_tokens=2))
+    first, second = trace.steps
+    assert len(first.candidates) == 3
+    prompt = trace.prompt_token_ids
+    per_branch = torch.stack([to_probs(plain_logits(lm, prompt + [c.token_id]), 1.0) for c in first.candidates])
+    expected = mixture(per_branch, [c.prob for c in first.candidates])
+    for c in second.candidates:
+        assert abs(c.prob - float(expected[c.token_id])) < 1e-5
+    assert [c.token_id for c in second.candidates] == expected.topk(3).indices.tolist()
+
+
+def test_siblings_share_one_position_id_and_prompt_is_fed_once(lm):
+    seen = []
+    hook = lm.model.model.rotary_emb.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+                                                   .tolist()), with_kwargs=True)
+    try:
+        trace = run(lm, settings(selection_threshold=0.0, max_parallel_tokens=4, max_tokens=5))
+    finally:
+        hook.remove()
+    p = len(trace.prompt_token_ids)
+    assert seen[0] == [list(range(p))]  # the prompt, exactly once
+    for step, pos in zip(trace.steps, seen[1:]):
+        assert pos == [[p + step.step] * len(step.candidates)]
+    assert trace.stats["tokens_processed"] == p + trace.stats["physical_tokens"]
+    assert trace.stats["forward_passes"] == len(trace.steps) + 1
+
+
+def test_pruned_token_is_the_same_as_physically_deleting_it(lm):
+    prompt = prompt_ids(lm)
+    p = len(prompt)
+    s = settings()
+    seq = ParallelSequence(lm, s, prompt)
+    a, b, c = seq.prefill().topk(3).indices.tolist()
+    rows, _, _ = seq.feed([a, b, c], p)
+    seq.layout.kill(rows[1])
+    _, pruned, _ = seq.feed([a, c], p + 1)  # later tokens (any ids) at the next position
+    ref = ParallelSequence(lm, s, prompt)
+    ref.prefill()
+    ref.feed([a, c], p)
+    _, deleted, _ = ref.feed([a, c], p + 1)
+    assert (pruned - deleted).abs().max() < TOL
+    # and the pruned row really mattered before it was hidden
+    keep = ParallelSequence(lm, s, prompt)
+    keep.prefill()
+    keep.feed([a, b, c], p)
+    _, unpruned, _ = keep.feed([a, c], p + 1)
+    assert (unpruned - deleted).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(use_retroactive_pruning=True, attention_threshold=0.08),
+                                   dict(allow_intraset_token_visibility=True)])
+def test_disable_kv_cache_gives_the_cached_candidates(lm, extra):
+    s = settings(selection_threshold=0.05, max_tokens=10, **extra)
+    cached, recomputed = run(lm, s), run(lm, s.replace(disable_kv_cache=True))
+    assert len(cached.steps) == len(recomputed.steps)
+    for x, y in zip(cached.steps, recomputed.steps):
+        assert [c.token_id for c in x.candidates] == [c.token_id for c in y.candidates]
+        assert [c.pruned_at for c in x.candidates] == [c.pruned_at for c in y.candidates]
+        assert max(abs(c.prob - d.prob) for c, d in zip(x.candidates, y.candidates)) < 1e-5
+    if extra.get("use_retroactive_pruning"):
+        assert cached.stats["pruned"] > 0
+    assert recomputed.stats["tokens_processed"] > cached.stats["tokens_processed"]
+
+
+def test_pruning_hides_rows_from_later_steps_and_changes_the_run(lm):
+    s = settings(selection_threshold=0.05, max_tokens=10)
+    pruned_run = run(lm, s.replace(use_retroactive_pruning=True, attention_threshold=0.1))
+    plain_run = run(lm, s)
+    pruned = [(st.step, c) for st in pruned_run.steps for c in st.candidates if not c.alive]
+    assert pruned, "threshold 0.1 on a 2-layer model must prune something"
+    for step, c in pruned:
+        assert c.pruned_at > step and c.pruned_at - step <= s.pruning_window
+        assert c.attention < 0.1
+        for later in pruned_run.steps[c.pruned_at + 1:]:
+            assert c.row in later.hidden_rows
+    assert "~~" in pruned_run.text
+    later_ids = lambda tr: [[c.token_id for c in st.candidates] for st in tr.steps]  # noqa: E731
+    assert later_ids(pruned_run) != later_ids(plain_run)
