@@ -47,7 +47,7 @@ def test_never_branching_run_equals_greedy_generate(lm, prompt, chat, pruning):
     assert ours == out and len(ours) > 0
 
 
-@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("k", [2, 3, 4, 8])  # 3 rows are padded to 4 on CPU
 def test_isolated_siblings_get_the_logits_they_would_get_alone(lm, k):
     prompt = prompt_ids(lm)
     seq = ParallelSequence(lm, settings(), prompt)
