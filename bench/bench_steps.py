@@ -133,24 +133,28 @@ def main() -> None:
 
     forced = {}
     for k in [int(x) for x in a.forced_k.split(",") if x]:
-        g_l, t_l, b_l = [], [], []
+        g_l, t_l, b_l, tp_l = [], [], [], []
         for r in range(a.rounds):
             p = prompts[r % len(prompts)]
             s = build_settings(dict(prompt=p, selection_threshold=0.0, max_parallel_tokens=k, **base))
             _, ids = encode_prompt(lm, s)
             g_l.append(greedy_step_ms(lm, ids, n))
             t_l.append(tempo_step_ms(lm, s)[0])
+            tp_l.append(tempo_step_ms(lm, s.replace(use_retroactive_pruning=True))[0])
             b_l.append(beam_step_ms(lm, ids, k, n) if k > 1 else g_l[-1])
         forced[k] = {"greedy_ms": statistics.median(g_l), "tempo_ms": statistics.median(t_l),
-                     "beam_ms": statistics.median(b_l),
+                     "beam_ms": statistics.median(b_l), "tempo_pruning_ms": statistics.median(tp_l),
+                     "pruning_vs_greedy": statistics.median([t / g for t, g in zip(tp_l, g_l)]),
                      "tempo_vs_greedy": statistics.median([t / g for t, g in zip(t_l, g_l)]),
                      "tempo_vs_beam": statistics.median([t / b for t, b in zip(t_l, b_l)])}
     if forced:
         print(f"\nforced set size k (threshold 0, max_parallel_tokens k), {n} steps")
-        print(f"{'k':>3}{'greedy ms':>11}{'TEMPO ms':>10}{'beam ms':>10}{'T/greedy':>10}{'T/beam':>8}")
+        print(f"{'k':>3}{'greedy ms':>11}{'TEMPO ms':>10}{'+pruning':>10}{'beam ms':>10}{'T/greedy':>10}"
+              f"{'T+p/greedy':>12}{'T/beam':>8}")
         for k, v in forced.items():
-            print(f"{k:>3}{v['greedy_ms']:>11.1f}{v['tempo_ms']:>10.1f}{v['beam_ms']:>10.1f}"
-                  f"{v['tempo_vs_greedy']:>10.2f}{v['tempo_vs_beam']:>8.2f}")
+            print(f"{k:>3}{v['greedy_ms']:>11.1f}{v['tempo_ms']:>10.1f}{v['tempo_pruning_ms']:>10.1f}"
+                  f"{v['beam_ms']:>10.1f}{v['tempo_vs_greedy']:>10.2f}{v['pruning_vs_greedy']:>12.2f}"
+                  f"{v['tempo_vs_beam']:>8.2f}")
         results["forced"] = forced
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=2))
