@@ -14,8 +14,10 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTN_NAME = "tempo"
+_MASKED_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -74,9 +76,14 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous(), None
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  **kwargs)
+    # GPU with a custom mask: keep off cuDNN attention, which builds a new plan for every new KV length
+    # (~45 ms per TEMPO step on an H100, bench/README.md); memory-efficient attention takes the mask as is.
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    with sdpa_kernel(_MASKED_BACKENDS):
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def install_tempo_attention(model: Any) -> None:

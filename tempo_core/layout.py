@@ -49,11 +49,13 @@ class Layout:
 
 
 def step_mask(past_alive: list[bool], k: int, intraset_visible: bool, device: torch.device) -> torch.Tensor:
-    """[1, 1, k, P + k] boolean mask (True = may attend) for k new siblings over P cached rows."""
-    past = torch.tensor(past_alive, dtype=torch.bool, device=device).expand(k, -1)
-    block = torch.ones(k, k, dtype=torch.bool, device=device) if intraset_visible else torch.eye(
-        k, dtype=torch.bool, device=device)
-    return torch.cat([past, block], dim=1)[None, None]
+    """[1, 1, k, P + k] boolean mask (True = may attend) for k new siblings over P cached rows.
+
+    Built on the CPU and moved in one copy: on a GPU a step is launch-bound, so fewer small kernels matter.
+    """
+    past = torch.tensor(past_alive, dtype=torch.bool).expand(k, -1)
+    block = torch.ones(k, k, dtype=torch.bool) if intraset_visible else torch.eye(k, dtype=torch.bool)
+    return torch.cat([past, block], dim=1)[None, None].to(device, non_blocking=True)
 
 
 def full_mask(layout: Layout, intraset_visible: bool, device: torch.device) -> torch.Tensor:

@@ -54,12 +54,12 @@ class RetroactivePruner:
     def update(self, steps: list[Step], attention: torch.Tensor, threshold: float) -> list[Candidate]:
         """Score earlier sets with the newest step's attention [k_new, rows]; return newly pruned candidates."""
         now = steps[-1].step
-        per_row = attention.mean(dim=0)  # mean over the new step's query rows
+        per_row = attention.mean(dim=0).tolist()  # mean over the new step's query rows; one device sync
         pruned: list[Candidate] = []
         for past in steps[max(0, len(steps) - 1 - self.s.pruning_window):-1]:
             for c in past.candidates:
                 if c.row >= 0:
-                    c.attention_by_step[now] = float(per_row[c.row])
+                    c.attention_by_step[now] = per_row[c.row]
                     c.attention = sum(c.attention_by_step.values()) / len(c.attention_by_step)
             if self.scored(past):
                 pruned += self._decide(past, now, threshold)
