@@ -1,0 +1,124 @@
+"""The settings form: one Gradio control per engine setting, grouped so the default view stays simple."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+
+from tempo_core.config import FIELDS, PRUNING_MODES, SettingsError, TempoSettings, build_settings
+
+APP_MAX_TOKENS = int(os.environ.get("TEMPO_APP_MAX_TOKENS", "200"))  # hard caps for a shared server
+APP_MAX_PARALLEL = int(os.environ.get("TEMPO_APP_MAX_PARALLEL", "16"))
+MODES = {"TEMPO": "tempo", "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
+
+EXAMPLES = [
+    ["What is the capital of France?", 0.1, 40, "TEMPO"],
+    ["Write a haiku about servers.", 0.05, 40, "TEMPO"],
+    ["Explain the theory of relativity simply.", 0.15, 60, "TEMPO"],
+    ["Once upon a time, a small robot", 0.1, 30, "MCTS"],
+    ["List three uses of a paperclip.", 0.1, 40, "Greedy / sampling (transformers generate)"],
+]
+
+
+def _help(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
+def build_controls() -> dict[str, gr.components.Component]:
+    """Creates the form in the current Blocks context; returns {setting name: component} (plus 'mode')."""
+    d = TempoSettings()
+    c: dict[str, Any] = {}
+    c["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
+                             value="What is the capital of France?")
+    c["selection_threshold"] = gr.Slider(0.0, 1.0, value=d.selection_threshold, step=0.01,
+                                         label="Selection threshold", info=_help("selection_threshold"))
+    c["max_tokens"] = gr.Slider(1, APP_MAX_TOKENS, value=min(40, APP_MAX_TOKENS), step=1, label="Max tokens")
+    c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
+    with gr.Accordion("Retroactive pruning", open=False):
+        c["use_retroactive_pruning"] = gr.Checkbox(value=False, label="Prune by later attention")
+        c["attention_threshold"] = gr.Slider(0.0, 0.2, value=d.attention_threshold, step=0.001,
+                                             label="Attention threshold")
+        c["pruning_window"] = gr.Slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
+        c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,
+                                                 label="When a whole set fails")
+        with gr.Row():
+            c["use_relative_attention"] = gr.Checkbox(value=False, label="Relative attention")
+            c["relative_threshold"] = gr.Slider(0.0, 1.0, value=d.relative_threshold, step=0.05,
+                                                label="Relative threshold")
+        with gr.Row():
+            c["use_multi_scale_attention"] = gr.Checkbox(value=False, label="Multi-scale layer weights")
+            c["num_layers_to_use"] = gr.Number(value=0, precision=0, minimum=0, label="Last N layers (0 = all)")
+        with gr.Row():
+            c["use_sigmoid_threshold"] = gr.Checkbox(value=False, label="Sigmoid (probabilistic) decision")
+            c["sigmoid_steepness"] = gr.Slider(0.5, 50, value=d.sigmoid_steepness, step=0.5, label="Steepness")
+        c["preserve_isolated_tokens"] = gr.Checkbox(value=True, label="Never prune single-candidate steps")
+    with gr.Accordion("Dynamic threshold (Bezier / ReLU)", open=False):
+        c["dynamic_threshold"] = gr.Checkbox(value=False, label="Threshold follows a curve over the run")
+        c["final_threshold"] = gr.Slider(0.0, 0.5, value=d.final_threshold, step=0.005, label="Final threshold")
+        with gr.Row():
+            c["bezier_p1"] = gr.Slider(0.0, 1.0, value=d.bezier_p1, step=0.05, label="Bezier p1")
+            c["bezier_p2"] = gr.Slider(0.0, 1.0, value=d.bezier_p2, step=0.05, label="Bezier p2")
+        with gr.Row():
+            c["use_relu"] = gr.Checkbox(value=False, label="ReLU instead of Bezier")
+            c["relu_activation_point"] = gr.Slider(0.0, 0.95, value=d.relu_activation_point, step=0.05,
+                                                   label="ReLU starts at")
+    with gr.Accordion("Parallel sets, cache and prompt", open=False):
+        c["max_parallel_tokens"] = gr.Slider(1, APP_MAX_PARALLEL, value=min(d.max_parallel_tokens, APP_MAX_PARALLEL),
+                                             step=1, label="Max parallel tokens per step")
+        c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
+        c["disable_kv_cache"] = gr.Checkbox(value=False, label="Disable KV cache (recompute every step)")
+        c["min_steps"] = gr.Slider(0, APP_MAX_TOKENS, value=0, step=1, label="Min steps before EOS")
+        c["temperature"] = gr.Slider(0.05, 3.0, value=d.temperature, step=0.05, label="Temperature")
+        c["enable_thinking"] = gr.Checkbox(value=False, label="Thinking system prompt (Cogito)")
+        c["raw_prompt"] = gr.Checkbox(value=False, label="Raw prompt (no chat template)")
+        c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
+    with gr.Accordion("MCTS and sampling", open=False):
+        with gr.Row():
+            c["mcts_simulations"] = gr.Slider(1, 100, value=d.mcts_simulations, step=1, label="MCTS simulations")
+            c["mcts_depth"] = gr.Slider(1, 16, value=d.mcts_depth, step=1, label="MCTS depth")
+        c["mcts_c_puct"] = gr.Slider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")
+        c["do_sample"] = gr.Checkbox(value=False, label="Sample (greedy mode only)")
+        with gr.Row():
+            c["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            c["top_k"] = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
+        c["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed")
+    return c
+
+
+def settings_from_form(names: list[str], values: list[Any]) -> TempoSettings:
+    """Form values -> validated settings (the same validation as CLI and API), with the server's caps."""
+    raw = dict(zip(names, values))
+    mode = MODES.get(raw.pop("mode", "TEMPO"), "tempo")
+    raw["default_mode"], raw["use_mcts"] = mode == "default", mode == "mcts"
+    if raw.get("num_layers_to_use") in (0, None, ""):
+        raw["num_layers_to_use"] = None
+    for key in ("max_tokens", "min_steps", "pruning_window", "max_parallel_tokens", "mcts_simulations",
+                "mcts_depth", "top_k", "seed", "num_layers_to_use"):
+        if isinstance(raw.get(key), float) and raw[key].is_integer():
+            raw[key] = int(raw[key])
+    return enforce_caps(build_settings(raw))
+
+
+def enforce_caps(s: TempoSettings) -> TempoSettings:
+    if s.max_tokens > APP_MAX_TOKENS:
+        raise SettingsError("max_tokens", f"must be in [1, {APP_MAX_TOKENS}] on this server, got {s.max_tokens}")
+    if s.max_parallel_tokens > APP_MAX_PARALLEL:
+        raise SettingsError("max_parallel_tokens",
+                            f"must be in [1, {APP_MAX_PARALLEL}] on this server, got {s.max_parallel_tokens}")
+    return s
+
+
+def form_values(s: TempoSettings, names: list[str]) -> list[Any]:
+    """Settings -> form values (to fill the form from a shared link or an uploaded trace)."""
+    mode = {v: k for k, v in MODES.items()}[s.mode]
+    out = []
+    for n in names:
+        if n == "mode":
+            out.append(mode)
+        elif n == "num_layers_to_use":
+            out.append(s.num_layers_to_use or 0)
+        else:
+            out.append(getattr(s, n))
+    return out

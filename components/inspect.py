@@ -1,0 +1,70 @@
+"""Pure helpers over a trace: the tree as it was at a step, node details, node choices."""
+
+from __future__ import annotations
+
+import copy
+
+from tempo_core.trace import Candidate, Trace, finalise_text
+
+
+def trace_at(trace: Trace, step: int) -> Trace:
+    """The run as it stood right after logical `step`: later steps removed, later pruning undone."""
+    past = copy.deepcopy(trace)
+    past.steps = past.steps[:max(0, step + 1)]
+    for st in past.steps:
+        for c in st.candidates:
+            if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:
+                c.pruned_at = None
+            c.attention_by_step = {s: v for s, v in c.attention_by_step.items() if s <= step}
+            c.attention = (sum(c.attention_by_step.values()) / len(c.attention_by_step)
+                           if c.attention_by_step else None)
+            c.unattended = c.unattended and c.pruned_at is None and bool(c.attention_by_step)
+    finalise_text(past, text_decoder(past))
+    return past
+
+
+def text_decoder(trace: Trace):
+    """Decode ids from the trace's own token texts (replay needs no tokenizer)."""
+    texts = {c.token_id: c.text for st in trace.steps for c in st.candidates}
+    return lambda ids: "".join(texts.get(i, "") for i in ids)
+
+
+def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:
+    """Validate a 'step:index' id coming back from the browser."""
+    try:
+        s, i = (int(x) for x in str(node).split(":"))
+        return s, i, trace.steps[s].candidates[i]
+    except (ValueError, IndexError):
+        return None
+
+
+def node_choices(trace: Trace) -> list[tuple[str, str]]:
+    return [(f"step {st.step} · {c.text!r} · p={c.prob:.3f}{' · pruned' if c.pruned_at is not None else ''}",
+             f"{st.step}:{i}") for st in trace.steps for i, c in enumerate(st.candidates)]
+
+
+def node_details(trace: Trace, node: str) -> str:
+    found = find_node(trace, node)
+    if found is None:
+        return "Select a candidate (click a token in the text or a node in the tree, or pick one from the list)."
+    s, i, c = found
+    st = trace.steps[s]
+    if c.pruned_at is not None:
+        fate = "not chosen by the search" if trace.mode == "mcts" else f"**pruned** after step {c.pruned_at}"
+    else:
+        fate = "kept (its whole set failed; `keep_unattended`)" if c.unattended else "alive"
+    lines = [f"### `{c.text!r}` — token id {c.token_id}",
+             f"- logical step **{s}**, shared position id **{st.position}**, physical row {c.row}",
+             f"- probability **{c.prob:.4f}** (rank {i + 1} of {len(st.candidates)} in its set)",
+             f"- selection threshold {st.selection_threshold:.3f}" + (
+                 f", pruning threshold in force {st.pruning_threshold:.4f}" if st.pruning_threshold is not None else ""),
+             f"- fate: {fate}"]
+    if c.attention is not None:
+        per = ", ".join(f"step {k}: {v:.4f}" for k, v in sorted(c.attention_by_step.items()))
+        lines.append(f"- attention received (mean) **{c.attention:.4f}** — {per}")
+    if c.visits is not None:
+        lines.append(f"- MCTS: {c.visits} visits, mean value {c.value:.3f}")
+    if st.alternatives:
+        alts = ", ".join(f"{a['text']!r} {a['prob']:.3f}" for a in st.alternatives)
+        lines.append(f"- top alternatives not chosen: {alts}")
+    return "\n".join(lines)
