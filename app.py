@@ -59,7 +59,7 @@ setInterval(() => {
 }, 700);
 """
 
-INTRO = """# 🌳 TEMPO Explorer
+INTRO = """# TEMPO Explorer
 **Threshold-Enabled Multipath Parallel Output**: every token above the selection threshold is kept, all of a
 step's candidates share **one position** in **one sequence** (siblings masked from each other, one KV cache),
 and later tokens' attention prunes them retroactively. Pick a prompt and press **Generate**; the tree grows
@@ -89,11 +89,11 @@ class Runs:
 def status_line(trace: Trace, running: bool) -> str:
     n = len(trace.steps)
     if n == 0:
-        return "⏳ starting…" if running else f"no steps ({trace.stop_reason})"
+        return "Starting…" if running else f"no steps ({trace.stop_reason})"
     last = trace.steps[-1]
     rate = trace.timings.get("steps_per_s", 0.0)
     pruned = trace.stats.get("pruned", 0)
-    head = "⏳ generating" if running else f"✅ done ({trace.stop_reason.replace('_', ' ')})"
+    head = "Generating" if running else f"Done ({trace.stop_reason.replace('_', ' ')})"
     return (f"{head} · step {n} · set size {len(last.candidates)} · mean set "
             f"{trace.stats.get('mean_set_size', 0):.2f} · {pruned} pruned · {rate:.1f} steps/s")
 
@@ -149,32 +149,37 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                                controls["mode"]])
         outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
 
-        def run_stream(*values: Any, request: gr.Request = None) -> Iterator[tuple]:
+        # gr.Request must be a positional parameter before *values for Gradio to pass it
+        def run_stream(request: gr.Request, *values: Any) -> Iterator[tuple]:
             try:
                 s = settings_from_form(names, list(values))
             except SettingsError as exc:
                 gr.Warning(str(exc))
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", gr.skip()
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
                 return
             session = getattr(request, "session_hash", None) or "anonymous"
             stop = runs.stop_flag(session)
-            last_draw = 0.0
+            next_draw, build_s = 0.0, 0.0
             with runs.slots:
                 try:
                     for event in generate(lm, s, stop):
-                        now = time.perf_counter()
-                        if event.done or now - last_draw >= MIN_FRAME_S:
-                            last_draw = now
-                            tr = event.trace
-                            yield (*views(tr), status_line(tr, not event.done), tr.to_dict() if event.done else None)
+                        if not event.done and time.perf_counter() < next_draw:
+                            continue
+                        t0 = time.perf_counter()
+                        tr = event.trace
+                        frame = (*views(tr), status_line(tr, not event.done), tr.to_dict() if event.done else None)
+                        build_s = time.perf_counter() - t0
+                        # drawing must not starve decoding: wait at least twice the last frame's build time
+                        next_draw = time.perf_counter() + max(MIN_FRAME_S, 2 * build_s)
+                        yield frame
                 except SettingsError as exc:
                     gr.Warning(str(exc))
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {exc}", gr.skip()
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
                 except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
                     log.exception("run failed")
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ run failed: {exc}", gr.skip()
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** run failed: {exc}", gr.skip()
 
-        def after_run(data: dict | None, *values: Any, request: gr.Request = None):
+        def after_run(request: gr.Request, data: dict | None):
             if not data:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             trace = Trace.from_dict(data)
@@ -185,7 +190,8 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
             path_html = path_json.replace(".json", "-report.html")
             with open(path_html, "w") as f:
                 f.write(report_html(trace))
-            base = str(request.url).split("?")[0] if request is not None else ""
+            # the page address (events arrive on the queue endpoint, so request.url is not the page)
+            base = (request.headers.get("referer") or str(request.base_url)).split("?")[0] if request is not None else ""
             try:
                 link = base + share_query(build_settings(trace.settings))
             except SettingsError:
@@ -223,9 +229,9 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
             if not data:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             past = trace_at(Trace.from_dict(data), int(step))
-            return (*views(past, current=int(step)), f"⏪ replay: step {int(step) + 1} of {len(data['steps'])}")
+            return (*views(past, current=int(step)), f"Replay: step {int(step) + 1} of {len(data['steps'])}")
 
-        replay.change(replay_to, [trace_state, replay], [tree_plot, heat_plot, curve_plot, text_view, status],
+        replay.input(replay_to, [trace_state, replay], [tree_plot, heat_plot, curve_plot, text_view, status],
                       api_name="replay", concurrency_limit=None, show_progress="hidden")
 
         def load_trace(file):
@@ -237,8 +243,8 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                 build_settings(trace.settings)
             except (ValueError, TypeError, KeyError, SettingsError) as exc:
                 gr.Warning(f"not a TEMPO trace: {exc}")
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ not a TEMPO trace: {exc}", gr.skip()
-            return (*views(trace), f"📂 loaded trace: {len(trace.steps)} steps, {trace.model}", trace.to_dict())
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** not a TEMPO trace: {exc}", gr.skip()
+            return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {trace.model}", trace.to_dict())
 
         upload.upload(load_trace, [upload], outputs, concurrency_limit=None).then(
             after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share], api_visibility="private")
@@ -257,9 +263,11 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
             comp.change(preview_curve, inputs, curve_plot, api_visibility="private", concurrency_limit=None,
                         show_progress="hidden")
 
-        def fill_from_link(request: gr.Request):
+        def fill_from_link(request: gr.Request, *values: Any):
             params = dict(request.query_params) if request is not None else {}
             known = {k: v for k, v in params.items() if k in FIELDS}
+            if not known:  # a plain visit keeps the form's own defaults
+                return (*[gr.skip()] * len(names), preview_curve(*values))
             try:
                 s = enforce_caps(build_settings({k: _parse_param(v) for k, v in known.items()}))
             except SettingsError as exc:
@@ -270,7 +278,7 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                 values[names.index("prompt")] = gr.skip()
             return (*values, threshold_figure(s))
 
-        demo.load(fill_from_link, None, [*inputs, curve_plot], api_visibility="private")
+        demo.load(fill_from_link, inputs, [*inputs, curve_plot], api_visibility="private")
     return demo
 
 

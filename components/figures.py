@@ -69,10 +69,9 @@ def tree_figure(trace: Trace, upto: int | None = None, selected: str | None = No
     if g.number_of_nodes() == 0:
         fig.update_layout(title="Token tree (no steps yet)", uirevision=UIREVISION, template="plotly_white")
         return fig
-    pos = nx.multipartite_layout(g, subset_key="step", align="vertical", scale=1.0)
-    # multipartite spreads each layer around 0; put the most probable candidate on top and space layers evenly
-    for n, (x, y) in pos.items():
-        pos[n] = (g.nodes[n]["step"], -y)
+    # Layered by logical step like nx.multipartite_layout, but that one does not keep the order inside a
+    # layer; here every set hangs from the top row, most probable first, so the main path reads as a line.
+    pos = {n: (g.nodes[n]["step"], -g.nodes[n]["idx"]) for n in g.nodes}
     ex, ey, px, py = [], [], [], []
     for a, b in g.edges:
         on_path = g.nodes[a]["on_path"] and g.nodes[b]["on_path"]
@@ -101,7 +100,8 @@ def tree_figure(trace: Trace, upto: int | None = None, selected: str | None = No
                          f"<br>{_fate(c, trace.mode)}{extra}")
         fig.add_trace(go.Scatter(
             x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text",
-            text=[show_token(c.text)[:12] for c in cands], textposition="middle right",
+            text=[show_token(c.text)[:12] for c in cands],
+            textposition=["top center" if g.nodes[n]["step"] % 2 == 0 else "bottom center" for n in nodes],
             textfont=dict(size=11, color="#888" if pruned else "#222"),
             customdata=nodes, hovertext=hover, hoverinfo="text", name="pruned" if pruned else "candidate",
             marker=dict(size=[8 + 22 * c.prob ** 0.5 for c in cands],
@@ -119,7 +119,7 @@ def tree_figure(trace: Trace, upto: int | None = None, selected: str | None = No
     fig.update_layout(
         title=f"Token tree — {trace.mode}, {last + 1} logical steps, {g.number_of_nodes()} candidates",
         template="plotly_white", uirevision=UIREVISION, hovermode="closest", margin=dict(l=10, r=10, t=40, b=30),
-        legend=dict(orientation="h", y=-0.08), height=460,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), height=460,
         xaxis=dict(title="logical step (shared position)", range=[-0.5, max(8, last + 1.5)], zeroline=False),
         yaxis=dict(visible=False))
     return fig
@@ -131,7 +131,7 @@ def scored_candidates(trace: Trace) -> list[tuple[int, int, Candidate]]:
 
 def attention_figure(trace: Trace) -> go.Figure:
     rows = scored_candidates(trace)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.22, 0.78], vertical_spacing=0.04)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.18, 0.82], vertical_spacing=0.04)
     if not rows:
         fig.update_layout(title="Pruning attention (enable retroactive pruning to record it)",
                           template="plotly_white", uirevision=UIREVISION, height=420)
@@ -158,6 +158,7 @@ def attention_figure(trace: Trace) -> go.Figure:
                       uirevision=UIREVISION, height=max(420, 120 + 18 * len(rows)), margin=dict(l=10, r=10, t=40, b=30),
                       legend=dict(orientation="h", y=-0.1))
     fig.update_yaxes(autorange="reversed", row=2, col=1)
+    fig.update_yaxes(title="threshold", rangemode="tozero", row=1, col=1)
     fig.update_xaxes(title="later logical step", row=2, col=1)
     return fig
 

@@ -1,0 +1,90 @@
+"""A real browser (Debian's headless Chromium through Playwright) drives the app on the embedded model."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+if CHROMIUM is None:
+    print("\n*** SKIPPING the browser test: no chromium on PATH (make test installs Debian's chromium as root) ***\n",
+          file=sys.stderr)
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240  # the first start converts the bundled GGUF (~40 s)
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app exited: {proc.stdout.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("app did not answer /health in time")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_generate_in_a_real_browser(app_url):
+    from playwright.sync_api import expect, sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(app_url + "/?max_tokens=24&use_retroactive_pruning=true&attention_threshold=0.02",
+                  wait_until="load")
+        expect(page.locator("#generate")).to_be_visible(timeout=60_000)
+        # the link's settings filled the form
+        expect(page.locator("input[aria-label='number input for Max tokens']")).to_have_value("24", timeout=20_000)
+        page.locator("#prompt textarea").fill("What is the capital of France?")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Generating", timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        points = page.locator("#tempo-tree .scatterlayer .trace .points path")
+        expect(points.first).to_be_visible(timeout=20_000)
+        status = page.locator("#status").inner_text()
+        steps = int(status.split("step ")[1].split(" ")[0])
+        assert points.count() >= steps  # at least one node per logical step (plus the siblings)
+        tokens = page.locator("#tempo-text .tok")
+        assert tokens.count() >= steps
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(ARTIFACTS / "app.png"))
+        tokens.first.click()  # clicking a token opens its details
+        expect(page.get_by_text("token id").first).to_be_visible(timeout=20_000)
+        page.get_by_role("tab", name="Pruning heatmap").click()
+        expect(page.locator("#tempo-heatmap .js-plotly-plot")).to_be_visible(timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
+        browser.close()
+    assert errors == []
