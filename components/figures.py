@@ -41,9 +41,10 @@ def _fate(c: Candidate, mode: str) -> str:
     return "kept (set failed; kept unattended)" if c.unattended else "alive"
 
 
-def tree_graph(trace: Trace, upto: int | None = None) -> nx.DiGraph:
-    """Nodes = candidates; an edge joins every candidate to each candidate of the next step that could see it."""
-    steps = trace.steps if upto is None else trace.steps[:upto + 1]
+def tree_graph(trace: Trace) -> nx.DiGraph:
+    """Nodes = candidates; an edge joins every candidate to each candidate of the next step that could see it.
+    (For the tree as it stood at an earlier step, pass `components.inspect.trace_at(trace, step)`.)"""
+    steps = trace.steps
     g = nx.DiGraph()
     clean = set()
     for st in steps:
@@ -63,8 +64,8 @@ def tree_graph(trace: Trace, upto: int | None = None) -> nx.DiGraph:
     return g
 
 
-def tree_figure(trace: Trace, upto: int | None = None, selected: str | None = None) -> go.Figure:
-    g = tree_graph(trace, upto)
+def tree_figure(trace: Trace, selected: str | None = None) -> go.Figure:
+    g = tree_graph(trace)
     fig = go.Figure()
     if g.number_of_nodes() == 0:
         fig.update_layout(title="Token tree (no steps yet)", uirevision=UIREVISION, template="plotly_white")

@@ -1,0 +1,114 @@
+"""Figure builders and inspectors are plain functions of a recorded trace."""
+
+import json
+
+import pytest
+
+from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure, tree_graph
+from components.inspect import find_node, node_choices, node_details, trace_at
+from tempo_core import build_settings, run
+from tempo_core.schedule import threshold_curve
+from tempo_core.trace import Candidate, Step, Trace
+from tiny import tiny_llama
+
+
+def recorded() -> Trace:
+    """A hand-made trace: step 0 has 3 candidates (one pruned after step 2), step 1 one, step 2 two."""
+    s = build_settings(dict(prompt="p", max_tokens=4, use_retroactive_pruning=True, dynamic_threshold=True,
+                            attention_threshold=0.01, final_threshold=0.1))
+    steps = [
+        Step(0, 5, 0.1, 0.01, [Candidate(10, " a<b>", 0.6, row=5, attention_by_step={1: 0.2, 2: 0.1}, attention=0.15),
+                               Candidate(11, " c", 0.3, row=6, attention_by_step={1: 0.05, 2: 0.04}, attention=0.045),
+                               Candidate(12, " d", 0.1, row=7, pruned_at=2, attention_by_step={1: 0.001, 2: 0.002},
+                                         attention=0.0015)]),
+        Step(1, 6, 0.1, 0.04, [Candidate(13, " e", 0.9, row=8)], hidden_rows=[]),
+        Step(2, 7, 0.1, 0.07, [Candidate(14, " f", 0.5, row=9), Candidate(15, "\n", 0.4, row=10)]),
+    ]
+    return Trace("m", "tempo", s.to_dict(), "p", "p", [1, 2, 3, 4, 5], steps, stop_reason="max_tokens")
+
+
+def test_tree_graph_nodes_and_edges_follow_visibility():
+    t = recorded()
+    g = tree_graph(t)
+    assert g.number_of_nodes() == 6
+    # step 0 -> step 1: all three were visible (d was pruned only after step 2); step 1 -> 2: one to two
+    assert g.number_of_edges() == 3 * 1 + 1 * 2
+    assert {n for n in g.nodes if g.nodes[n]["on_path"]} == {"0:0", "1:0", "2:0"}
+
+
+def test_tree_figure_marks_pruned_nodes_and_the_clean_path():
+    fig = tree_figure(recorded(), selected="0:1")
+    by_name = {tr.name: tr for tr in fig.data}
+    assert list(by_name["pruned"].customdata) == ["0:2"]
+    assert by_name["pruned"].marker.symbol == "x"
+    assert sorted(by_name["candidate"].customdata) == ["0:0", "0:1", "1:0", "2:0", "2:1"]
+    assert "pruned after step 2" in by_name["pruned"].hovertext[0]
+    assert "a&lt;b&gt;" in by_name["candidate"].hovertext[0]  # token text is escaped
+    path = by_name["most probable surviving path"]
+    assert [x for x in path.x if x is not None] == [0, 1, 1, 2]
+    assert "selected" in by_name
+    assert fig.layout.uirevision == "tempo"
+    early = {tr.name: tr for tr in tree_figure(trace_at(recorded(), 0)).data}
+    assert "pruned" not in early and len(early["candidate"].customdata) == 3  # before the pruning decision
+
+
+def test_attention_figure_has_one_row_per_scored_candidate_and_the_threshold():
+    fig = attention_figure(recorded())
+    heat = next(tr for tr in fig.data if tr.type == "heatmap")
+    assert len(heat.y) == 3 and list(heat.x) == [1, 2]
+    assert list(heat.z[2]) == [0.001, 0.002]
+    line = next(tr for tr in fig.data if tr.name == "threshold in force")
+    assert list(line.y) == [0.04, 0.07]
+    marks = next(tr for tr in fig.data if tr.name == "pruned here")
+    assert list(marks.x) == [2]
+
+
+def test_threshold_figure_values_come_from_the_schedule():
+    t = recorded()
+    fig = threshold_figure(t, current_step=1)
+    curve = next(tr for tr in fig.data if tr.name == "pruning threshold")
+    assert list(curve.y) == pytest.approx(threshold_curve(build_settings(t.settings)))
+    sizes = next(tr for tr in fig.data if tr.name == "set size")
+    assert list(sizes.y) == [3, 1, 2]
+    pruned = next(tr for tr in fig.data if tr.name == "pruned at step")
+    assert list(pruned.y) == [0, 0, 1]
+    assert "Bezier" in fig.layout.title.text
+    relu = threshold_figure(build_settings(dict(dynamic_threshold=True, use_relu=True, max_tokens=10)))
+    assert "ReLU" in relu.layout.title.text and len(relu.data[0].y) == 10
+
+
+def test_text_html_strikes_pruned_and_escapes():
+    html = text_html(recorded())
+    assert 'class="tok pruned"' in html and "a&lt;b&gt;" in html and "<b>" not in html.split("clean")[0]
+    assert html.count('data-node="') == 6
+
+
+def test_trace_at_rewinds_later_pruning():
+    t = recorded()
+    before = trace_at(t, 1)
+    assert len(before.steps) == 2 and before.steps[0].candidates[2].pruned_at is None
+    assert before.steps[0].candidates[2].attention_by_step == {1: 0.001}
+    after = trace_at(t, 2)
+    assert after.steps[0].candidates[2].pruned_at == 2
+    assert "~~" not in before.text and "~~ d~~" in after.text
+
+
+def test_node_details_and_choices_validate_ids():
+    t = recorded()
+    assert find_node(t, "9:9") is None and find_node(t, "<script>") is None
+    d = node_details(t, "0:2")
+    assert "pruned** after step 2" in d and "token id 12" in d and "0.0015" in d
+    assert len(node_choices(t)) == 6
+
+
+def test_figures_of_a_real_run_and_report(tmp_path):
+    lm = tiny_llama(seed=4)
+    trace = run(lm, build_settings(dict(prompt="the cat", max_tokens=6, selection_threshold=0.05,
+                                        use_retroactive_pruning=True, attention_threshold=0.1)))
+    fig = tree_figure(trace)
+    nodes = sum(len(tr.customdata) for tr in fig.data if tr.name in ("candidate", "pruned"))
+    assert nodes == sum(len(st.candidates) for st in trace.steps)
+    report = report_html(trace)
+    assert report.count("plotly.js") >= 1 and report.count('class="plotly-graph-div"') == 3
+    back = Trace.from_json(json.dumps(trace.to_dict()))
+    assert tree_figure(back).to_dict() == fig.to_dict()  # a downloaded trace replays to the same picture
