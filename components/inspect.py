@@ -2,31 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-
-from tempo_core.trace import Candidate, Trace, finalise_text
-
-
-def trace_at(trace: Trace, step: int) -> Trace:
-    """The run as it stood right after logical `step`: later steps removed, later pruning undone."""
-    past = copy.deepcopy(trace)
-    past.steps = past.steps[:max(0, step + 1)]
-    for st in past.steps:
-        for c in st.candidates:
-            if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:
-                c.pruned_at = None
-            c.attention_by_step = {s: v for s, v in c.attention_by_step.items() if s <= step}
-            c.attention = (sum(c.attention_by_step.values()) / len(c.attention_by_step)
-                           if c.attention_by_step else None)
-            c.unattended = c.unattended and c.pruned_at is None and bool(c.attention_by_step)
-    finalise_text(past, text_decoder(past))
-    return past
-
-
-def text_decoder(trace: Trace):
-    """Decode ids from the trace's own token texts (replay needs no tokenizer)."""
-    texts = {c.token_id: c.text for st in trace.steps for c in st.candidates}
-    return lambda ids: "".join(texts.get(i, "") for i in ids)
+from tempo_core.trace import Candidate, Trace
+from tempo_core.trace import rewind as trace_at  # noqa: F401 - the tree as it stood at a step
 
 
 def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:

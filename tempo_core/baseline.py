@@ -125,13 +125,15 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
     yield StepEvent(n - 1, trace, [], done=True)
 
 
-def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_tokens: int) -> dict[str, Any]:
-    """Plain HF beam search (for benchmarks and the baselines view): sequences, scores, time."""
+def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_tokens: int,
+                fixed_length: bool = True) -> dict[str, Any]:
+    """Plain HF beam search (benchmarks use a fixed length; the baselines view lets EOS end beams)."""
     ids = torch.tensor([prompt_ids], device=lm.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=num_beams,
-                                num_return_sequences=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
+                                min_new_tokens=max_new_tokens if fixed_length else 0,
                                 do_sample=False, early_stopping=False, output_scores=True,
                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
                                 pad_token_id=lm.tokenizer.pad_token_id or next(iter(lm.eos_ids), None))

@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if opts.get("profile"):
         _print_profile(trace, lm.load_seconds)
+    if trace.faithfulness:
+        from .faithfulness import summary_line
+        print(summary_line(trace.faithfulness), file=sys.stderr)
     if opts.get("output_dir"):
         _write_outputs(trace, Path(opts["output_dir"]), bool(opts.get("save_visualization")))
     if opts.get("json"):

@@ -75,8 +75,10 @@ class TempoSettings:
     mcts_simulations: int = _f(10, "MCTS simulations per step", 1, 1000)
     mcts_c_puct: float = _f(1.0, "MCTS exploration constant", 0.0, 100.0, lo_open=True)
     mcts_depth: int = _f(5, "MCTS maximum search depth", 1, 64)
-    # --- output
+    # --- output and analysis
     show_token_ids: bool = _f(False, "Show token ids in the bracketed text")
+    faithfulness: bool = _f(False, "After a TEMPO run, compare it with its explicit branch paths")
+    faithfulness_paths: int = _f(8, "Explicit paths per step for the faithfulness meter (most probable)", 1, 256)
 
     @property
     def mode(self) -> str:

@@ -8,6 +8,7 @@ probability-weighted mixture of the live siblings' distributions.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -96,6 +97,19 @@ class ParallelSequence:
         """Feed the prompt exactly once; returns the last row's logits."""
         return self._forward(self.layout.tokens, self.layout.positions, None, keep=1)[0][-1]
 
+    def prefill_with(self, steps: list[Step]) -> torch.Tensor:
+        """Feed the prompt and the sets of recorded `steps` in ONE forward (each row masked as it was when
+        the run fed it; pruning replayed); returns the last set's logits [k, V]. Used to resume from a prefix."""
+        for st in steps:
+            self.layout.append_set([c.token_id for c in st.candidates], st.position)
+            for past in steps[:st.step + 1]:
+                for c in past.candidates:
+                    if c.pruned_at == st.step:
+                        self.layout.kill(c.row)
+        mask = full_mask(self.layout, self.s.allow_intraset_token_visibility, self.lm.device)
+        k = len(steps[-1].candidates)
+        return self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)[0]
+
     def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
         """Append one set at one position; returns (rows, logits [k, V], attention [k, rows] or None)."""
         k, dev = len(token_ids), self.lm.device
@@ -136,17 +150,30 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
     return [i for i, _ in kept], [p for _, p in kept], False, dropped
 
 
-def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
-    """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event."""
+def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+                 prefix: list[Step] | None = None) -> Iterator[StepEvent]:
+    """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
+
+    `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
+    one forward instead of one per step, and the loop continues after them.
+    """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
     seq = ParallelSequence(lm, s, trace.prompt_token_ids)
     pruner = RetroactivePruner(s, s.seed) if seq.capture else None
-    probs = to_probs(seq.prefill(), s.temperature)
+    if prefix:
+        trace.steps = copy.deepcopy(prefix)
+        for st in trace.steps:
+            st.selection_threshold = s.selection_threshold
+        last = trace.steps[-1]
+        probs = mixture(to_probs(seq.prefill_with(trace.steps), s.temperature), [c.prob for c in last.candidates])
+        trace.stats["reused_steps"] = len(prefix)
+    else:
+        probs = to_probs(seq.prefill(), s.temperature)
     trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
     prompt_len, eos = len(trace.prompt_token_ids), lm.eos_ids
     trace.stop_reason = "max_tokens"
-    for step in range(s.max_tokens):
+    for step in range(len(trace.steps), s.max_tokens):
         if stop is not None and stop.is_set():
             trace.stop_reason = "stopped"
             break
@@ -187,7 +214,8 @@ def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequen
                        forward_passes=seq.forward_passes, tokens_processed=seq.tokens_processed)
 
 
-def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
+def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+             prefix: list[Step] | None = None) -> Iterator[StepEvent]:
     """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
     if s.default_mode:
         from .baseline import default_events
@@ -195,13 +223,26 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
     if s.use_mcts:
         from .mcts import mcts_events
         return mcts_events(lm, s, stop)
-    return tempo_events(lm, s, stop)
+    if s.faithfulness:
+        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s)
+    return tempo_events(lm, s, stop, prefix)
 
 
-def run(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Trace:
+def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings) -> Iterator[StepEvent]:
+    from .faithfulness import measure
+    for event in events:
+        if event.done:
+            t0 = time.perf_counter()
+            measure(lm, event.trace, s.faithfulness_paths)
+            event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3
+        yield event
+
+
+def run(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+        prefix: list[Step] | None = None) -> Trace:
     """Run to the end and return the finished trace."""
     event = None
-    for event in generate(lm, s, stop):
+    for event in generate(lm, s, stop, prefix):
         pass
     assert event is not None and event.done
     return event.trace

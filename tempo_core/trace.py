@@ -5,6 +5,7 @@ Everything a picture or a report needs is in here; nothing refers to live model 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -61,6 +62,7 @@ class Trace:
     stop_reason: str = "running"
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    faithfulness: dict[str, Any] | None = None  # filled by tempo_core.faithfulness.measure
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,3 +124,26 @@ def finalise_text(trace: Trace, decode: Callable[[list[int]], str], show_ids: bo
     """Fill `text` and `clean_text`; clean text is decoded as one sequence so spaces survive."""
     trace.text = bracket_text(trace.steps, show_ids=show_ids)
     trace.clean_text = decode(clean_token_ids(trace.steps))
+
+
+def text_decoder(trace: Trace) -> Callable[[list[int]], str]:
+    """Decode ids from the trace's own token texts (replay needs no tokenizer)."""
+    texts = {c.token_id: c.text for st in trace.steps for c in st.candidates}
+    return lambda ids: "".join(texts.get(i, "") for i in ids)
+
+
+def rewind(trace: Trace, step: int) -> Trace:
+    """The run as it stood right after logical `step`: later steps removed, later pruning undone."""
+    past = copy.deepcopy(trace)
+    past.steps = past.steps[:max(0, step + 1)]
+    past.faithfulness = None
+    for st in past.steps:
+        for c in st.candidates:
+            if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:
+                c.pruned_at = None
+            c.attention_by_step = {s: v for s, v in c.attention_by_step.items() if s <= step}
+            c.attention = (sum(c.attention_by_step.values()) / len(c.attention_by_step)
+                           if c.attention_by_step else None)
+            c.unattended = c.unattended and c.pruned_at is None and bool(c.attention_by_step)
+    finalise_text(past, text_decoder(past))
+    return past

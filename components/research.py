@@ -1,0 +1,266 @@
+"""Research views, each a pure function of traces (plus, for faithfulness and baselines, data the engine made).
+
+faithfulness_figure  KL(explicit paths || TEMPO) and top-token agreement per step
+positions_figure     physical row vs logical position of every token, and the mask a step's queries used
+rewind_figure        who paid a pruned candidate how much attention, against the threshold at the time
+diff_trees           two runs aligned step by step: branches that appear, vanish or are pruned differently
+sweep_figure         width, pruning, faithfulness and clean text across selection thresholds
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from tempo_core.layout import step_mask
+from tempo_core.trace import Trace
+
+from .figures import PATH, PRUNED, UIREVISION, show_token
+
+
+def faithfulness_figure(trace: Trace) -> go.Figure:
+    f = trace.faithfulness
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if not f:
+        fig.update_layout(title="Faithfulness (tick 'Measure faithfulness' and generate)", template="plotly_white",
+                          height=320, uirevision=UIREVISION)
+        return fig
+    steps = f["steps"]
+    x = [s["step"] for s in steps]
+    fig.add_trace(go.Bar(x=x, y=[s["kl"] for s in steps], name="KL(explicit paths ‖ TEMPO), nats",
+                         marker_color=["#1f77b4" if s["top_agree"] else PRUNED for s in steps],
+                         hovertext=[f"step {s['step']}: KL {s['kl']:.4f}, top token {'agrees' if s['top_agree'] else 'differs'}, "
+                                    f"set overlap {s['set_jaccard']:.2f}, {s['paths']} paths cover {s['coverage']:.0%}"
+                                    for s in steps], hoverinfo="text"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=[s["set_jaccard"] for s in steps], name="selected-set overlap (Jaccard)",
+                             mode="lines+markers", line=dict(color=PATH)), secondary_y=True)
+    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}, top-token agreement "
+                             f"{f['top_agreement']:.0%}; clean-text perplexity {f['clean_ppl']:.2f} vs greedy "
+                             f"{f['greedy_ppl']:.2f}"),
+                      template="plotly_white", height=340, uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30),
+                      legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(title="logical step (red bar: the top tokens differ)")
+    fig.update_yaxes(title="KL (nats)", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title="overlap", range=[0, 1.05], secondary_y=True, showgrid=False)
+    return fig
+
+
+def step_mask_rows(trace: Trace, step: int) -> tuple[torch.Tensor, list[int]]:
+    """The boolean mask step `step`'s queries were given ([k, rows so far]) and the physical rows of the run."""
+    st = trace.steps[step]
+    start = st.candidates[0].row
+    alive = [True] * start
+    for r in st.hidden_rows:
+        alive[r] = False
+    k = len(st.candidates)
+    visible = bool(trace.settings.get("allow_intraset_token_visibility"))
+    return step_mask(alive, k, visible, torch.device("cpu"))[0, 0], list(range(start + k))
+
+
+def row_labels(trace: Trace) -> dict[int, tuple[str, int, int]]:
+    """physical row -> (token text, logical position, step or -1 for the prompt)."""
+    out = {i: ("", i, -1) for i in range(len(trace.prompt_token_ids))}
+    for st in trace.steps:
+        for c in st.candidates:
+            if c.row >= 0:
+                out[c.row] = (c.text, st.position, st.step)
+    return out
+
+
+def positions_figure(trace: Trace, step: int) -> go.Figure:
+    if not trace.steps or trace.mode != "tempo":
+        return go.Figure().update_layout(title="Positions & mask (a TEMPO run is needed)", template="plotly_white")
+    step = max(0, min(step, len(trace.steps) - 1))
+    mask, rows = step_mask_rows(trace, step)
+    labels = row_labels(trace)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], horizontal_spacing=0.08,
+                        subplot_titles=("physical row → logical position", f"mask of step {step}'s queries"))
+    for kind, sel, colour in (("prompt", lambda r: labels[r][2] < 0, "#999"),
+                              ("candidate", lambda r: labels[r][2] >= 0, "#440154")):
+        rs = [r for r in rows if sel(r)]
+        fig.add_trace(go.Scatter(x=rs, y=[labels[r][1] for r in rs], mode="markers", name=kind,
+                                 marker=dict(color=colour, size=7),
+                                 hovertext=[f"row {r}: {html.escape(show_token(labels[r][0]))} at position "
+                                            f"{labels[r][1]}" for r in rs], hoverinfo="text"), row=1, col=1)
+    st = trace.steps[step]
+    ylabels = [f"{show_token(c.text)[:10]} ({step}:{i})" for i, c in enumerate(st.candidates)]
+    xlabels = [f"{r}:{show_token(labels[r][0])[:8]}@{labels[r][1]}" for r in rows]
+    fig.add_trace(go.Heatmap(z=mask.int().tolist(), x=xlabels, y=ylabels, zmin=0, zmax=1, showscale=False,
+                             colorscale=[[0, "#f4f4f4"], [1, "#3b528b"]], xgap=1, ygap=1,
+                             hovertemplate="query %{y} → key %{x}: %{z}<extra></extra>"), row=1, col=2)
+    fig.update_xaxes(title="physical row", row=1, col=1)
+    fig.update_yaxes(title="position id", row=1, col=1)
+    fig.update_xaxes(showticklabels=len(rows) <= 60, tickangle=-60, row=1, col=2)
+    fig.update_layout(title=f"Positions & mask — step {step}: {len(st.candidates)} siblings share position "
+                            f"{st.position}; {len(st.hidden_rows)} earlier rows hidden (pruned)",
+                      template="plotly_white", height=420, margin=dict(l=10, r=10, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def rewind_figure(trace: Trace, node: str) -> go.Figure:
+    """Why a candidate was pruned: attention from each later step against the threshold then in force."""
+    try:
+        s, i = (int(x) for x in node.split(":"))
+        c = trace.steps[s].candidates[i]
+    except (ValueError, IndexError, AttributeError):
+        return go.Figure().update_layout(title="Pruning rewind: select a pruned candidate", template="plotly_white")
+    later = sorted(c.attention_by_step)
+    thr = {st.step: st.pruning_threshold for st in trace.steps}
+    siblings = trace.steps[s].candidates
+    fig = go.Figure()
+    for j, sib in enumerate(siblings):
+        fig.add_trace(go.Scatter(x=sorted(sib.attention_by_step), y=[sib.attention_by_step[k] for k in
+                                                                   sorted(sib.attention_by_step)],
+                                 mode="lines+markers", name=f"{show_token(sib.text)}" + (" (this)" if j == i else ""),
+                                 line=dict(width=4 if j == i else 1.5, dash="solid" if sib.alive else "dot")))
+    fig.add_trace(go.Scatter(x=later, y=[thr.get(k) for k in later], mode="lines", name="threshold in force",
+                             line=dict(color=PRUNED, dash="dash")))
+    if c.pruned_at is not None:
+        fig.add_vline(x=c.pruned_at, line=dict(color=PRUNED), annotation_text=f"pruned after step {c.pruned_at}")
+    fate = f"pruned after step {c.pruned_at}" if c.pruned_at is not None else "kept"
+    fig.update_layout(title=f"Pruning rewind — {show_token(c.text)!s} at step {s} ({fate}); mean attention "
+                            f"{(c.attention or 0):.4f}", template="plotly_white", height=340,
+                      xaxis_title="later logical step", yaxis_title="attention paid (mean over heads, rows, layers)",
+                      margin=dict(l=10, r=10, t=50, b=30))
+    return fig
+
+
+def diff_trees(a: Trace, b: Trace) -> list[dict[str, Any]]:
+    """Align two runs step by step; for each step the tokens only in A, only in B, and pruned differently."""
+    out = []
+    for n in range(max(len(a.steps), len(b.steps))):
+        sa = {c.token_id: c for c in a.steps[n].candidates} if n < len(a.steps) else {}
+        sb = {c.token_id: c for c in b.steps[n].candidates} if n < len(b.steps) else {}
+        both = sa.keys() & sb.keys()
+        out.append({"step": n, "only_a": [sa[t].text for t in sa.keys() - sb.keys()],
+                    "only_b": [sb[t].text for t in sb.keys() - sa.keys()],
+                    "pruned_differently": [sa[t].text for t in both if (sa[t].pruned_at is None) != (sb[t].pruned_at is None)],
+                    "same": [sa[t].text for t in both]})
+    return out
+
+
+def diff_figure(a: Trace, b: Trace) -> go.Figure:
+    """One tree (A's layout) with B's differences highlighted: green = only in B, red = only in A."""
+    d = diff_trees(a, b)
+    fig = go.Figure()
+    groups = {"same in both": ("same", "#888"), "only in A": ("only_a", PRUNED), "only in B": ("only_b", "#2ca02c"),
+              "pruned differently": ("pruned_differently", PATH)}
+    for name, (key, colour) in groups.items():
+        xs, ys, texts = [], [], []
+        for row in d:
+            for j, t in enumerate(row[key]):
+                xs.append(row["step"])
+                ys.append(-j - (0 if key == "same" else len(row["same"])))
+                texts.append(show_token(t))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, textposition="top center", name=name,
+                                 marker=dict(size=11, color=colour)))
+    first = next((r["step"] for r in d if r["only_a"] or r["only_b"]), None)
+    fig.update_layout(title="Tree diff A vs B" + (f" — first divergence at step {first}" if first is not None
+                                                  else " — identical sets"),
+                      template="plotly_white", height=380, yaxis=dict(visible=False), xaxis_title="logical step",
+                      uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30))
+    return fig
+
+
+def sweep_figure(runs: list[Trace]) -> go.Figure:
+    """Small multiples over a threshold sweep: width, pruned count, faithfulness, clean-text length."""
+    thr = [t.settings["selection_threshold"] for t in runs]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("mean set size", "pruned per run", "mean KL vs paths"))
+    fig.add_trace(go.Scatter(x=thr, y=[t.stats.get("mean_set_size", 0) for t in runs], mode="lines+markers",
+                             name="width"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=thr, y=[t.stats.get("pruned", 0) for t in runs], mode="lines+markers",
+                             name="pruned"), row=1, col=2)
+    fig.add_trace(go.Scatter(x=thr, y=[(t.faithfulness or {}).get("mean_kl") for t in runs], mode="lines+markers",
+                             name="KL"), row=1, col=3)
+    fig.update_xaxes(title="selection threshold")
+    fig.update_layout(title="Threshold sweep", template="plotly_white", height=300, showlegend=False,
+                      margin=dict(l=10, r=10, t=60, b=40))
+    return fig
+
+
+def sweep_table(runs: list[Trace]) -> str:
+    rows = "".join(
+        f"| {t.settings['selection_threshold']} | {t.stats.get('mean_set_size', 0):.2f} | {t.stats.get('pruned', 0)} "
+        f"| {t.stats.get('reused_steps', 0)} | "
+        f"{'' if not t.faithfulness else format(t.faithfulness['mean_kl'], '.3f')} | "
+        f"{t.clean_text.strip()[:80].replace('|', '/')} |\n" for t in runs)
+    return ("| threshold | mean set | pruned | steps reused | mean KL | clean text |\n|---|---|---|---|---|---|\n"
+            + rows)
+
+
+def beam_tree_figure(beam: dict[str, Any]) -> go.Figure:
+    """m-ric style: the returned beams as a prefix tree, each finished beam labelled with its score."""
+    texts = beam["token_texts"]
+    nodes: dict[tuple[int, ...], int] = {}
+    fig = go.Figure()
+    ex, ey = [], []
+    order: dict[int, int] = {}
+    pos: dict[tuple[int, ...], tuple[int, int]] = {}
+    for rank, seq in enumerate(beam["sequences"]):
+        for depth in range(1, len(seq) + 1):
+            key = tuple(seq[:depth])
+            if key not in pos:
+                row = order.get(depth, 0)
+                order[depth] = row + 1
+                pos[key] = (depth - 1, -row)
+                if depth > 1:
+                    a, b = pos[key[:-1]], pos[key]
+                    ex += [a[0], b[0], None]
+                    ey += [a[1], b[1], None]
+            nodes[key] = rank
+    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="#bbb"), hoverinfo="skip", showlegend=False))
+    keys = list(pos)
+    fig.add_trace(go.Scatter(x=[pos[k][0] for k in keys], y=[pos[k][1] for k in keys], mode="markers+text",
+                             text=[show_token(texts.get(k[-1], ""))[:10] for k in keys], textposition="top center",
+                             marker=dict(size=9, color=["#ff7f0e" if nodes[k] == 0 else "#1f77b4" for k in keys]),
+                             showlegend=False, hoverinfo="text",
+                             hovertext=[f"beam {nodes[k] + 1}: {html.escape(show_token(texts.get(k[-1], '')))}"
+                                        for k in keys]))
+    for rank, (seq, score) in enumerate(zip(beam["sequences"], beam["scores"])):
+        end = pos[tuple(seq)]
+        fig.add_annotation(x=end[0], y=end[1], text=f"#{rank + 1} score {score:.2f}", showarrow=False, xshift=55)
+    fig.update_layout(title=f"Beam search ({beam['num_beams']} beams): returned beams as a tree, best in orange",
+                      template="plotly_white", height=320, yaxis=dict(visible=False), xaxis_title="step",
+                      margin=dict(l=10, r=80, t=50, b=30))
+    return fig
+
+
+def aligned_html(result: dict[str, Any]) -> str:
+    """Greedy, best beam and TEMPO's clean path token by token; cells that differ from greedy are marked."""
+    greedy = [st.candidates[0] for st in result["greedy"].steps]
+    g_ids = [c.token_id for c in greedy]
+    beam_ids = result["beam"]["best_ids"]
+    texts = result["beam"]["token_texts"]
+    tempo_steps = [max(st.alive, key=lambda c: c.prob) for st in result["tempo"].steps if st.alive]
+    rows = {"greedy": [(c.token_id, c.text) for c in greedy],
+            f"beam ({result['beam']['num_beams']})": [(t, texts.get(t, "")) for t in beam_ids],
+            "TEMPO (clean path)": [(c.token_id, c.text) for c in tempo_steps]}
+    n = max(len(r) for r in rows.values())
+    out = ["<table class='aligned'><tr><th></th>" + "".join(f"<th>{i}</th>" for i in range(n)) + "</tr>"]
+    for name, toks in rows.items():
+        cells = []
+        for i in range(n):
+            if i >= len(toks):
+                cells.append("<td></td>")
+                continue
+            tid, text = toks[i]
+            differs = i >= len(g_ids) or tid != g_ids[i]
+            style = " style='background:#ffe3c4'" if differs and name != "greedy" else ""
+            cells.append(f"<td{style}>{html.escape(show_token(text))}</td>")
+        out.append(f"<tr><th>{name}</th>{''.join(cells)}</tr>")
+    first = {name: next((i for i, (t, _) in enumerate(toks) if i >= len(g_ids) or t != g_ids[i]), None)
+             for name, toks in rows.items() if name != "greedy"}
+    note = "; ".join(f"{k} diverges from greedy at step {v}" if v is not None else f"{k} equals greedy"
+                     for k, v in first.items())
+    cost = result["cost"]
+    crow = "".join(f"<tr><th>{k}</th><td>{v['forward_passes']}</td><td>{v['tokens_processed']}</td>"
+                   f"<td>{v['peak_kv_rows']} rows ({v['peak_kv_mb']:.1f} MB)</td><td>{v['wall_s']:.2f} s</td></tr>"
+                   for k, v in cost.items())
+    return (f"<div class='aligned-wrap' style='overflow-x:auto'><p>{html.escape(note)}</p>{''.join(out)}</table>"
+            f"<h4>Compute</h4><table class='cost'><tr><th></th><th>forward passes</th><th>tokens processed</th>"
+            f"<th>peak KV cache</th><th>wall time</th></tr>{crow}</table></div>")

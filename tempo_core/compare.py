@@ -1,0 +1,49 @@
+"""Baselines side by side: greedy, beam search and TEMPO on the same prompt and settings, with their cost."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .baseline import beam_search
+from .config import TempoSettings
+from .engine import run
+from .model import LoadedModel
+
+
+def kv_bytes_per_row(lm: LoadedModel) -> int:
+    cfg = lm.model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return cfg.num_hidden_layers * 2 * kv_heads * head_dim * lm.dtype.itemsize
+
+
+def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None) -> dict[str, Any]:
+    """Run all three; `num_beams` defaults to TEMPO's mean set size (rounded, at least 2)."""
+    tempo_s = s.replace(default_mode=False, use_mcts=False)
+    tempo = run(lm, tempo_s)
+    greedy = run(lm, s.replace(default_mode=True, use_mcts=False, do_sample=False, faithfulness=False))
+    p = len(tempo.prompt_token_ids)
+    beams = num_beams or max(2, round(tempo.stats.get("mean_set_size", 2)))
+    t0 = time.perf_counter()
+    beam = beam_search(lm, tempo.prompt_token_ids, beams, s.max_tokens, fixed_length=False)
+    beam_s = time.perf_counter() - t0
+    per_row = kv_bytes_per_row(lm)
+    n_g, n_b = len(greedy.steps), beam["steps"]
+    eos = lm.eos_ids
+    best = [t for t in beam["sequences"][0] if t not in eos and t != lm.tokenizer.pad_token_id]
+    cost = {
+        "greedy": {"forward_passes": max(1, n_g), "tokens_processed": p + max(0, n_g - 1),
+                   "peak_kv_rows": p + max(0, n_g - 1), "wall_s": greedy.timings["total_ms"] / 1e3},
+        "beam": {"forward_passes": n_b, "tokens_processed": beams * (p + max(0, n_b - 1)),
+                 "peak_kv_rows": beams * (p + max(0, n_b - 1)), "wall_s": beam_s, "num_beams": beams},
+        "tempo": {"forward_passes": tempo.stats["forward_passes"], "tokens_processed": tempo.stats["tokens_processed"],
+                  "peak_kv_rows": p + tempo.stats["physical_tokens"], "wall_s": tempo.timings["total_ms"] / 1e3},
+    }
+    for c in cost.values():
+        c["peak_kv_mb"] = c["peak_kv_rows"] * per_row / 2**20
+    return {"greedy": greedy, "tempo": tempo, "cost": cost,
+            "beam": {"sequences": beam["sequences"], "scores": beam["scores"], "num_beams": beams,
+                     "texts": [lm.decode([t for t in seq if t not in eos and t != lm.tokenizer.pad_token_id])
+                               for seq in beam["sequences"]],
+                     "best_ids": best, "token_texts": {t: lm.decode([t]) for seq in beam["sequences"] for t in seq}}}

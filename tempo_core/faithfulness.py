@@ -1,0 +1,139 @@
+"""Faithfulness meter: does one superposed sequence approximate the explicit branches it stands for?
+
+For every logical step t of a finished TEMPO run:
+  * P_tempo(t): the merged next-token distribution TEMPO selected step t+1 from, recomputed by replaying the
+    trace through the engine (same rows, positions, masks and pruning as the run);
+  * P_paths(t): the probability-weighted mixture of the next-token distributions of the explicit branch paths
+    implied by the sets 0..t (one candidate per step, among the candidates still visible at step t; path
+    weight = product of the candidates' renormalised selection probabilities), each path run as an ordinary
+    sequence through plain transformers (batched). All paths when there are at most `max_paths`, else the
+    `max_paths` most probable (exact top-M by beam over the steps; `coverage` is the weight they hold).
+Reported per step: KL(P_paths || P_tempo), whether the top tokens agree, and the Jaccard overlap of the sets
+the selection threshold would pick from each. Per run: the means, and the perplexity of `clean_text` under a
+plain forward pass next to greedy decoding's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .config import build_settings
+from .engine import ParallelSequence
+from .model import LoadedModel
+from .selection import mixture, select_candidates, to_probs
+from .trace import Candidate, Trace, clean_token_ids
+
+
+def tempo_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
+    """Replay the run; element t is the merged distribution after step t (the one step t+1 was selected from)."""
+    s = build_settings(trace.settings)
+    seq = ParallelSequence(lm, s.replace(use_retroactive_pruning=False), trace.prompt_token_ids)
+    seq.prefill()
+    out = []
+    for st in trace.steps:
+        rows, logits, _ = seq.feed([c.token_id for c in st.candidates], st.position)
+        if rows != [c.row for c in st.candidates]:
+            raise ValueError(f"trace does not replay: step {st.step} rows {rows} != recorded")
+        out.append(mixture(to_probs(logits, s.temperature), [c.prob for c in st.candidates]))
+        for past in trace.steps[:st.step + 1]:  # pruning decided after this step's forward
+            for c in past.candidates:
+                if c.pruned_at == st.step:
+                    seq.layout.kill(c.row)
+    return out
+
+
+def visible_sets(trace: Trace, t: int) -> list[list[Candidate]]:
+    """Candidates of steps 0..t that step t's queries could see (siblings of step t all alive then)."""
+    return [[c for c in st.candidates if c.pruned_at is None or c.pruned_at >= t] for st in trace.steps[:t + 1]]
+
+
+def top_paths(sets: list[list[Candidate]], max_paths: int) -> tuple[list[list[int]], list[float], float]:
+    """The most probable explicit paths (token ids), their weights, and the total weight of all paths (= 1)."""
+    beams: list[tuple[list[int], float]] = [([], 1.0)]
+    for cands in sets:
+        if not cands:  # a removed position: the explicit paths simply skip it
+            continue
+        total = sum(c.prob for c in cands)
+        beams = sorted(((ids + [c.token_id], w * c.prob / total) for ids, w in beams for c in cands),
+                       key=lambda b: -b[1])[:max_paths]
+    return [b[0] for b in beams], [b[1] for b in beams], sum(b[1] for b in beams)
+
+
+def path_distributions(lm: LoadedModel, prompt: list[int], paths: list[list[int]], temperature: float,
+                       batch: int = 16) -> torch.Tensor:
+    """Next-token distribution after each path, as plain sequences through plain transformers."""
+    out = []
+    for i in range(0, len(paths), batch):
+        ids = torch.tensor([prompt + p for p in paths[i:i + batch]], device=lm.device)
+        with torch.inference_mode():
+            logits = lm.model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+        out.append(to_probs(logits, temperature))
+    return torch.cat(out)
+
+
+def kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    p, q = p.double(), q.double().clamp_min(1e-30)
+    mask = p > 0
+    return float((p[mask] * (p[mask].log() - q[mask].log())).sum())
+
+
+def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) -> float:
+    if not continuation:
+        return float("nan")
+    ids = torch.tensor([prompt + continuation], device=lm.device)
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
+    nll = -logp.gather(1, torch.tensor(continuation, device=lm.device)[:, None]).mean()
+    return float(torch.exp(nll))
+
+
+def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> dict[str, Any]:
+    """Run the meter on a finished TEMPO trace; also stores the result in `trace.faithfulness`."""
+    if trace.mode != "tempo":
+        raise ValueError(f"faithfulness is defined for TEMPO runs, not {trace.mode!r}")
+    s = build_settings(trace.settings)
+    merged = tempo_distributions(lm, trace)
+    steps = []
+    for t, p_tempo in enumerate(merged):
+        paths, weights, covered = top_paths(visible_sets(trace, t), max_paths)
+        dists = path_distributions(lm, trace.prompt_token_ids, paths, s.temperature)
+        p_paths = mixture(dists, weights)
+        sel_t = set(select_candidates(p_tempo, s.selection_threshold, s.max_parallel_tokens)[0])
+        sel_p = set(select_candidates(p_paths, s.selection_threshold, s.max_parallel_tokens)[0])
+        steps.append({"step": t, "kl": kl(p_paths, p_tempo), "top_agree": int(p_paths.argmax()) == int(p_tempo.argmax()),
+                      "set_jaccard": len(sel_t & sel_p) / len(sel_t | sel_p), "paths": len(paths),
+                      "coverage": covered, "branching": sum(1 for c in visible_sets(trace, t) if len(c) > 1)})
+    clean = clean_token_ids(trace.steps)
+    greedy = _greedy_ids(lm, trace.prompt_token_ids, len(clean))
+    n = len(steps)
+    result = {"max_paths": max_paths, "steps": steps,
+              "mean_kl": sum(x["kl"] for x in steps) / n if n else 0.0,
+              "top_agreement": sum(x["top_agree"] for x in steps) / n if n else 1.0,
+              "mean_set_jaccard": sum(x["set_jaccard"] for x in steps) / n if n else 1.0,
+              "min_coverage": min((x["coverage"] for x in steps), default=1.0),
+              "clean_ppl": sequence_ppl(lm, trace.prompt_token_ids, clean),
+              "greedy_ppl": sequence_ppl(lm, trace.prompt_token_ids, greedy)}
+    trace.faithfulness = result
+    return result
+
+
+def _greedy_ids(lm: LoadedModel, prompt: list[int], n: int) -> list[int]:
+    if n == 0:
+        return []
+    ids = torch.tensor([prompt], device=lm.device)
+    with torch.inference_mode():
+        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                temperature=None, top_p=None, top_k=None,
+                                pad_token_id=lm.tokenizer.pad_token_id or next(iter(lm.eos_ids), 0))
+    return [int(i) for i in out[0, len(prompt):] if int(i) not in lm.eos_ids]
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    ppl = result["clean_ppl"]
+    return (f"faithfulness: mean KL {result['mean_kl']:.4f} nats, top-token agreement "
+            f"{result['top_agreement']:.0%}, selected-set overlap {result['mean_set_jaccard']:.2f}, "
+            f"clean-text perplexity {ppl:.2f} vs greedy {result['greedy_ppl']:.2f}"
+            f"{'' if math.isfinite(ppl) else ' (no text)'}")

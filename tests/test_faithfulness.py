@@ -1,0 +1,93 @@
+"""The faithfulness meter against an independent brute-force computation on a tiny model."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tempo_core import build_settings, run
+from tempo_core.faithfulness import measure, tempo_distributions, top_paths, visible_sets
+from tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=5)
+
+
+def brute_force_mixture(lm, trace, t):
+    """Every explicit path through the sets visible at step t, each run alone, weighted by its probability."""
+    sets = [[c for c in st.candidates if c.pruned_at is None or c.pruned_at >= t] for st in trace.steps[:t + 1]]
+    sets = [s for s in sets if s]
+    total = torch.zeros(len(lm.tokenizer), dtype=torch.float64)
+    for combo in itertools.product(*sets):
+        w = math.prod(c.prob / sum(x.prob for x in s) for c, s in zip(combo, sets))
+        ids = torch.tensor([trace.prompt_token_ids + [c.token_id for c in combo]])
+        with torch.inference_mode():
+            total += w * torch.softmax(lm.model(ids).logits[0, -1].double(), -1)
+    return total
+
+
+@pytest.mark.parametrize("extra", [{}, {"use_retroactive_pruning": True, "attention_threshold": 0.1}])
+def test_meter_matches_an_independent_computation(lm, extra):
+    s = build_settings(dict(prompt="the cat", max_tokens=4, selection_threshold=0.0, max_parallel_tokens=2,
+                            raw_prompt=True, **extra))
+    trace = run(lm, s)
+    merged = tempo_distributions(lm, trace)
+    # the replayed merged distribution is the one the next step's candidates were selected from
+    for t in range(len(trace.steps) - 1):
+        for c in trace.steps[t + 1].candidates:
+            assert abs(float(merged[t][c.token_id]) - c.prob) < 1e-5
+    result = measure(lm, trace, max_paths=64)  # 2^4 paths at most: all of them
+    assert trace.faithfulness is result
+    for t, step in enumerate(result["steps"]):
+        truth = brute_force_mixture(lm, trace, t)
+        p = merged[t].double().clamp_min(1e-30)
+        expected_kl = float((truth * (truth.clamp_min(1e-300).log() - p.log())).sum())
+        assert step["kl"] == pytest.approx(expected_kl, abs=1e-5, rel=1e-4)
+        assert step["top_agree"] == (int(truth.argmax()) == int(merged[t].argmax()))
+        assert step["coverage"] == pytest.approx(1.0)
+    assert result["steps"][0]["kl"] < 1e-6  # one set over a single-path prefix: exact
+    assert result["mean_kl"] > 1e-4  # deeper superposition is not exact
+    ids = torch.tensor([trace.prompt_token_ids + [c.token_id for c in [max(s.alive, key=lambda c: c.prob)
+                                                                         for s in trace.steps]]])
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
+    p0 = len(trace.prompt_token_ids)
+    nll = -sum(float(logp[p0 - 1 + i, int(ids[0, p0 + i])]) for i in range(len(trace.steps))) / len(trace.steps)
+    assert result["clean_ppl"] == pytest.approx(math.exp(nll), rel=1e-4)
+
+
+def test_top_paths_is_the_exact_top_m():
+    from tempo_core.trace import Candidate
+    sets = [[Candidate(1, "a", 0.6), Candidate(2, "b", 0.4)], [Candidate(3, "c", 0.9), Candidate(4, "d", 0.1)],
+            [], [Candidate(5, "e", 0.5), Candidate(6, "f", 0.5)]]
+    paths, weights, covered = top_paths(sets, 3)
+    every = sorted(((list(p), math.prod(c.prob for c in p)) for p in itertools.product(*[s for s in sets if s])),
+                   key=lambda x: -x[1])
+    assert weights == pytest.approx([w for _, w in every[:3]])
+    assert covered == pytest.approx(sum(w for _, w in every[:3]))
+    assert [len(p) for p in paths] == [3, 3, 3]
+
+
+def test_visible_sets_respect_pruning_time():
+    lm_ = tiny_llama(seed=5)
+    trace = run(lm_, build_settings(dict(prompt="the cat", max_tokens=8, selection_threshold=0.05, raw_prompt=True,
+                                         use_retroactive_pruning=True, attention_threshold=0.1)))
+    pruned = [(st.step, c) for st in trace.steps for c in st.candidates if c.pruned_at is not None]
+    assert pruned
+    step, c = pruned[0]
+    assert c in visible_sets(trace, c.pruned_at)[step]
+    if c.pruned_at + 1 < len(trace.steps):
+        assert c not in visible_sets(trace, c.pruned_at + 1)[step]
+
+
+def test_meter_is_wired_into_runs_and_refuses_other_modes(lm):
+    trace = run(lm, build_settings(dict(prompt="the cat", max_tokens=3, selection_threshold=0.05,
+                                        faithfulness=True, faithfulness_paths=4)))
+    assert trace.faithfulness["max_paths"] == 4 and len(trace.faithfulness["steps"]) == 3
+    assert "faithfulness_ms" in trace.timings
+    greedy = run(lm, build_settings(dict(prompt="the cat", max_tokens=3, default_mode=True)))
+    with pytest.raises(ValueError, match="TEMPO runs"):
+        measure(lm, greedy)

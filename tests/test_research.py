@@ -1,0 +1,111 @@
+"""Research views on recorded traces and tiny-model runs: mask view vs the real mask, rewind, diff,
+sweep reuse, baselines."""
+
+import pytest
+import torch
+
+from components.research import (aligned_html, beam_tree_figure, diff_figure, diff_trees, faithfulness_figure,
+                                  positions_figure, rewind_figure, step_mask_rows, sweep_figure, sweep_table)
+from tempo_core import build_settings, run
+from tempo_core.compare import baselines, kv_bytes_per_row
+from tempo_core.sweep import reusable_prefix, sweep
+from tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=6)
+
+
+def s(**kw):
+    return build_settings({"prompt": "the cat sat", "max_tokens": 8, "raw_prompt": True, **kw})
+
+
+def test_mask_view_is_the_mask_the_model_received(lm):
+    import tempo_core.attention as att
+    seen = []
+    original = att.tempo_attention_forward
+
+    def spy(module, q, k, v, mask, *a, **kw):
+        if module.layer_idx == 0 and mask is not None:
+            seen.append(mask[0, 0].clone())
+        return original(module, q, k, v, mask, *a, **kw)
+    from transformers import AttentionInterface
+    AttentionInterface.register(att.ATTN_NAME, spy)
+    try:
+        trace = run(lm, s(selection_threshold=0.05, max_parallel_tokens=4, use_retroactive_pruning=True,
+                          attention_threshold=0.1))
+    finally:
+        AttentionInterface.register(att.ATTN_NAME, original)
+    masked_steps = [st for st in trace.steps if len(st.candidates) > 1 or st.hidden_rows]
+    assert masked_steps and len(seen) == len(masked_steps)
+    for st, real in zip(masked_steps, seen):
+        view, rows = step_mask_rows(trace, st.step)
+        k = len(st.candidates)
+        assert torch.equal(view, real[:k, :len(rows)])  # (pad rows, if any, are never visible to real rows)
+    fig = positions_figure(trace, masked_steps[-1].step)
+    assert fig.data[-1].type == "heatmap"
+    assert any(st.hidden_rows for st in trace.steps)  # pruned rows showed up in some step's mask
+
+
+def test_rewind_shows_who_pruned_what(lm):
+    trace = run(lm, s(selection_threshold=0.05, use_retroactive_pruning=True, attention_threshold=0.1))
+    step, idx, c = next((st.step, i, c) for st in trace.steps for i, c in enumerate(st.candidates) if not c.alive)
+    fig = rewind_figure(trace, f"{step}:{idx}")
+    this = next(tr for tr in fig.data if tr.name.endswith("(this)"))
+    assert list(this.x) == sorted(c.attention_by_step)
+    thr = next(tr for tr in fig.data if tr.name == "threshold in force")
+    assert all(v is not None for v in thr.y)
+    assert "pruned after step" in fig.layout.title.text
+    assert "select a pruned" in rewind_figure(trace, "bogus").layout.title.text
+
+
+def test_tree_diff_finds_divergence(lm):
+    a = run(lm, s(selection_threshold=0.1))
+    b = run(lm, s(selection_threshold=0.05))
+    d = diff_trees(a, b)
+    assert len(d) == max(len(a.steps), len(b.steps))
+    first = next(r for r in d if r["only_a"] or r["only_b"])
+    assert first["only_b"] and not first["only_a"]  # a lower threshold only adds candidates at the first split
+    assert diff_trees(a, a)[0]["only_a"] == [] and "identical" in diff_figure(a, a).layout.title.text
+    assert f"first divergence at step {first['step']}" in diff_figure(a, b).layout.title.text
+
+
+@pytest.mark.parametrize("extra", [{}, {"use_retroactive_pruning": True, "attention_threshold": 0.1}])
+def test_sweep_reuses_prefixes_and_equals_runs_from_scratch(lm, extra):
+    base = s(max_tokens=10, **extra)
+    runs = sweep(lm, base, [0.3, 0.05, 0.15])
+    assert [t.settings["selection_threshold"] for t in runs] == [0.05, 0.15, 0.3]
+    assert sum(t.stats.get("reused_steps", 0) for t in runs) > 0
+    for t in runs:
+        fresh = run(lm, base.replace(selection_threshold=t.settings["selection_threshold"]))
+        assert [[c.token_id for c in st.candidates] for st in t.steps] == \
+               [[c.token_id for c in st.candidates] for st in fresh.steps]
+        assert [[c.pruned_at for c in st.candidates] for st in t.steps] == \
+               [[c.pruned_at for c in st.candidates] for st in fresh.steps]
+        for x, y in zip(t.steps, fresh.steps):
+            assert max(abs(c.prob - d.prob) for c, d in zip(x.candidates, y.candidates)) < 1e-5
+    assert reusable_prefix(runs[-1], 0.05) == 0  # a lower threshold can never reuse a higher one's steps
+    assert len(sweep_figure(runs).data) == 3 and "| 0.05 |" in sweep_table(runs)
+
+
+def test_baselines_side_by_side(lm):
+    r = baselines(lm, s(selection_threshold=0.05, max_tokens=6), num_beams=3)
+    cost = r["cost"]
+    assert cost["beam"]["num_beams"] == 3 and len(r["beam"]["sequences"]) == 3
+    p = len(r["tempo"].prompt_token_ids)
+    assert cost["tempo"]["peak_kv_rows"] == p + r["tempo"].stats["physical_tokens"]
+    assert cost["beam"]["peak_kv_rows"] > cost["greedy"]["peak_kv_rows"]
+    assert cost["greedy"]["peak_kv_mb"] == pytest.approx(cost["greedy"]["peak_kv_rows"] * kv_bytes_per_row(lm) / 2**20)
+    html = aligned_html(r)
+    assert html.count("<tr>") >= 4 and "forward passes" in html
+    fig = beam_tree_figure(r["beam"])
+    assert len(fig.layout.annotations) == 3
+
+
+def test_faithfulness_figure_from_a_measured_run(lm):
+    t = run(lm, s(selection_threshold=0.05, max_tokens=4, faithfulness=True, faithfulness_paths=4))
+    fig = faithfulness_figure(t)
+    bars = fig.data[0]
+    assert list(bars.y) == [x["kl"] for x in t.faithfulness["steps"]]
+    assert "mean KL" in fig.layout.title.text
