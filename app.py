@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 
 from components.controls import EXAMPLES, build_controls, enforce_caps, form_values, settings_from_form
 from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure
-from components.inspect import node_choices, node_details, trace_at
+from components.inspect import find_node, node_choices, node_details, trace_at
+from components.research_tab import build_research_tab
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import FIELDS
 
@@ -48,14 +49,14 @@ element.addEventListener('click', (e) => {
   if (t) trigger('click', {node: t.dataset.node});
 });
 setInterval(() => {
-  const gd = document.querySelector('#tempo-tree .js-plotly-plot');
-  if (gd && gd.on && !gd.__tempoHooked) {
+  document.querySelectorAll('#tempo-tree .js-plotly-plot, #tempo-heatmap .js-plotly-plot').forEach((gd) => {
+    if (!gd.on || gd.__tempoHooked) return;
     gd.__tempoHooked = true;
     gd.on('plotly_click', (ev) => {
       const p = ev.points && ev.points[0];
       if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata});
     });
-  }
+  });
 }, 700);
 """
 
@@ -70,6 +71,7 @@ class Runs:
     """Per-session stop flags and a global cap on concurrent generations (UI and API share it)."""
 
     def __init__(self, limit: int):
+        self.limit = limit
         self.slots = threading.BoundedSemaphore(limit)
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -117,6 +119,8 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=330):
                 controls = build_controls()
+                names = list(controls)
+                inputs = [controls[n] for n in names]
                 with gr.Row():
                     run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -134,6 +138,8 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                         heat_plot = gr.Plot(show_label=False, elem_id="tempo-heatmap")
                     with gr.Tab("Threshold curve"):
                         curve_plot = gr.Plot(show_label=False, elem_id="tempo-curve")
+                    research = build_research_tab(lm, runs, trace_state,
+                                                  lambda values: settings_from_form(names, values), inputs)
                     with gr.Tab("Replay & export"):
                         replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
                         with gr.Row():
@@ -143,8 +149,6 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                                 dl_report = gr.DownloadButton("Download HTML report", visible=False)
                                 share = gr.Textbox(label="Link with these settings", interactive=False,
                                                    buttons=["copy"])
-        names = list(controls)
-        inputs = [controls[n] for n in names]
         gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
                                controls["mode"]])
         outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
@@ -202,8 +206,10 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
 
         run_evt = run_btn.click(run_stream, inputs, outputs, api_name="generate", concurrency_limit=CONCURRENCY,
                                 concurrency_id="model", show_progress="hidden")
+        run_btn.click(lambda data: data, trace_state, research["previous"], queue=False, api_visibility="private")
         run_evt.then(after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share],
                      api_visibility="private")
+        run_evt.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
         def stop_run(request: gr.Request):
             runs.stop(getattr(request, "session_hash", None) or "anonymous")
 
@@ -218,12 +224,15 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
         def clicked(data: dict | None, evt: gr.EventData):
             node = (getattr(evt, "_data", None) or {}).get("node")
             if not data or not node:
-                return gr.skip(), gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             tree, text = show_node(data, node)
-            return tree, text, node
+            found = find_node(Trace.from_dict(data), node)
+            pruned = found is not None and found[2].pruned_at is not None
+            return tree, text, node, node if pruned else gr.skip()
 
         node_pick.change(show_node, [trace_state, node_pick], [tree_plot, details], api_visibility="private")
-        text_view.click(clicked, [trace_state], [tree_plot, details, node_pick], api_visibility="private")
+        text_view.click(clicked, [trace_state], [tree_plot, details, node_pick, research["rewind_pick"]],
+                        api_visibility="private")
 
         def replay_to(data: dict | None, step: int):
             if not data:
@@ -246,8 +255,9 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** not a TEMPO trace: {exc}", gr.skip()
             return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {trace.model}", trace.to_dict())
 
-        upload.upload(load_trace, [upload], outputs, concurrency_limit=None).then(
-            after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share], api_visibility="private")
+        loaded = upload.upload(load_trace, [upload], outputs, concurrency_limit=None)
+        loaded.then(after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share], api_visibility="private")
+        loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
 
         # the curve redraws as soon as its controls change, before any generation
         curve_inputs = [controls[n] for n in ("dynamic_threshold", "attention_threshold", "final_threshold",

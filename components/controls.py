@@ -84,6 +84,10 @@ def build_controls() -> dict[str, gr.components.Component]:
             c["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
             c["top_k"] = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
         c["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed")
+    with gr.Accordion("Research options", open=False):
+        c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
+        c["faithfulness_paths"] = gr.Slider(1, 32, value=d.faithfulness_paths, step=1,
+                                            label="Explicit paths per step (most probable)")
     return c
 
 
@@ -95,7 +99,7 @@ def settings_from_form(names: list[str], values: list[Any]) -> TempoSettings:
     if raw.get("num_layers_to_use") in (0, None, ""):
         raw["num_layers_to_use"] = None
     for key in ("max_tokens", "min_steps", "pruning_window", "max_parallel_tokens", "mcts_simulations",
-                "mcts_depth", "top_k", "seed", "num_layers_to_use"):
+                "mcts_depth", "top_k", "seed", "num_layers_to_use", "faithfulness_paths"):
         if isinstance(raw.get(key), float) and raw[key].is_integer():
             raw[key] = int(raw[key])
     return enforce_caps(build_settings(raw))

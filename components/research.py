@@ -222,6 +222,8 @@ def beam_tree_figure(beam: dict[str, Any]) -> go.Figure:
                              hovertext=[f"beam {nodes[k] + 1}: {html.escape(show_token(texts.get(k[-1], '')))}"
                                         for k in keys]))
     for rank, (seq, score) in enumerate(zip(beam["sequences"], beam["scores"])):
+        if not seq:  # a beam that ended at once
+            continue
         end = pos[tuple(seq)]
         fig.add_annotation(x=end[0], y=end[1], text=f"#{rank + 1} score {score:.2f}", showarrow=False, xshift=55)
     fig.update_layout(title=f"Beam search ({beam['num_beams']} beams): returned beams as a tree, best in orange",

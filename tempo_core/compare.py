@@ -30,8 +30,8 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None) -
     beam_s = time.perf_counter() - t0
     per_row = kv_bytes_per_row(lm)
     n_g, n_b = len(greedy.steps), beam["steps"]
-    eos = lm.eos_ids
-    best = [t for t in beam["sequences"][0] if t not in eos and t != lm.tokenizer.pad_token_id]
+    eos = lm.eos_ids | {lm.tokenizer.pad_token_id}
+    seqs = [_until_eos(seq, eos) for seq in beam["sequences"]]
     cost = {
         "greedy": {"forward_passes": max(1, n_g), "tokens_processed": p + max(0, n_g - 1),
                    "peak_kv_rows": p + max(0, n_g - 1), "wall_s": greedy.timings["total_ms"] / 1e3},
@@ -43,7 +43,14 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None) -
     for c in cost.values():
         c["peak_kv_mb"] = c["peak_kv_rows"] * per_row / 2**20
     return {"greedy": greedy, "tempo": tempo, "cost": cost,
-            "beam": {"sequences": beam["sequences"], "scores": beam["scores"], "num_beams": beams,
-                     "texts": [lm.decode([t for t in seq if t not in eos and t != lm.tokenizer.pad_token_id])
-                               for seq in beam["sequences"]],
-                     "best_ids": best, "token_texts": {t: lm.decode([t]) for seq in beam["sequences"] for t in seq}}}
+            "beam": {"sequences": seqs, "scores": beam["scores"], "num_beams": beams,
+                     "texts": [lm.decode(seq) for seq in seqs], "best_ids": seqs[0],
+                     "token_texts": {t: lm.decode([t]) for seq in seqs for t in seq}}}
+
+
+def _until_eos(seq: list[int], eos: set[int]) -> list[int]:
+    """A returned beam without its end-of-sequence token and the padding after it."""
+    for i, t in enumerate(seq):
+        if t in eos:
+            return seq[:i]
+    return seq

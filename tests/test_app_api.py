@@ -123,7 +123,7 @@ def _form_args(**over):
              "bezier_p2", "use_relu", "relu_activation_point", "max_parallel_tokens",
              "allow_intraset_token_visibility", "disable_kv_cache", "min_steps", "temperature", "enable_thinking",
              "raw_prompt", "show_token_ids", "mcts_simulations", "mcts_depth", "mcts_c_puct", "do_sample", "top_p",
-             "top_k", "seed"]
+             "top_k", "seed", "faithfulness", "faithfulness_paths"]
     return form_values(build_settings(over), names)
 
 
@@ -146,3 +146,14 @@ def test_gradio_client_bad_value_gives_a_message_not_a_crash(server):
     out = client.predict(*_form_args(prompt="   "), api_name="/generate")
     assert "prompt: must be a non-empty string" in out[4]
     assert client.predict(*_form_args(prompt="the cat", max_tokens=2), api_name="/generate")[4].startswith("Done")
+
+
+def test_gradio_client_research_endpoints(server):
+    from gradio_client import Client
+    client = Client(server, verbose=False)
+    fig, table = client.predict("0.3, 0.05", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    assert "| 0.05 |" in table and "| 0.3 |" in table
+    _, err = client.predict("2, 0.1", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    assert "Error" in err and "[0, 1]" in err
+    html, _ = client.predict(*_form_args(prompt="the cat", max_tokens=5), api_name="/baselines")
+    assert "forward passes" in html and "greedy" in html

@@ -63,7 +63,7 @@ def test_generate_in_a_real_browser(app_url):
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(app_url + "/?max_tokens=24&use_retroactive_pruning=true&attention_threshold=0.02",
+        page.goto(app_url + "/?max_tokens=24&use_retroactive_pruning=true&attention_threshold=0.02&faithfulness=true",
                   wait_until="load")
         expect(page.locator("#generate")).to_be_visible(timeout=60_000)
         # the link's settings filled the form
@@ -86,5 +86,10 @@ def test_generate_in_a_real_browser(app_url):
         page.get_by_role("tab", name="Pruning heatmap").click()
         expect(page.locator("#tempo-heatmap .js-plotly-plot")).to_be_visible(timeout=20_000)
         page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
+        page.get_by_role("tab", name="Research").click()
+        expect(page.locator("#faith-plot")).to_contain_text("mean KL", timeout=30_000)
+        page.get_by_role("tab", name="Positions & mask").click()
+        expect(page.locator("#mask-plot")).to_contain_text("siblings share position", timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "research.png"))
         browser.close()
     assert errors == []

@@ -1,0 +1,134 @@
+"""The "Research" tab: faithfulness, positions & mask, pruning rewind, baselines, sweep and tree diff."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gradio as gr
+
+from tempo_core import SettingsError, Trace
+from tempo_core.compare import baselines
+from tempo_core.sweep import sweep
+from tempo_core.trace import rewind
+
+from .figures import tree_figure
+from .research import (aligned_html, beam_tree_figure, diff_figure, faithfulness_figure, positions_figure,
+                       rewind_figure, sweep_figure, sweep_table)
+
+MAX_SWEEP = 6
+
+
+def pruned_choices(trace: Trace) -> list[tuple[str, str]]:
+    return [(f"step {st.step} · {c.text!r} · pruned after {c.pruned_at}", f"{st.step}:{i}")
+            for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None]
+
+
+def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..., Any], form_inputs: list) -> dict:
+    """Lays out the tab in the current Blocks context and wires its events. Returns components others update."""
+    with gr.Tab("Research"):
+        with gr.Tabs():
+            with gr.Tab("Faithfulness"):
+                gr.Markdown("Does one superposed sequence approximate the explicit branches it stands for? Tick "
+                            "**Measure faithfulness** (in *Research options*) and generate: each step's merged "
+                            "distribution is compared with the mixture of the explicit paths run one by one.")
+                faith_plot = gr.Plot(show_label=False, elem_id="faith-plot")
+            with gr.Tab("Positions & mask"):
+                mask_step = gr.Slider(0, 1, value=0, step=1, label="Step")
+                mask_plot = gr.Plot(show_label=False, elem_id="mask-plot")
+            with gr.Tab("Pruning rewind"):
+                rewind_pick = gr.Dropdown([], label="Pruned candidate (or click one in the tree / heatmap)")
+                rewind_plot = gr.Plot(show_label=False, elem_id="rewind-plot")
+                with gr.Row():
+                    before_plot = gr.Plot(label="tree just before the decision")
+                    after_plot = gr.Plot(label="tree just after")
+            with gr.Tab("Baselines"):
+                base_btn = gr.Button("Run greedy, beam search and TEMPO on this prompt", elem_id="run-baselines")
+                base_html = gr.HTML()
+                beam_plot = gr.Plot(show_label=False)
+            with gr.Tab("Threshold sweep"):
+                sweep_thr = gr.Textbox("0.05, 0.1, 0.2, 0.3", label=f"Selection thresholds (up to {MAX_SWEEP})")
+                sweep_btn = gr.Button("Sweep", elem_id="run-sweep")
+                sweep_plot = gr.Plot(show_label=False)
+                sweep_md = gr.Markdown()
+            with gr.Tab("Tree diff"):
+                gr.Markdown("Compare the current run (A) with the previous run or an uploaded trace (B).")
+                previous = gr.State(None)
+                with gr.Row():
+                    diff_prev = gr.Button("A vs previous run")
+                    diff_file = gr.File(label="B: upload a JSON trace", file_types=[".json"])
+                diff_plot = gr.Plot(show_label=False)
+
+    def refresh(data: dict | None):
+        if not data:
+            return (gr.skip(),) * 4
+        trace = Trace.from_dict(data)
+        n = len(trace.steps)
+        return (faithfulness_figure(trace), gr.update(maximum=max(1, n - 1), value=max(0, n - 1)),
+                positions_figure(trace, n - 1), gr.update(choices=pruned_choices(trace), value=None))
+
+    def show_rewind(data: dict | None, node: str | None):
+        if not data or not node:
+            return gr.skip(), gr.skip(), gr.skip()
+        trace = Trace.from_dict(data)
+        try:
+            s, i = (int(x) for x in node.split(":"))
+            c = trace.steps[s].candidates[i]
+        except (ValueError, IndexError):
+            return gr.skip(), gr.skip(), gr.skip()
+        at = c.pruned_at if c.pruned_at is not None else len(trace.steps) - 1
+        return rewind_figure(trace, node), tree_figure(rewind(trace, at - 1)), tree_figure(rewind(trace, at))
+
+    def run_baselines(*values: Any):
+        try:
+            s = settings_of(list(values))
+        except SettingsError as exc:
+            return f"<p><b>Error:</b> {exc}</p>", gr.skip()
+        if not s.prompt.strip():
+            return "<p><b>Error:</b> prompt: must be a non-empty string</p>", gr.skip()
+        with runs.slots:
+            result = baselines(lm, s)
+        return aligned_html(result), beam_tree_figure(result["beam"])
+
+    def run_sweep(text: str, *values: Any):
+        try:
+            thresholds = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+            if not thresholds or len(thresholds) > MAX_SWEEP or any(not 0 <= t <= 1 for t in thresholds):
+                raise SettingsError("selection_threshold", f"sweep needs 1 to {MAX_SWEEP} values in [0, 1]")
+            s = settings_of(list(values))
+            if not s.prompt.strip():
+                raise SettingsError("prompt", "must be a non-empty string")
+        except (ValueError, SettingsError) as exc:
+            return gr.skip(), f"**Error:** {exc}"
+        with runs.slots:
+            traces = sweep(lm, s.replace(default_mode=False, use_mcts=False), thresholds)
+        return sweep_figure(traces), sweep_table(traces)
+
+    def diff_with(data: dict | None, other: dict | None):
+        if not data or not other:
+            return gr.skip()
+        return diff_figure(Trace.from_dict(data), Trace.from_dict(other))
+
+    def diff_upload(data: dict | None, file):
+        if not data or file is None:
+            return gr.skip()
+        try:
+            with open(file if isinstance(file, str) else file.name) as f:
+                other = Trace.from_json(f.read())
+        except (ValueError, TypeError, KeyError) as exc:
+            gr.Warning(f"not a TEMPO trace: {exc}")
+            return gr.skip()
+        return diff_figure(Trace.from_dict(data), other)
+
+    mask_step.input(lambda d, st: positions_figure(Trace.from_dict(d), int(st)) if d else gr.skip(),
+                    [trace_state, mask_step], mask_plot, api_visibility="private", concurrency_limit=None)
+    rewind_pick.change(show_rewind, [trace_state, rewind_pick], [rewind_plot, before_plot, after_plot],
+                       api_visibility="private", concurrency_limit=None)
+    base_btn.click(run_baselines, form_inputs, [base_html, beam_plot], api_name="baselines",
+                   concurrency_id="model", concurrency_limit=runs.limit)
+    sweep_btn.click(run_sweep, [sweep_thr, *form_inputs], [sweep_plot, sweep_md], api_name="sweep",
+                    concurrency_id="model", concurrency_limit=runs.limit)
+    diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private")
+    diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot,
+                     api_visibility="private")
+    return {"refresh": refresh, "refresh_outputs": [faith_plot, mask_step, mask_plot, rewind_pick],
+            "rewind_pick": rewind_pick, "previous": previous}
