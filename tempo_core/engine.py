@@ -102,13 +102,17 @@ class ParallelSequence:
         the run fed it; pruning replayed); returns the last set's logits [k, V]. Used to resume from a prefix."""
         for st in steps:
             self.layout.append_set([c.token_id for c in st.candidates], st.position)
-            for past in steps[:st.step + 1]:
-                for c in past.candidates:
-                    if c.pruned_at == st.step:
-                        self.layout.kill(c.row)
+            self.replay_pruning(steps, st.step)
         mask = full_mask(self.layout, self.s.allow_intraset_token_visibility, self.lm.device)
         k = len(steps[-1].candidates)
         return self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)[0]
+
+    def replay_pruning(self, steps: list[Step], step: int) -> None:
+        """Hide the rows a recorded run pruned right after `step` (its pruning decisions come after the forward)."""
+        for past in steps[:step + 1]:
+            for c in past.candidates:
+                if c.pruned_at == step:
+                    self.layout.kill(c.row)
 
     def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
         """Append one set at one position; returns (rows, logits [k, V], attention [k, rows] or None)."""

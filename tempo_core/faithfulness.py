@@ -38,10 +38,7 @@ def tempo_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
         if rows != [c.row for c in st.candidates]:
             raise ValueError(f"trace does not replay: step {st.step} rows {rows} != recorded")
         out.append(mixture(to_probs(logits, s.temperature), [c.prob for c in st.candidates]))
-        for past in trace.steps[:st.step + 1]:  # pruning decided after this step's forward
-            for c in past.candidates:
-                if c.pruned_at == st.step:
-                    seq.layout.kill(c.row)
+        seq.replay_pruning(trace.steps, st.step)
     return out
 
 
