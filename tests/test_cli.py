@@ -96,3 +96,19 @@ def test_unsupported_model_is_refused(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path)
     r = cli("--model", str(tmp_path), "--prompt", "x")
     assert r.returncode != 0 and "no rotary position embeddings" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_file_device_and_dtype(model_dir, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("max_tokens: 3\nselection_threshold: 0.05\nprompt: the cat\n")
+    base = ["--model", model_dir, "--config", str(cfg), "--json"]
+    fp32 = json.loads(cli(*base, "--device", "cpu").stdout)
+    assert fp32["settings"]["max_tokens"] == 3 and len(fp32["steps"]) == 3
+    bf16 = json.loads(cli(*base, "--dtype", "bfloat16").stdout)
+    p32 = [c["prob"] for st in fp32["steps"] for c in st["candidates"]]
+    p16 = [c["prob"] for st in bf16["steps"] for c in st["candidates"]]
+    assert p32 != p16  # the weights really ran in bf16
+    r = cli(*base, "--device", "cuda")
+    assert r.returncode != 0 and "device: cuda requested but no CUDA GPU is available" in r.stderr
+    r = cli(*base, "--dtype", "fp8")
+    assert r.returncode != 0 and "dtype: must be one of" in r.stderr
