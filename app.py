@@ -20,7 +20,8 @@ import gradio as gr
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
-from components.controls import EXAMPLES, build_controls, enforce_caps, form_values, settings_from_form
+from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, enforce_caps,
+                                 form_values, settings_from_form)
 from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure
 from components.inspect import find_node, node_choices, node_details, trace_at
 from components.research_tab import build_research_tab
@@ -150,7 +151,10 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                                 share = gr.Textbox(label="Link with these settings", interactive=False,
                                                    buttons=["copy"])
         gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
-                               controls["mode"]])
+                               controls["mode"]], label="Examples")
+        gr.Examples([v for _, v in RESEARCH_EXAMPLES], [controls[n] for n in RESEARCH_FIELDS],
+                    example_labels=[label for label, _ in RESEARCH_EXAMPLES],
+                    label="Research presets (then open the Research tab)")
         outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
 
         # gr.Request must be a positional parameter before *values for Gradio to pass it

@@ -21,6 +21,18 @@ EXAMPLES = [
     ["List three uses of a paperclip.", 0.1, 40, "Greedy / sampling (transformers generate)"],
 ]
 
+# One preset per research view: (label, values for RESEARCH_FIELDS)
+RESEARCH_FIELDS = ["prompt", "selection_threshold", "max_tokens", "mode", "use_retroactive_pruning",
+                   "attention_threshold", "dynamic_threshold", "faithfulness"]
+RESEARCH_EXAMPLES = [
+    ("Faithfulness meter: a short answer", ["What is the capital of France?", 0.1, 16, "TEMPO", False, 0.01, False, True]),
+    ("Pruning rewind + positions & mask", ["Write a haiku about servers.", 0.05, 24, "TEMPO", True, 0.03, False, False]),
+    ("Bezier schedule rising to 0.05", ["Explain the theory of relativity simply.", 0.1, 40, "TEMPO", True, 0.005,
+                                        True, False]),
+    ("Then: Baselines, Threshold sweep, Tree diff", ["List three uses of a paperclip.", 0.1, 24, "TEMPO", False, 0.01,
+                                                     False, False]),
+]
+
 
 def _help(name: str) -> str:
     return FIELDS[name].metadata["help"]
