@@ -26,7 +26,7 @@ from components.figures import attention_figure, report_html, text_html, thresho
 from components.inspect import find_node, node_choices, node_details, trace_at
 from components.research_tab import build_research_tab
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
-from tempo_core.config import FIELDS
+from tempo_core.config import FIELDS, TempoSettings
 
 log = logging.getLogger("tempo.app")
 CONCURRENCY = int(os.environ.get("TEMPO_CONCURRENCY", "1"))
@@ -107,7 +107,8 @@ def views(trace: Trace, selected: str | None = None, current: int | None = None)
             text_html(trace))
 
 
-def share_query(s) -> str:
+def share_query(s: TempoSettings) -> str:
+    """Query string of the settings that differ from the defaults (opening it fills the form)."""
     defaults = build_settings({}).to_dict()
     changed = {k: v for k, v in s.to_dict().items() if v != defaults[k]}
     return "?" + urlencode({k: json.dumps(v) if not isinstance(v, str) else v for k, v in changed.items()})
@@ -208,7 +209,7 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                     gr.update(choices=node_choices(trace), value=None),
                     gr.update(value=path_json, visible=True), gr.update(value=path_html, visible=True), link)
 
-        run_evt = run_btn.click(run_stream, inputs, outputs, api_name="generate", concurrency_limit=CONCURRENCY,
+        run_evt = run_btn.click(run_stream, inputs, outputs, api_name="generate", concurrency_limit=runs.limit,
                                 concurrency_id="model", show_progress="hidden")
         run_btn.click(lambda data: data, trace_state, research["previous"], queue=False, api_visibility="private")
         run_evt.then(after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share],
