@@ -157,3 +157,18 @@ def test_gradio_client_research_endpoints(server):
     assert "Error" in err and "[0, 1]" in err
     html, _ = client.predict(*_form_args(prompt="the cat", max_tokens=5), api_name="/baselines")
     assert "forward passes" in html and "greedy" in html
+
+
+def test_stop_ends_the_sessions_run_and_keeps_what_was_made(server):
+    from gradio_client import Client
+    client = Client(server, verbose=False)
+    job = client.submit(*_form_args(prompt="the cat", max_tokens=200, selection_threshold=0.02),
+                        api_name="/generate")
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline:
+        time.sleep(0.05)
+    client.predict(api_name="/stop")  # same client = same session
+    final = job.result()
+    status = final[4]
+    assert status.startswith("Done (stopped)"), status
+    assert int(status.split("step ")[1].split(" ")[0]) < 200
