@@ -119,8 +119,8 @@ def tree_figure(trace: Trace, selected: str | None = None) -> go.Figure:
     last = max(g.nodes[n]["step"] for n in g.nodes)
     fig.update_layout(
         title=f"Token tree — {trace.mode}, {last + 1} logical steps, {g.number_of_nodes()} candidates",
-        template="plotly_white", uirevision=UIREVISION, hovermode="closest", margin=dict(l=10, r=10, t=40, b=30),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), height=460,
+        template="plotly_white", uirevision=UIREVISION, hovermode="closest", margin=dict(l=10, r=10, t=70, b=30),
+        title_font_size=15, legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"), height=480,
         xaxis=dict(title="logical step (shared position)", range=[-0.5, max(8, last + 1.5)], zeroline=False),
         yaxis=dict(visible=False))
     return fig
