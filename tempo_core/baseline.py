@@ -18,7 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 from .config import TempoSettings
 from .engine import StepEvent, new_trace
 from .model import LoadedModel
-from .trace import Candidate, Step, finalise_text
+from .trace import Candidate, Step, finalise_text, summarise
 
 TOP_ALTERNATIVES = 5
 
@@ -116,12 +116,10 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
     worker.join()
     if stop is not None and stop.is_set():
         trace.stop_reason = "stopped"
-    total = (time.perf_counter() - t0) * 1e3
     n = len(trace.steps)
     finalise_text(trace, lm.decode, s.show_token_ids)
-    trace.timings.update(total_ms=total, mean_step_ms=total / n if n else 0.0, steps_per_s=n / total * 1e3 if n else 0)
-    trace.stats.update(steps=n, physical_tokens=n, mean_set_size=1.0 if n else 0.0, max_set_size=1 if n else 0,
-                       pruned=0, forward_passes=n + 1, tokens_processed=len(trace.prompt_token_ids) + n)
+    # generate() makes n tokens in n forwards: the prefill yields the first, each later token one more
+    summarise(trace, (time.perf_counter() - t0) * 1e3, max(1, n), len(trace.prompt_token_ids) + max(0, n - 1), n)
     yield StepEvent(n - 1, trace, [], done=True)
 
 

@@ -29,12 +29,12 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None) -
     beam = beam_search(lm, tempo.prompt_token_ids, beams, s.max_tokens, fixed_length=False)
     beam_s = time.perf_counter() - t0
     per_row = kv_bytes_per_row(lm)
-    n_g, n_b = len(greedy.steps), beam["steps"]
+    n_b = beam["steps"]
     eos = lm.eos_ids | {lm.tokenizer.pad_token_id}
     seqs = [_until_eos(seq, eos) for seq in beam["sequences"]]
     cost = {
-        "greedy": {"forward_passes": max(1, n_g), "tokens_processed": p + max(0, n_g - 1),
-                   "peak_kv_rows": p + max(0, n_g - 1), "wall_s": greedy.timings["total_ms"] / 1e3},
+        "greedy": {"forward_passes": greedy.stats["forward_passes"], "tokens_processed": greedy.stats["tokens_processed"],
+                   "peak_kv_rows": greedy.stats["tokens_processed"], "wall_s": greedy.timings["total_ms"] / 1e3},
         "beam": {"forward_passes": n_b, "tokens_processed": beams * (p + max(0, n_b - 1)),
                  "peak_kv_rows": beams * (p + max(0, n_b - 1)), "wall_s": beam_s, "num_beams": beams},
         "tempo": {"forward_passes": tempo.stats["forward_passes"], "tokens_processed": tempo.stats["tokens_processed"],

@@ -25,7 +25,7 @@ from .model import LoadedModel
 from .pruning import RetroactivePruner, combine_layers, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_candidates, to_probs
-from .trace import Candidate, Step, Trace, finalise_text
+from .trace import Candidate, Step, Trace, finalise_text, summarise
 
 THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
 
@@ -206,16 +206,8 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
 
 def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequence, t0: float) -> None:
     finalise_text(trace, lm.decode, s.show_token_ids)
-    total = (time.perf_counter() - t0) * 1e3
-    n = len(trace.steps)
-    step_ms = [st.time_ms for st in trace.steps]
-    trace.timings.update(total_ms=total, mean_step_ms=sum(step_ms) / n if n else 0.0,
-                         steps_per_s=n / (total / 1e3) if total > 0 else 0.0)
-    sizes = [len(st.candidates) for st in trace.steps]
-    trace.stats.update(steps=n, physical_tokens=seq.layout.rows - seq.layout.prompt_len,
-                       mean_set_size=sum(sizes) / n if n else 0.0, max_set_size=max(sizes, default=0),
-                       pruned=sum(1 for st in trace.steps for c in st.candidates if not c.alive),
-                       forward_passes=seq.forward_passes, tokens_processed=seq.tokens_processed)
+    summarise(trace, (time.perf_counter() - t0) * 1e3, seq.forward_passes, seq.tokens_processed,
+              seq.layout.rows - seq.layout.prompt_len)
 
 
 def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,

@@ -23,7 +23,7 @@ from .config import TempoSettings
 from .engine import StepEvent, new_trace
 from .model import LoadedModel
 from .selection import select_candidates, to_probs
-from .trace import Candidate, Step, finalise_text
+from .trace import Candidate, Step, finalise_text, summarise
 
 
 @dataclass
@@ -150,12 +150,5 @@ def mcts_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None 
 
 
 def _stats(trace, search: MctsSearch, t0: float) -> None:
-    n = len(trace.steps)
-    total = (time.perf_counter() - t0) * 1e3
-    trace.timings.update(total_ms=total, mean_step_ms=sum(st.time_ms for st in trace.steps) / n if n else 0.0,
-                         steps_per_s=n / total * 1e3 if n and total else 0.0)
-    trace.stats.update(steps=n, physical_tokens=n, mean_set_size=(sum(len(st.candidates) for st in trace.steps) / n
-                                                                 if n else 0.0),
-                       max_set_size=max((len(st.candidates) for st in trace.steps), default=0),
-                       pruned=sum(1 for st in trace.steps for c in st.candidates if not c.alive),
-                       forward_passes=search.forward_passes, tokens_processed=search.tokens_processed)
+    summarise(trace, (time.perf_counter() - t0) * 1e3, search.forward_passes, search.tokens_processed,
+              len(trace.steps))

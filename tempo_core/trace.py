@@ -120,6 +120,19 @@ def clean_token_ids(steps: list[Step]) -> list[int]:
     return ids
 
 
+def summarise(trace: Trace, total_ms: float, forward_passes: int, tokens_processed: int,
+              physical_tokens: int) -> None:
+    """Fill `timings` (per logical step) and `stats` from the steps so far; every mode reports the same fields."""
+    n = len(trace.steps)
+    sizes = [len(st.candidates) for st in trace.steps]
+    trace.timings.update(total_ms=total_ms, mean_step_ms=sum(st.time_ms for st in trace.steps) / n if n else 0.0,
+                         steps_per_s=n / (total_ms / 1e3) if total_ms > 0 else 0.0)
+    trace.stats.update(steps=n, physical_tokens=physical_tokens, mean_set_size=sum(sizes) / n if n else 0.0,
+                       max_set_size=max(sizes, default=0),
+                       pruned=sum(1 for st in trace.steps for c in st.candidates if not c.alive),
+                       forward_passes=forward_passes, tokens_processed=tokens_processed)
+
+
 def finalise_text(trace: Trace, decode: Callable[[list[int]], str], show_ids: bool = False) -> None:
     """Fill `text` and `clean_text`; clean text is decoded as one sequence so spaces survive."""
     trace.text = bracket_text(trace.steps, show_ids=show_ids)
