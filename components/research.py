@@ -103,7 +103,8 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
 
 
 def rewind_figure(trace: Trace, node: str) -> go.Figure:
-    """Why a candidate was pruned: attention from each later step against the threshold then in force."""
+    """Why a candidate was pruned: attention from each later step (and, with multi-scale weighting, from each
+    layer) against the threshold then in force."""
     try:
         s, i = (int(x) for x in node.split(":"))
         c = trace.steps[s].candidates[i]
@@ -111,22 +112,32 @@ def rewind_figure(trace: Trace, node: str) -> go.Figure:
         return go.Figure().update_layout(title="Pruning rewind: select a pruned candidate", template="plotly_white")
     later = sorted(c.attention_by_step)
     thr = {st.step: st.pruning_threshold for st in trace.steps}
-    siblings = trace.steps[s].candidates
-    fig = go.Figure()
-    for j, sib in enumerate(siblings):
-        fig.add_trace(go.Scatter(x=sorted(sib.attention_by_step), y=[sib.attention_by_step[k] for k in
-                                                                   sorted(sib.attention_by_step)],
-                                 mode="lines+markers", name=f"{show_token(sib.text)}" + (" (this)" if j == i else ""),
-                                 line=dict(width=4 if j == i else 1.5, dash="solid" if sib.alive else "dot")))
+    layered = bool(c.attention_by_layer)
+    fig = make_subplots(rows=1, cols=2 if layered else 1, column_widths=[0.55, 0.45] if layered else None,
+                        subplot_titles=("per later step", "per layer (multi-scale)") if layered else None)
+    for j, sib in enumerate(trace.steps[s].candidates):
+        xs = sorted(sib.attention_by_step)
+        fig.add_trace(go.Scatter(x=xs, y=[sib.attention_by_step[k] for k in xs], mode="lines+markers",
+                                 name=f"{show_token(sib.text)}" + (" (this)" if j == i else ""),
+                                 line=dict(width=4 if j == i else 1.5, dash="solid" if sib.alive else "dot")),
+                      row=1, col=1)
     fig.add_trace(go.Scatter(x=later, y=[thr.get(k) for k in later], mode="lines", name="threshold in force",
-                             line=dict(color=PRUNED, dash="dash")))
+                             line=dict(color=PRUNED, dash="dash")), row=1, col=1)
     if c.pruned_at is not None:
-        fig.add_vline(x=c.pruned_at, line=dict(color=PRUNED), annotation_text=f"pruned after step {c.pruned_at}")
+        fig.add_vline(x=c.pruned_at, line=dict(color=PRUNED), annotation_text=f"pruned after step {c.pruned_at}",
+                      row=1, col=1)
+    if layered:
+        steps_ = sorted(c.attention_by_layer)
+        layers = sorted({layer for per in c.attention_by_layer.values() for layer in per})
+        fig.add_trace(go.Heatmap(x=steps_, y=[f"layer {layer}" for layer in layers], colorscale="Blues",
+                                 z=[[c.attention_by_layer[k].get(layer) for k in steps_] for layer in layers],
+                                 colorbar=dict(title="attention", thickness=10), name="per layer"), row=1, col=2)
     fate = f"pruned after step {c.pruned_at}" if c.pruned_at is not None else "kept"
     fig.update_layout(title=f"Pruning rewind — {show_token(c.text)!s} at step {s} ({fate}); mean attention "
-                            f"{(c.attention or 0):.4f}", template="plotly_white", height=340,
-                      xaxis_title="later logical step", yaxis_title="attention paid (mean over heads, rows, layers)",
-                      margin=dict(l=10, r=10, t=50, b=30))
+                            f"{(c.attention or 0):.4f}", template="plotly_white", height=360 if not layered else 420,
+                      margin=dict(l=10, r=10, t=60, b=30))
+    fig.update_xaxes(title="later logical step")
+    fig.update_yaxes(title="attention paid (mean over heads and rows)", row=1, col=1)
     return fig
 
 
@@ -180,6 +191,23 @@ def sweep_figure(runs: list[Trace]) -> go.Figure:
     fig.update_xaxes(title="selection threshold")
     fig.update_layout(title="Threshold sweep", template="plotly_white", height=300, showlegend=False,
                       margin=dict(l=10, r=10, t=60, b=40))
+    return fig
+
+
+def sweep_multiples(runs: list[Trace]) -> go.Figure:
+    """Small multiples: one panel per threshold, the tree's width at every step (pruned part in red)."""
+    n = max(1, len(runs))
+    fig = make_subplots(rows=1, cols=n, shared_yaxes=True,
+                        subplot_titles=[f"threshold {t.settings['selection_threshold']}" for t in runs] or [""])
+    for col, t in enumerate(runs, start=1):
+        x = [st.step for st in t.steps]
+        alive = [len(st.alive) for st in t.steps]
+        dead = [len(st.candidates) - len(st.alive) for st in t.steps]
+        fig.add_trace(go.Bar(x=x, y=alive, marker_color="#3b528b", name="alive", showlegend=col == 1,
+                             hovertext=[show_token(c.text) for st in t.steps for c in st.alive[:1]]), row=1, col=col)
+        fig.add_trace(go.Bar(x=x, y=dead, marker_color=PRUNED, name="pruned", showlegend=col == 1), row=1, col=col)
+    fig.update_layout(barmode="stack", template="plotly_white", height=260, margin=dict(l=10, r=10, t=50, b=30),
+                      title="Tree width per step, one panel per threshold")
     return fig
 
 

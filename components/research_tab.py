@@ -13,7 +13,7 @@ from tempo_core.trace import rewind
 
 from .figures import tree_figure
 from .research import (aligned_html, beam_tree_figure, diff_figure, faithfulness_figure, positions_figure,
-                       rewind_figure, sweep_figure, sweep_table)
+                       rewind_figure, sweep_figure, sweep_multiples, sweep_table)
 
 MAX_SWEEP = 6
 
@@ -49,6 +49,7 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
                 sweep_thr = gr.Textbox("0.05, 0.1, 0.2, 0.3", label=f"Selection thresholds (up to {MAX_SWEEP})")
                 sweep_btn = gr.Button("Sweep", elem_id="run-sweep")
                 sweep_plot = gr.Plot(show_label=False)
+                sweep_small = gr.Plot(show_label=False)
                 sweep_md = gr.Markdown()
             with gr.Tab("Tree diff"):
                 gr.Markdown("Compare the current run (A) with the previous run or an uploaded trace (B).")
@@ -98,10 +99,10 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
             if not s.prompt.strip():
                 raise SettingsError("prompt", "must be a non-empty string")
         except (ValueError, SettingsError) as exc:
-            return gr.skip(), f"**Error:** {exc}"
+            return gr.skip(), gr.skip(), f"**Error:** {exc}"
         with runs.slots:
             traces = sweep(lm, s.replace(default_mode=False, use_mcts=False), thresholds)
-        return sweep_figure(traces), sweep_table(traces)
+        return sweep_figure(traces), sweep_multiples(traces), sweep_table(traces)
 
     def diff_with(data: dict | None, other: dict | None):
         if not data or not other:
@@ -125,7 +126,7 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
                        api_visibility="private", concurrency_limit=None)
     base_btn.click(run_baselines, form_inputs, [base_html, beam_plot], api_name="baselines",
                    concurrency_id="model", concurrency_limit=runs.limit)
-    sweep_btn.click(run_sweep, [sweep_thr, *form_inputs], [sweep_plot, sweep_md], api_name="sweep",
+    sweep_btn.click(run_sweep, [sweep_thr, *form_inputs], [sweep_plot, sweep_small, sweep_md], api_name="sweep",
                     concurrency_id="model", concurrency_limit=runs.limit)
     diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private")
     diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot,

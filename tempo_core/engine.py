@@ -22,7 +22,7 @@ from .config import SettingsError, TempoSettings, validate_prompt
 from .fastpath import fast_rows
 from .layout import Layout, full_mask, step_mask
 from .model import LoadedModel
-from .pruning import RetroactivePruner, combine_layers, layer_weights
+from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_candidates, to_probs
 from .trace import Candidate, Step, Trace, finalise_text, summarise
@@ -114,8 +114,9 @@ class ParallelSequence:
                 if c.pruned_at == step:
                     self.layout.kill(c.row)
 
-    def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
-        """Append one set at one position; returns (rows, logits [k, V], attention [k, rows] or None)."""
+    def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, dict[int, torch.Tensor]]:
+        """Append one set at one position; returns (rows, logits [k, V], {layer: attention [k, rows]} for the
+        layers pruning reads, empty without pruning)."""
         k, dev = len(token_ids), self.lm.device
         visible = self.s.allow_intraset_token_visibility
         past_alive = list(self.layout.alive)
@@ -135,8 +136,7 @@ class ParallelSequence:
             if pad:
                 self.cache.crop(-pad)
                 logits, attn = logits[:k], {layer: a[:k, :-pad] for layer, a in attn.items()}
-        combined = combine_layers(attn, self.capture) if self.capture else None
-        return rows, logits, combined
+        return rows, logits, attn
 
 
 def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
@@ -164,7 +164,7 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
     seq = ParallelSequence(lm, s, trace.prompt_token_ids)
-    pruner = RetroactivePruner(s, s.seed) if seq.capture else None
+    pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     if prefix:
         trace.steps = copy.deepcopy(prefix)
         for st in trace.steps:

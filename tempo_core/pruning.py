@@ -37,8 +37,9 @@ def combine_layers(per_layer: dict[int, torch.Tensor], weights: dict[int, float]
 class RetroactivePruner:
     """Keeps the per-candidate scores and takes the pruning decisions for one run."""
 
-    def __init__(self, s: TempoSettings, seed: int):
+    def __init__(self, s: TempoSettings, seed: int, weights: dict[int, float]):
         self.s = s
+        self.weights = weights  # layer -> weight (see layer_weights)
         self._rng = random.Random(seed)
         self._draw: dict[tuple[int, int], float] = {}  # one uniform per candidate: sigmoid decisions are seeded
 
@@ -51,16 +52,22 @@ class RetroactivePruner:
     def scored(self, step: Step) -> bool:
         return len(step.candidates) >= 2 or not self.s.preserve_isolated_tokens
 
-    def update(self, steps: list[Step], attention: torch.Tensor, threshold: float) -> list[Candidate]:
-        """Score earlier sets with the newest step's attention [k_new, rows]; return newly pruned candidates."""
+    def update(self, steps: list[Step], per_layer: dict[int, torch.Tensor], threshold: float) -> list[Candidate]:
+        """Score earlier sets with the newest step's attention (layer -> [k_new, rows], head-averaged);
+        return the newly pruned candidates. With multi-scale weighting each layer's share is kept too."""
         now = steps[-1].step
-        per_row = attention.mean(dim=0).tolist()  # mean over the new step's query rows; one device sync
+        # mean over the new step's query rows; .tolist() is one device sync per step
+        per_row = combine_layers(per_layer, self.weights).mean(dim=0).tolist()
+        layer_rows = ({layer: per_layer[layer].mean(dim=0).tolist() for layer in self.weights}
+                      if self.s.use_multi_scale_attention else {})
         pruned: list[Candidate] = []
         for past in steps[max(0, len(steps) - 1 - self.s.pruning_window):-1]:
             for c in past.candidates:
                 if c.row >= 0:
                     c.attention_by_step[now] = per_row[c.row]
                     c.attention = sum(c.attention_by_step.values()) / len(c.attention_by_step)
+                    if layer_rows:
+                        c.attention_by_layer[now] = {layer: rows[c.row] for layer, rows in layer_rows.items()}
             if self.scored(past):
                 pruned += self._decide(past, now, threshold)
         return pruned

@@ -22,6 +22,7 @@ class Candidate:
     pruned_at: int | None = None  # logical step after which it was pruned (None = alive)
     attention: float | None = None  # cumulative attention score used by pruning
     attention_by_step: dict[int, float] = field(default_factory=dict)  # later step -> mean attention
+    attention_by_layer: dict[int, dict[int, float]] = field(default_factory=dict)  # multi-scale: step -> layer -> att
     unattended: bool = False  # kept only because its whole set failed (keep_unattended)
     visits: int | None = None  # MCTS visit count
     value: float | None = None  # MCTS mean value
@@ -84,6 +85,8 @@ class Trace:
             for c in s["candidates"]:
                 c = dict(c)
                 c["attention_by_step"] = {int(k): v for k, v in c.get("attention_by_step", {}).items()}
+                c["attention_by_layer"] = {int(k): {int(layer): v for layer, v in per.items()}
+                                           for k, per in c.get("attention_by_layer", {}).items()}
                 cands.append(Candidate(**c))
             steps.append(Step(**{**s, "candidates": cands}))
         return cls(**{**data, "steps": steps})
@@ -155,6 +158,7 @@ def rewind(trace: Trace, step: int) -> Trace:
             if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:
                 c.pruned_at = None
             c.attention_by_step = {s: v for s, v in c.attention_by_step.items() if s <= step}
+            c.attention_by_layer = {s: v for s, v in c.attention_by_layer.items() if s <= step}
             c.attention = (sum(c.attention_by_step.values()) / len(c.attention_by_step)
                            if c.attention_by_step else None)
             c.unattended = c.unattended and c.pruned_at is None and bool(c.attention_by_step)

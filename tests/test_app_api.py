@@ -151,9 +151,9 @@ def test_gradio_client_bad_value_gives_a_message_not_a_crash(server):
 def test_gradio_client_research_endpoints(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    fig, table = client.predict("0.3, 0.05", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    _, _, table = client.predict("0.3, 0.05", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
     assert "| 0.05 |" in table and "| 0.3 |" in table
-    _, err = client.predict("2, 0.1", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    _, _, err = client.predict("2, 0.1", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
     assert "Error" in err and "[0, 1]" in err
     html, _ = client.predict(*_form_args(prompt="the cat", max_tokens=5), api_name="/baselines")
     assert "forward passes" in html and "greedy" in html

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from components.research import (aligned_html, beam_tree_figure, diff_figure, diff_trees, faithfulness_figure,
-                                  positions_figure, rewind_figure, step_mask_rows, sweep_figure, sweep_table)
+                                  positions_figure, rewind_figure, step_mask_rows, sweep_figure, sweep_multiples,
+                                  sweep_table)
 from tempo_core import build_settings, run
 from tempo_core.compare import baselines, kv_bytes_per_row
 from tempo_core.sweep import reusable_prefix, sweep
@@ -87,6 +88,9 @@ def test_sweep_reuses_prefixes_and_equals_runs_from_scratch(lm, extra):
             assert max(abs(c.prob - d.prob) for c, d in zip(x.candidates, y.candidates)) < 1e-5
     assert reusable_prefix(runs[-1], 0.05) == 0  # a lower threshold can never reuse a higher one's steps
     assert len(sweep_figure(runs).data) == 3 and "| 0.05 |" in sweep_table(runs)
+    panels = sweep_multiples(runs)
+    alive = [tr for tr in panels.data if tr.name == "alive"]
+    assert len(alive) == 3 and list(alive[0].y) == [len(st.alive) for st in runs[0].steps]
 
 
 def test_baselines_side_by_side(lm):
@@ -109,3 +113,19 @@ def test_faithfulness_figure_from_a_measured_run(lm):
     bars = fig.data[0]
     assert list(bars.y) == [x["kl"] for x in t.faithfulness["steps"]]
     assert "mean KL" in fig.layout.title.text
+
+
+def test_multiscale_rewind_records_each_layers_share(lm):
+    from tempo_core.pruning import layer_weights
+    trace = run(lm, s(selection_threshold=0.05, use_retroactive_pruning=True, attention_threshold=0.1,
+                      use_multi_scale_attention=True))
+    weights = layer_weights(lm.model.config.num_hidden_layers, build_settings(trace.settings))
+    scored = [c for st in trace.steps for c in st.candidates if c.attention_by_layer]
+    assert scored
+    for c in scored:
+        for step, per in c.attention_by_layer.items():  # the score is the weighted sum of the layers' shares
+            assert sum(weights[layer] * v for layer, v in per.items()) == pytest.approx(c.attention_by_step[step],
+                                                                                         rel=1e-5, abs=1e-8)
+    step, idx = next((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if not c.alive)
+    fig = rewind_figure(trace, f"{step}:{idx}")
+    assert any(tr.type == "heatmap" for tr in fig.data)

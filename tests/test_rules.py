@@ -90,7 +90,7 @@ def _prune(settings, *scores_per_set, threshold=0.1):
     later = Step(len(steps), len(steps), 0.1, threshold, [Candidate(1, "x", 1.0, row=attention.shape[1])])
     steps.append(later)
     attention = torch.cat([attention, torch.zeros(1, 1)], dim=1)
-    pruned = RetroactivePruner(settings, seed=0).update(steps, attention, threshold)
+    pruned = RetroactivePruner(settings, seed=0, weights={0: 1.0}).update(steps, {0: attention}, threshold)
     return steps, pruned
 
 
@@ -122,13 +122,13 @@ def test_sigmoid_threshold_is_a_seeded_probabilistic_decision():
         steps, attention = _sets([0.3] + [0.09] * 6)
         steps.append(Step(1, 1, 0.1, 0.1, [Candidate(1, "x", 1.0, row=7)]))
         attention = torch.cat([attention, torch.zeros(1, 1)], dim=1)
-        soft.append(len(RetroactivePruner(s, seed=seed).update(steps, attention, 0.1)))
+        soft.append(len(RetroactivePruner(s, seed=seed, weights={0: 1.0}).update(steps, {0: attention}, 0.1)))
     assert hard == [6]
     assert len(set(soft)) > 1 and max(soft) < 6  # below threshold, yet only some are pruned, varying by seed
-    again = RetroactivePruner(s, seed=3)
+    again = RetroactivePruner(s, seed=3, weights={0: 1.0})
     steps, attention = _sets([0.3] + [0.09] * 6)
     steps.append(Step(1, 1, 0.1, 0.1, [Candidate(1, "x", 1.0, row=7)]))
-    assert len(again.update(steps, torch.cat([attention, torch.zeros(1, 1)], dim=1), 0.1)) == soft[3]
+    assert len(again.update(steps, {0: torch.cat([attention, torch.zeros(1, 1)], dim=1)}, 0.1)) == soft[3]
 
 
 def test_bracket_text_and_clean_path():
