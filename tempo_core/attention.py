@@ -8,16 +8,16 @@ perf study's recommended capture: `output_attentions` under sdpa returns nothing
 from __future__ import annotations
 
 import contextlib
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTN_NAME = "tempo"
-_MASKED_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_GPU_GQA = os.environ.get("TEMPO_GPU_GQA", "0") == "1"  # bench switch: enable_gqa vs repeat_interleave
 
 
 @dataclass
@@ -76,12 +76,14 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous(), None
-    # GPU with a custom mask: keep off cuDNN attention, which builds a new plan for every new KV length
-    # (~45 ms per TEMPO step on an H100, bench/README.md); memory-efficient attention takes the mask as is.
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    with sdpa_kernel(_MASKED_BACKENDS):
+    # GPU with a custom mask (cuDNN attention is switched off at install, see below)
+    if _GPU_GQA:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
+                                             enable_gqa=groups > 1)
+    else:
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
@@ -94,3 +96,8 @@ def install_tempo_attention(model: Any) -> None:
     AttentionInterface.register(ATTN_NAME, tempo_attention_forward)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     model.set_attn_implementation(ATTN_NAME)
+    if next(model.parameters()).device.type == "cuda":
+        # With a custom mask SDPA would pick cuDNN attention, which builds a new plan for every new KV length
+        # (~45 ms per TEMPO step on an H100, bench/README.md). Process-wide: the flash path of plain decoding
+        # (no mask) never used cuDNN anyway.
+        torch.backends.cuda.enable_cudnn_sdp(False)
