@@ -31,6 +31,7 @@ from tempo_core.config import FIELDS, TempoSettings
 log = logging.getLogger("tempo.app")
 CONCURRENCY = int(os.environ.get("TEMPO_CONCURRENCY", "1"))
 MIN_FRAME_S = 0.1  # redraw at most ~10 times a second; the last step is always drawn
+DOWNLOADS = os.path.join(tempfile.gettempdir(), "tempo-explorer-downloads")
 
 CSS = """
 .tempo-text {font-family: ui-monospace, monospace; font-size: 15px; line-height: 1.9}
@@ -115,7 +116,7 @@ def share_query(s: TempoSettings) -> str:
 
 
 def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
-    with gr.Blocks(title="TEMPO Explorer") as demo:
+    with gr.Blocks(title="TEMPO Explorer", delete_cache=(3600, 3600)) as demo:
         trace_state = gr.State(None)  # the finished (or last streamed) trace, as a JSON dict
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
@@ -193,7 +194,10 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             trace = Trace.from_dict(data)
             n = len(trace.steps)
-            path_json = os.path.join(tempfile.mkdtemp(prefix="tempo-"), "tempo-trace.json")
+            # one folder per session, overwritten by its next run (Gradio serves copies from its own cache)
+            folder = os.path.join(DOWNLOADS, getattr(request, "session_hash", None) or "anonymous")
+            os.makedirs(folder, exist_ok=True)
+            path_json = os.path.join(folder, "tempo-trace.json")
             with open(path_json, "w") as f:
                 f.write(trace.to_json(indent=1))
             path_html = path_json.replace(".json", "-report.html")

@@ -81,8 +81,14 @@ def test_generate_in_a_real_browser(app_url):
         assert tokens.count() >= steps
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "app.png"))
-        tokens.first.click()  # clicking a token opens its details
+        # clicking a node of the Plotly tree opens its details (plotly_click -> trigger -> Python)
+        page.locator("#tempo-tree").scroll_into_view_if_needed()
+        box = points.nth(min(3, points.count() - 1)).bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(page.get_by_text("token id").first).to_be_visible(timeout=20_000)
+        tokens.first.click()  # clicking a token in the text opens that candidate: step 0, the most probable
+        expect(page.get_by_text("logical step 0,").first).to_be_visible(timeout=20_000)
         page.get_by_role("tab", name="Pruning heatmap").click()
         expect(page.locator("#tempo-heatmap .js-plotly-plot")).to_be_visible(timeout=20_000)
         page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
