@@ -146,7 +146,8 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                     with gr.Tab("Replay & export"):
                         replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
                         with gr.Row():
-                            upload = gr.File(label="Replay an uploaded JSON trace", file_types=[".json"])
+                            upload = gr.File(label="Replay an uploaded JSON trace", file_types=[".json"],
+                                             elem_id="trace-upload")
                             with gr.Column():
                                 dl_trace = gr.DownloadButton("Download JSON trace", visible=False)
                                 dl_report = gr.DownloadButton("Download HTML report", visible=False)

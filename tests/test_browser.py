@@ -1,5 +1,6 @@
 """A real browser (Debian's headless Chromium through Playwright) drives the app on the embedded model."""
 
+import json
 import os
 import shutil
 import socket
@@ -97,5 +98,20 @@ def test_generate_in_a_real_browser(app_url):
         page.get_by_role("tab", name="Positions & mask").click()
         expect(page.locator("#mask-plot")).to_contain_text("siblings share position", timeout=20_000)
         page.screenshot(path=str(ARTIFACTS / "research.png"))
+        # replay without the model, download the trace, upload it back
+        page.get_by_role("tab", name="Replay & export").click()
+        # after_run (which sets the slider's range) has finished once the download button shows
+        expect(page.get_by_text("Download JSON trace")).to_be_visible(timeout=30_000)
+        step_box = page.locator("input[aria-label='number input for Replay: step (no model needed)']")
+        step_box.fill("2")
+        step_box.press("Enter")
+        expect(page.locator("#status")).to_contain_text("Replay: step 3 of", timeout=20_000)
+        with page.expect_download() as download:
+            page.get_by_text("Download JSON trace").click()
+        saved = ARTIFACTS / "downloaded-trace.json"
+        download.value.save_as(saved)
+        assert json.loads(saved.read_text())["steps"]
+        page.locator("#trace-upload input[type=file]").set_input_files(str(saved))
+        expect(page.locator("#status")).to_contain_text("Loaded trace", timeout=20_000)
         browser.close()
     assert errors == []
