@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

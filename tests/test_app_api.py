@@ -113,17 +113,12 @@ def server(lm):
 
 
 def _form_args(**over):
-    """The /generate endpoint's positional inputs, in the form's order, from the app's own defaults."""
-    from tempo_core.config import TempoSettings
-    from components.controls import form_values
-    names = ["prompt", "selection_threshold", "max_tokens", "mode", "use_retroactive_pruning",
-             "attention_threshold", "pruning_window", "complete_pruning_mode", "use_relative_attention",
-             "relative_threshold", "use_multi_scale_attention", "num_layers_to_use", "use_sigmoid_threshold",
-             "sigmoid_steepness", "preserve_isolated_tokens", "dynamic_threshold", "final_threshold", "bezier_p1",
-             "bezier_p2", "use_relu", "relu_activation_point", "max_parallel_tokens",
-             "allow_intraset_token_visibility", "disable_kv_cache", "min_steps", "temperature", "enable_thinking",
-             "raw_prompt", "show_token_ids", "mcts_simulations", "mcts_depth", "mcts_c_puct", "do_sample", "top_p",
-             "top_k", "seed", "faithfulness", "faithfulness_paths"]
+    """The /generate endpoint's positional inputs: the form's own order and values for these settings."""
+    import gradio as gr
+
+    from components.controls import build_controls, form_values
+    with gr.Blocks():
+        names = list(build_controls())
     return form_values(build_settings(over), names)
 
 
