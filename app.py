@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, enforce_caps,
                                  form_values, settings_from_form)
 from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure
-from components.inspect import find_node, node_choices, node_details, trace_at
+from components.inspect import find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import FIELDS, TempoSettings
@@ -257,12 +257,10 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
             if file is None:
                 return (gr.skip(),) * 6
             try:
-                with open(file if isinstance(file, str) else file.name) as f:
-                    trace = Trace.from_json(f.read())
-                build_settings(trace.settings)
-            except (ValueError, TypeError, KeyError, SettingsError) as exc:
-                gr.Warning(f"not a TEMPO trace: {exc}")
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** not a TEMPO trace: {exc}", gr.skip()
+                trace = read_trace_file(file)
+            except ValueError as exc:
+                gr.Warning(str(exc))
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
             return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {trace.model}", trace.to_dict())
 
         loaded = upload.upload(load_trace, [upload], outputs, concurrency_limit=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tempo_core.config import SettingsError, build_settings
 from tempo_core.trace import Candidate, Trace
 from tempo_core.trace import rewind as trace_at  # noqa: F401 - the tree as it stood at a step
 
@@ -45,3 +46,14 @@ def node_details(trace: Trace, node: str) -> str:
         alts = ", ".join(f"{a['text']!r} {a['prob']:.3f}" for a in st.alternatives)
         lines.append(f"- top alternatives not chosen: {alts}")
     return "\n".join(lines)
+
+
+def read_trace_file(file) -> Trace:
+    """An uploaded JSON trace (a path or Gradio file object), checked; ValueError says what is wrong."""
+    try:
+        with open(file if isinstance(file, str) else file.name) as f:
+            trace = Trace.from_json(f.read())
+        build_settings(trace.settings)
+    except (ValueError, TypeError, KeyError, SettingsError) as exc:
+        raise ValueError(f"not a TEMPO trace: {exc}") from None
+    return trace

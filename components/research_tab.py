@@ -12,6 +12,7 @@ from tempo_core.sweep import sweep
 from tempo_core.trace import rewind
 
 from .figures import tree_figure
+from .inspect import read_trace_file
 from .research import (aligned_html, beam_tree_figure, diff_figure, faithfulness_figure, positions_figure,
                        rewind_figure, sweep_figure, sweep_multiples, sweep_table)
 
@@ -113,10 +114,9 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
         if not data or file is None:
             return gr.skip()
         try:
-            with open(file if isinstance(file, str) else file.name) as f:
-                other = Trace.from_json(f.read())
-        except (ValueError, TypeError, KeyError) as exc:
-            gr.Warning(f"not a TEMPO trace: {exc}")
+            other = read_trace_file(file)
+        except ValueError as exc:
+            gr.Warning(str(exc))
             return gr.skip()
         return diff_figure(Trace.from_dict(data), other)
 
