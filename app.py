@@ -2,36 +2,49 @@
 
     python app.py     # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; TEMPO_MODEL picks the model
 
-One model is shared by every user; each run keeps its own trace (plain data) in the session's state.
+One model is shared by every user; each run keeps its own trace (plain data) in the session's state. Every
+request is bounded (README: "What a visitor can and cannot make the server do"); nothing is written to disk.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
-import tempfile
-import threading
 import time
-from typing import Any, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 import gradio as gr
-from fastapi import Body, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, enforce_caps,
-                                 form_values, settings_from_form)
-from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure
-from components.inspect import find_node, node_choices, node_details, read_trace_file, trace_at
+from components.api import add_routes
+from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
+                                 settings_from_form)
+from components.figures import attention_figure, text_html, threshold_figure, tree_figure
+from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
+from components.sessions import Slots, StopFlags, TraceStore, session_key
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
-from tempo_core.config import FIELDS, TempoSettings
+from tempo_core.config import FIELDS, TempoSettings, validate_prompt
+from tempo_core.engine import encode_prompt
+from tempo_core.limits import Limits, RunStop, check_budget
 
 log = logging.getLogger("tempo.app")
-CONCURRENCY = int(os.environ.get("TEMPO_CONCURRENCY", "1"))
 MIN_FRAME_S = 0.1  # redraw at most ~10 times a second; the last step is always drawn
-DOWNLOADS = os.path.join(tempfile.gettempdir(), "tempo-explorer-downloads")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        n = int(value)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"error: {name} must be a positive integer, got {value!r}") from None
+    return n
 
 CSS = """
 .tempo-text {font-family: ui-monospace, monospace; font-size: 15px; line-height: 1.9}
@@ -69,27 +82,6 @@ and later tokens' attention prunes them retroactively. Pick a prompt and press *
 step by step. Click a token (in the text or the tree) to inspect it."""
 
 
-class Runs:
-    """Per-session stop flags and a global cap on concurrent generations (UI and API share it)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.slots = threading.BoundedSemaphore(limit)
-        self._stops: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def stop_flag(self, session: str) -> threading.Event:
-        with self._lock:
-            ev = self._stops[session] = threading.Event()
-            return ev
-
-    def stop(self, session: str) -> None:
-        with self._lock:
-            ev = self._stops.get(session)
-        if ev is not None:
-            ev.set()
-
-
 def status_line(trace: Trace, running: bool) -> str:
     n = len(trace.steps)
     if n == 0:
@@ -102,12 +94,6 @@ def status_line(trace: Trace, running: bool) -> str:
             f"{trace.stats.get('mean_set_size', 0):.2f} · {pruned} pruned · {rate:.1f} steps/s")
 
 
-def views(trace: Trace, selected: str | None = None, current: int | None = None):
-    return (tree_figure(trace, selected=selected), attention_figure(trace),
-            threshold_figure(trace, current_step=len(trace.steps) - 1 if current is None else current),
-            text_html(trace))
-
-
 def share_query(s: TempoSettings) -> str:
     """Query string of the settings that differ from the defaults (opening it fills the form)."""
     defaults = build_settings({}).to_dict()
@@ -115,21 +101,209 @@ def share_query(s: TempoSettings) -> str:
     return "?" + urlencode({k: json.dumps(v) if not isinstance(v, str) else v for k, v in changed.items()})
 
 
-def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
+def downloads_html(run_id: str | None) -> str:
+    if run_id is None:
+        return ""
+    return (f'<div class="tempo-downloads"><a href="download/{run_id}/tempo-trace.json" download>Download JSON trace</a>'
+            f' · <a href="download/{run_id}/tempo-report.html" download>Download HTML report</a>'
+            f' <small>(kept for an hour)</small></div>')
+
+
+def on_gpu(fn: Callable, duration: Callable[..., float]) -> Callable:
+    """On a ZeroGPU Space (the `spaces` package importable) run `fn` under its GPU decorator for a duration
+    derived from the request; elsewhere `fn` itself. `fn` yields plain trace data only (nothing on the GPU)."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=duration)(fn)
+
+
+@dataclass
+class Explorer:
+    """What the page's handlers share: the model, this server's limits and its per-session bookkeeping."""
+    lm: LoadedModel
+    limits: Limits = field(default_factory=Limits.from_env)
+    concurrency: int = 1
+    research_concurrency: int = 1
+    slots: Slots = field(init=False)
+    research_slots: Slots = field(init=False)
+    stops: StopFlags = field(default_factory=StopFlags)
+    store: TraceStore = field(default_factory=TraceStore)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots(self.concurrency)
+        self.research_slots = Slots(self.research_concurrency)
+        self.decode = on_gpu(self._decode, self._gpu_seconds)
+
+    # --- requests -> settings -------------------------------------------------------------------------------
+    def settings(self, form: dict[str, Any], runs: int = 1) -> TempoSettings:
+        """Validated settings within this server's caps and compute budget (SettingsError names the field)."""
+        s = settings_from_form(form, self.limits)
+        validate_prompt(s)
+        check_budget(s, len(encode_prompt(self.lm, s)[1]), self.limits, runs)
+        return s
+
+    def _gpu_seconds(self, s: TempoSettings, stop: RunStop) -> float:
+        return self.limits.max_seconds + 10
+
+    def _decode(self, s: TempoSettings, stop: RunStop) -> Iterator[Trace]:
+        for event in generate(self.lm, s, stop):
+            yield event.trace, event.done
+
+    # --- handlers (plain functions of form values; the Blocks below only wires them) --------------------------
+    def arm(self, request: gr.Request) -> None:
+        """Generate was pressed: a Stop from now on applies to this run, even while it waits in the queue."""
+        self.stops.arm(session_key(request))
+
+    def stop(self, request: gr.Request) -> None:
+        self.stops.stop(session_key(request))
+
+    def end_session(self, request: gr.Request) -> None:
+        """The tab closed: stop its run, drop its downloads and flags."""
+        key = session_key(request)
+        self.stops.forget(key)
+        self.store.forget(key)
+
+    def run_stream(self, request: gr.Request, **form: Any) -> Iterator[tuple]:
+        """Generate, streaming (tree, heatmap, curve, text, status, trace state) while the run goes on."""
+        key = session_key(request)
+        flag = self.stops.start(key, None)
+        try:
+            try:
+                s = self.settings(form)
+            except SettingsError as exc:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
+                return
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), self._queue_line(), gr.skip()
+            with self.slots.hold():
+                flag.start_clock(self.limits.max_seconds)
+                yield from self._frames(s, flag)
+        finally:
+            self.stops.finish(key, flag)
+
+    def _queue_line(self) -> str:
+        waiting = self.slots.waiting
+        return "Starting…" if self.slots.active < self.slots.limit else f"Waiting for the model ({waiting} ahead)…"
+
+    def _frames(self, s: TempoSettings, flag: RunStop) -> Iterator[tuple]:
+        next_draw = 0.0
+        try:
+            for trace, done in self.decode(s, flag):
+                if not done and time.perf_counter() < next_draw:
+                    continue
+                t0 = time.perf_counter()
+                frame = (*views(trace), status_line(trace, not done), trace.to_dict() if done else None)
+                # drawing must not starve decoding: wait at least twice the last frame's build time
+                next_draw = time.perf_counter() + max(MIN_FRAME_S, 2 * (time.perf_counter() - t0))
+                yield frame
+        except SettingsError as exc:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
+        except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
+            log.exception("run failed")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** run failed: {exc}", gr.skip()
+
+    def after_run(self, request: gr.Request, data: dict | None):
+        """A finished (or loaded) trace: replay range, candidate list, download links, share link."""
+        if not data:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        trace = Trace.from_dict(data)
+        n = len(trace.steps)
+        run_id = self.store.put(session_key(request), trace.to_json())
+        # the page address (events arrive on the queue endpoint, so request.url is not the page)
+        base = (request.headers.get("referer") or str(request.base_url)).split("?")[0] if request is not None else ""
+        try:
+            link = base + share_query(build_settings(trace.settings))
+        except SettingsError:
+            link = base
+        return (gr.update(maximum=max(1, n - 1), value=max(0, n - 1)), gr.update(choices=node_choices(trace), value=None),
+                downloads_html(run_id), link)
+
+    def load_trace(self, file: Any):
+        if file is None:
+            return (gr.skip(),) * 6
+        try:
+            trace = read_trace_file(file, self.limits.max_tokens, self.limits.max_parallel_tokens)
+        except ValueError as exc:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {html.escape(str(exc))}", gr.skip()
+        return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {html.escape(trace.model)}", trace.to_dict())
+
+    def fill_from_link(self, request: gr.Request, **form: Any):
+        """Opening a shared link fills the form with its settings (a plain visit keeps the defaults)."""
+        names = list(form)
+        params = dict(request.query_params) if request is not None else {}
+        known = {k: v for k, v in params.items() if k in FIELDS}
+        if not known:
+            return (*[gr.skip()] * len(names), preview_curve(self.limits, **form))
+        try:
+            s = build_settings({k: _parse_param(v) for k, v in known.items()}, caps=self.limits.caps)
+        except SettingsError as exc:
+            gr.Warning(f"ignored link settings: {exc}")
+            s = build_settings({})
+        values = form_values(s, names)
+        if "prompt" not in known:
+            values[names.index("prompt")] = gr.skip()
+        return (*values, threshold_figure(s))
+
+
+def views(trace: Trace, selected: str | None = None, current: int | None = None):
+    return (tree_figure(trace, selected=selected), attention_figure(trace),
+            threshold_figure(trace, current_step=len(trace.steps) - 1 if current is None else current),
+            text_html(trace))
+
+
+def preview_curve(limits: Limits, **form: Any):
+    try:
+        return threshold_figure(settings_from_form(form, limits))
+    except SettingsError:
+        return gr.skip()
+
+
+def show_node(data: dict | None, node: str | None):
+    if not data or not node:
+        return gr.skip(), gr.skip()
+    trace = Trace.from_dict(data)
+    return tree_figure(trace, selected=node), node_details(trace, node)
+
+
+def clicked(data: dict | None, evt: gr.EventData):
+    node = (getattr(evt, "_data", None) or {}).get("node")
+    if not data or not node:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    tree, text = show_node(data, node)
+    found = find_node(Trace.from_dict(data), node)
+    pruned = found is not None and found[2].pruned_at is not None
+    return tree, text, node, node if pruned else gr.skip()
+
+
+def replay_to(data: dict | None, step: int):
+    if not data:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    past = trace_at(Trace.from_dict(data), int(step))
+    return (*views(past, current=int(step)), f"Replay: step {int(step) + 1} of {len(data['steps'])}")
+
+
+def _parse_param(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def build_demo(app: Explorer) -> gr.Blocks:
+    limits = app.limits
     with gr.Blocks(title="TEMPO Explorer", delete_cache=(3600, 3600)) as demo:
         trace_state = gr.State(None)  # the finished (or last streamed) trace, as a JSON dict
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=330):
-                controls = build_controls()
-                names = list(controls)
-                inputs = [controls[n] for n in names]
+                controls = build_controls(limits)
                 with gr.Row():
                     run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=3, min_width=600):
-                status = gr.Markdown("Ready: model **%s** on %s." % (lm.name, lm.device), elem_id="status")
-                text_view = gr.HTML(text_html(Trace(lm.name, "tempo", {}, "", "", [])), js_on_load=TEXT_JS,
+                status = gr.Markdown("Ready: model **%s** on %s." % (app.lm.name, app.lm.device), elem_id="status")
+                text_view = gr.HTML(text_html(Trace(app.lm.name, "tempo", {}, "", "", [])), js_on_load=TEXT_JS,
                                     elem_id="tempo-text")
                 with gr.Tabs():
                     with gr.Tab("Tree"):
@@ -141,16 +315,14 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
                         heat_plot = gr.Plot(show_label=False, elem_id="tempo-heatmap")
                     with gr.Tab("Threshold curve"):
                         curve_plot = gr.Plot(show_label=False, elem_id="tempo-curve")
-                    research = build_research_tab(lm, runs, trace_state,
-                                                  lambda values: settings_from_form(names, values), inputs)
+                    research = build_research_tab(app, trace_state, controls)
                     with gr.Tab("Replay & export"):
                         replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
                         with gr.Row():
                             upload = gr.File(label="Replay an uploaded JSON trace", file_types=[".json"],
                                              elem_id="trace-upload")
                             with gr.Column():
-                                dl_trace = gr.DownloadButton("Download JSON trace", visible=False)
-                                dl_report = gr.DownloadButton("Download HTML report", visible=False)
+                                downloads = gr.HTML("", elem_id="downloads")
                                 share = gr.Textbox(label="Link with these settings", interactive=False,
                                                    buttons=["copy"])
         gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
@@ -158,197 +330,53 @@ def build_demo(lm: LoadedModel, runs: Runs) -> gr.Blocks:
         gr.Examples([v for _, v in RESEARCH_EXAMPLES], [controls[n] for n in RESEARCH_FIELDS],
                     example_labels=[label for label, _ in RESEARCH_EXAMPLES],
                     label="Research presets (then open the Research tab)")
+
+        # --- wiring ----------------------------------------------------------------------------------------
+        inputs = list(controls.values())
         outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
-
-        # gr.Request must be a positional parameter before *values for Gradio to pass it
-        def run_stream(request: gr.Request, *values: Any) -> Iterator[tuple]:
-            try:
-                s = settings_from_form(names, list(values))
-            except SettingsError as exc:
-                gr.Warning(str(exc))
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
-                return
-            session = getattr(request, "session_hash", None) or "anonymous"
-            stop = runs.stop_flag(session)
-            next_draw, build_s = 0.0, 0.0
-            with runs.slots:
-                try:
-                    for event in generate(lm, s, stop):
-                        if not event.done and time.perf_counter() < next_draw:
-                            continue
-                        t0 = time.perf_counter()
-                        tr = event.trace
-                        frame = (*views(tr), status_line(tr, not event.done), tr.to_dict() if event.done else None)
-                        build_s = time.perf_counter() - t0
-                        # drawing must not starve decoding: wait at least twice the last frame's build time
-                        next_draw = time.perf_counter() + max(MIN_FRAME_S, 2 * build_s)
-                        yield frame
-                except SettingsError as exc:
-                    gr.Warning(str(exc))
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
-                except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
-                    log.exception("run failed")
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** run failed: {exc}", gr.skip()
-
-        def after_run(request: gr.Request, data: dict | None):
-            if not data:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            trace = Trace.from_dict(data)
-            n = len(trace.steps)
-            # one folder per session, overwritten by its next run (Gradio serves copies from its own cache)
-            folder = os.path.join(DOWNLOADS, getattr(request, "session_hash", None) or "anonymous")
-            os.makedirs(folder, exist_ok=True)
-            path_json = os.path.join(folder, "tempo-trace.json")
-            with open(path_json, "w") as f:
-                f.write(trace.to_json(indent=1))
-            path_html = path_json.replace(".json", "-report.html")
-            with open(path_html, "w") as f:
-                f.write(report_html(trace))
-            # the page address (events arrive on the queue endpoint, so request.url is not the page)
-            base = (request.headers.get("referer") or str(request.base_url)).split("?")[0] if request is not None else ""
-            try:
-                link = base + share_query(build_settings(trace.settings))
-            except SettingsError:
-                link = base
-            return (gr.update(maximum=max(1, n - 1), value=max(0, n - 1)),
-                    gr.update(choices=node_choices(trace), value=None),
-                    gr.update(value=path_json, visible=True), gr.update(value=path_html, visible=True), link)
-
-        run_evt = run_btn.click(run_stream, inputs, outputs, api_name="generate", concurrency_limit=runs.limit,
-                                concurrency_id="model", show_progress="hidden")
+        finished = [replay, node_pick, downloads, share]
+        run_btn.click(app.arm, None, None, queue=False, api_visibility="private")
         run_btn.click(lambda data: data, trace_state, research["previous"], queue=False, api_visibility="private")
-        run_evt.then(after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share],
-                     api_visibility="private")
+        run_evt = run_btn.click(app.run_stream, None, outputs, inputs_kwargs=controls, api_name="generate",
+                                concurrency_limit=app.concurrency, concurrency_id="model", show_progress="hidden")
+        run_evt.then(app.after_run, [trace_state], finished, api_visibility="private")
         run_evt.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
-        def stop_run(request: gr.Request):
-            runs.stop(getattr(request, "session_hash", None) or "anonymous")
-
-        stop_btn.click(stop_run, None, None, api_name="stop", concurrency_limit=None, queue=False)
-
-        def show_node(data: dict | None, node: str | None):
-            if not data or not node:
-                return gr.skip(), gr.skip()
-            trace = Trace.from_dict(data)
-            return tree_figure(trace, selected=node), node_details(trace, node)
-
-        def clicked(data: dict | None, evt: gr.EventData):
-            node = (getattr(evt, "_data", None) or {}).get("node")
-            if not data or not node:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            tree, text = show_node(data, node)
-            found = find_node(Trace.from_dict(data), node)
-            pruned = found is not None and found[2].pruned_at is not None
-            return tree, text, node, node if pruned else gr.skip()
+        stop_btn.click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
 
         node_pick.change(show_node, [trace_state, node_pick], [tree_plot, details], api_visibility="private")
         text_view.click(clicked, [trace_state], [tree_plot, details, node_pick, research["rewind_pick"]],
                         api_visibility="private")
-
-        def replay_to(data: dict | None, step: int):
-            if not data:
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            past = trace_at(Trace.from_dict(data), int(step))
-            return (*views(past, current=int(step)), f"Replay: step {int(step) + 1} of {len(data['steps'])}")
-
         replay.input(replay_to, [trace_state, replay], [tree_plot, heat_plot, curve_plot, text_view, status],
-                      api_name="replay", concurrency_limit=None, show_progress="hidden")
-
-        def load_trace(file):
-            if file is None:
-                return (gr.skip(),) * 6
-            try:
-                trace = read_trace_file(file)
-            except ValueError as exc:
-                gr.Warning(str(exc))
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
-            return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {trace.model}", trace.to_dict())
-
-        loaded = upload.upload(load_trace, [upload], outputs, concurrency_limit=None)
-        loaded.then(after_run, [trace_state], [replay, node_pick, dl_trace, dl_report, share], api_visibility="private")
+                     api_name="replay", concurrency_limit=None, show_progress="hidden")
+        loaded = upload.upload(app.load_trace, [upload], outputs, concurrency_limit=None, api_visibility="private")
+        loaded.then(app.after_run, [trace_state], finished, api_visibility="private")
         loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
 
         # the curve redraws as soon as its controls change, before any generation
-        curve_inputs = [controls[n] for n in ("dynamic_threshold", "attention_threshold", "final_threshold",
-                                              "bezier_p1", "bezier_p2", "use_relu", "relu_activation_point",
-                                              "max_tokens")]
-
-        def preview_curve(*values: Any):
-            try:
-                return threshold_figure(settings_from_form(names, list(values)))
-            except SettingsError:
-                return gr.skip()
-        for comp in curve_inputs:
-            comp.change(preview_curve, inputs, curve_plot, api_visibility="private", concurrency_limit=None,
-                        show_progress="hidden")
-
-        def fill_from_link(request: gr.Request, *values: Any):
-            params = dict(request.query_params) if request is not None else {}
-            known = {k: v for k, v in params.items() if k in FIELDS}
-            if not known:  # a plain visit keeps the form's own defaults
-                return (*[gr.skip()] * len(names), preview_curve(*values))
-            try:
-                s = enforce_caps(build_settings({k: _parse_param(v) for k, v in known.items()}))
-            except SettingsError as exc:
-                gr.Warning(f"ignored link settings: {exc}")
-                s = build_settings({})
-            values = form_values(s, names)
-            if "prompt" not in known:
-                values[names.index("prompt")] = gr.skip()
-            return (*values, threshold_figure(s))
-
-        demo.load(fill_from_link, inputs, [*inputs, curve_plot], api_visibility="private")
+        preview = lambda **form: preview_curve(limits, **form)  # noqa: E731
+        for name in ("dynamic_threshold", "attention_threshold", "final_threshold", "bezier_p1", "bezier_p2",
+                     "use_relu", "relu_activation_point", "max_tokens"):
+            controls[name].change(preview, None, curve_plot, inputs_kwargs=controls, api_visibility="private",
+                                  concurrency_limit=None, show_progress="hidden")
+        demo.load(app.fill_from_link, None, [*inputs, curve_plot], inputs_kwargs=controls, api_visibility="private")
+        demo.unload(app.end_session)
     return demo
 
 
-def _parse_param(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
-def build_app(lm: LoadedModel, concurrency: int = CONCURRENCY) -> FastAPI:
-    """FastAPI app: /health, /api/generate, /api/v2/generate, /docs, and the Gradio UI at /."""
-    runs = Runs(concurrency)
+def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | None = None) -> FastAPI:
+    """FastAPI app: /health, /api/generate, /api/v2/generate, /download/..., /docs, and the Gradio UI at /."""
+    app = Explorer(lm, limits or Limits.from_env(), concurrency or _env_int("TEMPO_CONCURRENCY", 1),
+                   _env_int("TEMPO_RESEARCH_CONCURRENCY", 1))
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
-
-    @api.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
-                "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__}
-
-    def _generate(body: Any) -> JSONResponse:
-        if not isinstance(body, dict):
-            return _error("body", "body: must be a JSON object of settings (snake_case), e.g. {\"prompt\": \"Hi\"}")
-        try:
-            s = enforce_caps(build_settings(body))
-            if not s.prompt.strip():
-                raise SettingsError("prompt", "must be a non-empty string")
-            with runs.slots:
-                event = None
-                for event in generate(lm, s):
-                    pass
-            return JSONResponse(event.trace.to_dict())
-        except SettingsError as exc:
-            return _error(exc.field, str(exc))
-
-    @api.post("/api/generate", summary="Run TEMPO and return the JSON trace")
-    def api_generate(body: Any = Body(..., examples=[{"prompt": "What is the capital of France?",
-                                                      "selection_threshold": 0.1, "max_tokens": 30}])):
-        return _generate(body)
-
-    @api.post("/api/v2/generate", summary="Same as /api/generate")
-    def api_generate_v2(body: Any = Body(...)):
-        return _generate(body)
-
-    return gr.mount_gradio_app(api, build_demo(lm, runs), path="/", css=CSS,
-                               theme=gr.themes.Soft(primary_hue="indigo"))
-
-
-def _error(field: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", field], "msg": message,
-                                                              "type": "value_error"}]})
+    add_routes(api, lm, app.slots, app.store, app.limits)
+    demo = build_demo(app)
+    demo.queue(max_size=_env_int("TEMPO_QUEUE_SIZE", 64))
+    demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 500)
+    api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
+                              max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
+    api.state.explorer, api.state.demo = app, demo
+    return api
 
 
 def main() -> None:
@@ -358,12 +386,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         lm = load_model(os.environ.get("TEMPO_MODEL"), os.environ.get("TEMPO_DEVICE"), os.environ.get("TEMPO_DTYPE"))
-    except ModelError as exc:
+        fastapi_app = build_app(lm)
+    except (ModelError, SettingsError) as exc:
         raise SystemExit(f"error: {exc}")
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     print(f"TEMPO Explorer: model {lm.name} on {lm.device} — open http://{host}:{port}", flush=True)
-    uvicorn.run(build_app(lm), host=host, port=port, log_level="warning")
+    uvicorn.run(fastapi_app, host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -219,13 +219,13 @@ def report_html(trace: Trace) -> str:
     """One self-contained HTML file: settings, text and the three figures (plotly.js inlined once)."""
     figs = [tree_figure(trace), attention_figure(trace), threshold_figure(trace)]
     divs = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in trace.settings.items() if k != "prompt")
+    esc = lambda v: html.escape(str(v), quote=True)  # noqa: E731 - every trace string is escaped
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in trace.settings.items() if k != "prompt")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>TEMPO report</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} .pruned{{text-decoration:line-through;"
             f"opacity:.6}} .set{{background:#f3f0ff}} td{{padding:0 8px}}</style></head><body>"
-            f"<h1>TEMPO run</h1><p><b>Model</b> {html.escape(trace.model)} · <b>mode</b> {trace.mode} · "
-            f"<b>stop</b> {trace.stop_reason}</p><p><b>Prompt</b> {html.escape(trace.prompt)}</p>"
+            f"<h1>TEMPO run</h1><p><b>Model</b> {esc(trace.model)} · <b>mode</b> {esc(trace.mode)} · "
+            f"<b>stop</b> {esc(trace.stop_reason)}</p><p><b>Prompt</b> {esc(trace.prompt)}</p>"
             f"{text_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table></body></html>")
 
 

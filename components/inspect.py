@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 from tempo_core.config import SettingsError, build_settings
-from tempo_core.trace import Candidate, Trace
+from tempo_core.trace import Candidate, Trace, TraceError, check_trace_data
 from tempo_core.trace import rewind as trace_at  # noqa: F401 - the tree as it stood at a step
+
+MAX_UPLOAD_BYTES = 8_000_000
 
 
 def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:
     """Validate a 'step:index' id coming back from the browser."""
     try:
         s, i = (int(x) for x in str(node).split(":"))
+        if s < 0 or i < 0:
+            return None
         return s, i, trace.steps[s].candidates[i]
     except (ValueError, IndexError):
         return None
@@ -48,12 +56,29 @@ def node_details(trace: Trace, node: str) -> str:
     return "\n".join(lines)
 
 
-def read_trace_file(file) -> Trace:
-    """An uploaded JSON trace (a path or Gradio file object), checked; ValueError says what is wrong."""
+def read_trace_file(file: Any, max_steps: int, max_candidates: int, max_bytes: int = MAX_UPLOAD_BYTES) -> Trace:
+    """An uploaded JSON trace (a path or Gradio file object), fully checked against this server's limits.
+    ValueError says what is wrong, naming the field."""
+    path = file if isinstance(file, str) else getattr(file, "name", None) or getattr(file, "path", "")
     try:
-        with open(file if isinstance(file, str) else file.name) as f:
-            trace = Trace.from_json(f.read())
-        build_settings(trace.settings)
-    except (ValueError, TypeError, KeyError, SettingsError) as exc:
-        raise ValueError(f"not a TEMPO trace: {exc}") from None
-    return trace
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ValueError(f"the file is {size / 1e6:.1f} MB; this server reads traces up to {max_bytes / 1e6:.0f} MB")
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        check_trace_data(data, max_steps, max_candidates)
+        build_settings(data["settings"])
+        return Trace.from_dict(data)
+    except OSError:
+        raise ValueError("not a TEMPO trace: the upload could not be read") from None
+    except UnicodeDecodeError:
+        raise ValueError("not a TEMPO trace: the file is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a TEMPO trace: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("not a TEMPO trace: JSON nested too deeply") from None
+    except SettingsError as exc:
+        raise ValueError(f"not a TEMPO trace: settings.{exc}") from None
+    except (TraceError, ValueError) as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith("not a TEMPO trace") else f"not a TEMPO trace: {message}") from None

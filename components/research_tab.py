@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import html
+from typing import Any
 
 import gradio as gr
 
 from tempo_core import SettingsError, Trace
 from tempo_core.compare import baselines
+from tempo_core.limits import RunStop
 from tempo_core.sweep import sweep
 from tempo_core.trace import rewind
 
@@ -19,13 +21,28 @@ from .research import (aligned_html, beam_tree_figure, diff_figure, faithfulness
 MAX_SWEEP = 6
 
 
+def parse_thresholds(text: str) -> list[float]:
+    """'0.05, 0.1; 0.2' -> [0.05, 0.1, 0.2]; SettingsError names the field and the allowed values."""
+    try:
+        values = [float(x) for x in str(text).replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise SettingsError("sweep thresholds", f"must be 1 to {MAX_SWEEP} numbers in [0, 1] separated by commas, "
+                                                f"got {str(text)[:40]!r}") from None
+    if not values or len(values) > MAX_SWEEP or any(not 0 <= t <= 1 for t in values):
+        raise SettingsError("sweep thresholds", f"must be 1 to {MAX_SWEEP} numbers in [0, 1], got {str(text)[:40]!r}")
+    return values
+
+
 def pruned_choices(trace: Trace) -> list[tuple[str, str]]:
     return [(f"step {st.step} · {c.text!r} · pruned after {c.pruned_at}", f"{st.step}:{i}")
             for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None]
 
 
-def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..., Any], form_inputs: list) -> dict:
-    """Lays out the tab in the current Blocks context and wires its events. Returns components others update."""
+def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.components.Component]) -> dict:
+    """Lays out the tab in the current Blocks context and wires its events. Returns components others update.
+    `app` is the page's `Explorer`: heavy jobs (baselines, sweep) run in their own concurrency group and slots
+    so that ordinary generation keeps flowing, within the server's budget and time limit."""
+    lm, limits = app.lm, app.limits
     with gr.Tab("Research"):
         with gr.Tabs():
             with gr.Tab("Faithfulness"):
@@ -80,29 +97,23 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
         at = c.pruned_at if c.pruned_at is not None else len(trace.steps) - 1
         return rewind_figure(trace, node), tree_figure(rewind(trace, at - 1)), tree_figure(rewind(trace, at))
 
-    def run_baselines(*values: Any):
+    def run_baselines(**form: Any):
         try:
-            s = settings_of(list(values))
+            s = app.settings(form, runs=3)  # TEMPO, greedy and beam search
         except SettingsError as exc:
-            return f"<p><b>Error:</b> {exc}</p>", gr.skip()
-        if not s.prompt.strip():
-            return "<p><b>Error:</b> prompt: must be a non-empty string</p>", gr.skip()
-        with runs.slots:
-            result = baselines(lm, s)
+            return f"<p><b>Error:</b> {html.escape(str(exc))}</p>", gr.skip()
+        with app.research_slots.hold():
+            result = baselines(lm, s, stop=RunStop(limits.max_seconds))
         return aligned_html(result), beam_tree_figure(result["beam"])
 
-    def run_sweep(text: str, *values: Any):
+    def run_sweep(thresholds: str, **form: Any):
         try:
-            thresholds = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-            if not thresholds or len(thresholds) > MAX_SWEEP or any(not 0 <= t <= 1 for t in thresholds):
-                raise SettingsError("selection_threshold", f"sweep needs 1 to {MAX_SWEEP} values in [0, 1]")
-            s = settings_of(list(values))
-            if not s.prompt.strip():
-                raise SettingsError("prompt", "must be a non-empty string")
-        except (ValueError, SettingsError) as exc:
+            values = parse_thresholds(thresholds)
+            s = app.settings({**form, "mode": "TEMPO"}, runs=len(values))
+        except SettingsError as exc:
             return gr.skip(), gr.skip(), f"**Error:** {exc}"
-        with runs.slots:
-            traces = sweep(lm, s.replace(default_mode=False, use_mcts=False), thresholds)
+        with app.research_slots.hold():
+            traces = sweep(lm, s, values, stop=RunStop(limits.max_seconds))
         return sweep_figure(traces), sweep_multiples(traces), sweep_table(traces)
 
     def diff_with(data: dict | None, other: dict | None):
@@ -114,7 +125,7 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
         if not data or file is None:
             return gr.skip()
         try:
-            other = read_trace_file(file)
+            other = read_trace_file(file, limits.max_tokens, limits.max_parallel_tokens)
         except ValueError as exc:
             gr.Warning(str(exc))
             return gr.skip()
@@ -124,10 +135,10 @@ def build_research_tab(lm, runs, trace_state: gr.State, settings_of: Callable[..
                     [trace_state, mask_step], mask_plot, api_visibility="private", concurrency_limit=None)
     rewind_pick.change(show_rewind, [trace_state, rewind_pick], [rewind_plot, before_plot, after_plot],
                        api_visibility="private", concurrency_limit=None)
-    base_btn.click(run_baselines, form_inputs, [base_html, beam_plot], api_name="baselines",
-                   concurrency_id="model", concurrency_limit=runs.limit)
-    sweep_btn.click(run_sweep, [sweep_thr, *form_inputs], [sweep_plot, sweep_small, sweep_md], api_name="sweep",
-                    concurrency_id="model", concurrency_limit=runs.limit)
+    base_btn.click(run_baselines, None, [base_html, beam_plot], inputs_kwargs=controls, api_name="baselines",
+                   concurrency_id="research", concurrency_limit=app.research_concurrency)
+    sweep_btn.click(run_sweep, [sweep_thr], [sweep_plot, sweep_small, sweep_md], inputs_kwargs=controls,
+                    api_name="sweep", concurrency_id="research", concurrency_limit=app.research_concurrency)
     diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private")
     diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot,
                      api_visibility="private")

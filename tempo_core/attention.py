@@ -20,8 +20,11 @@ ATTN_NAME = "tempo"
 
 @dataclass
 class AttentionRecorder:
-    """Collects head-averaged attention probabilities [queries, keys] for the chosen layers of one forward."""
+    """Collects head-averaged attention probabilities [queries, keys] for the chosen layers of one forward,
+    for the last `last_rows` queries only (None = all): pruning needs what the newest set pays earlier rows,
+    never the prompt x prompt map of a long prefill."""
     layers: frozenset[int]
+    last_rows: int | None = None
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -29,9 +32,10 @@ _RECORDER: ContextVar[AttentionRecorder | None] = ContextVar("tempo_attention_re
 
 
 @contextlib.contextmanager
-def record_attention(layers: frozenset[int] | set[int]) -> Iterator[AttentionRecorder]:
-    """Within this block, forwards record attention of `layers` (per thread/context, so runs don't mix)."""
-    rec = AttentionRecorder(frozenset(layers))
+def record_attention(layers: frozenset[int] | set[int], last_rows: int | None = None) -> Iterator[AttentionRecorder]:
+    """Within this block, forwards record attention of `layers` for the last `last_rows` queries (per
+    thread/context, so runs don't mix)."""
+    rec = AttentionRecorder(frozenset(layers), last_rows)
     token = _RECORDER.set(rec)
     try:
         yield rec
@@ -51,28 +55,26 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
     kv_heads, kv_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     scaling = dim ** -0.5 if scaling is None else scaling
-    if attention_mask is None and q_len > 1:
-        attention_mask = _bool_causal(q_len, kv_len, query.device)
+    if attention_mask is None and q_len > 1 and q_len != kv_len:
+        attention_mask = _bool_causal(q_len, kv_len, query.device)  # queries after a cache: bottom-right causal
     if attention_mask is not None:
         attention_mask = attention_mask[..., :kv_len]
+    causal = attention_mask is None and q_len > 1  # a plain prefill: SDPA's own causal kernel, no q x kv mask
 
     rec = _RECORDER.get()
     layer = getattr(module, "layer_idx", None)
     if rec is not None and layer in rec.layers:
-        qg = query.view(b, kv_heads, groups, q_len, dim)
-        scores = torch.matmul(qg, key.unsqueeze(2).transpose(-1, -2)).float() * scaling
-        if attention_mask is not None:
-            m = attention_mask.unsqueeze(1)  # [b, 1, 1, q, kv] broadcasts over kv heads and groups
-            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
-        probs = scores.softmax(dim=-1)
-        out = torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
-        rec.weights[layer] = probs.mean(dim=(1, 2))[0]  # mean over heads -> [q, kv]
-        return out.transpose(1, 2).contiguous(), None
+        rows = q_len if rec.last_rows is None else min(rec.last_rows, q_len)
+        probs = _explicit_probs(query[:, :, q_len - rows:], key, attention_mask, groups, scaling)
+        rec.weights[layer] = probs.mean(dim=(1, 2))[0]  # mean over heads -> [rows, kv]
+        if rows == q_len:  # the recorded rows are all the rows: use the probabilities we already have
+            out = torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
+            return out.transpose(1, 2).contiguous(), None
 
     if query.device.type == "cpu" or attention_mask is None:
         # CPU SDPA handles GQA natively with a mask; this skips HF's repeat_kv copy (perf study: -1..13 %)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             enable_gqa=groups > 1)
+                                             is_causal=causal, enable_gqa=groups > 1)
         return out.transpose(1, 2).contiguous(), None
     # GPU with a custom mask: memory-efficient SDPA over repeated K/V (cuDNN is switched off at install, below).
     # enable_gqa here falls back to the math kernel: slower (1.4-1.6x greedy) and, in bf16, less exact.
@@ -81,6 +83,20 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
         value = value.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _explicit_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, groups: int,
+                    scaling: float) -> torch.Tensor:
+    """softmax(q k^T) in fp32 for the given (last) query rows, grouped by KV head: [b, kv_heads, groups, q, kv]."""
+    b, heads, q_len, dim = query.shape
+    qg = query.reshape(b, heads // groups, groups, q_len, dim)
+    scores = torch.matmul(qg, key.unsqueeze(2).transpose(-1, -2)).float() * scaling
+    if mask is None and q_len > 1:
+        mask = _bool_causal(q_len, key.shape[2], query.device)
+    if mask is not None:
+        m = mask[..., mask.shape[-2] - q_len:, :].unsqueeze(1)  # [b, 1, 1, q, kv]: the same last rows
+        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+    return scores.softmax(dim=-1)
 
 
 def install_tempo_attention(model: Any) -> None:

@@ -17,6 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .config import TempoSettings
 from .engine import StepEvent, new_trace
+from .limits import stop_reason
 from .model import LoadedModel
 from .trace import Candidate, Step, finalise_text, summarise
 
@@ -115,7 +116,7 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
         yield StepEvent(step, trace, [])
     worker.join()
     if stop is not None and stop.is_set():
-        trace.stop_reason = "stopped"
+        trace.stop_reason = stop_reason(stop)
     n = len(trace.steps)
     finalise_text(trace, lm.decode, s.show_token_ids)
     # generate() makes n tokens in n forwards: the prefill yields the first, each later token one more

@@ -96,30 +96,56 @@ ALIASES = {"threshold": "selection_threshold", "use_retroactive_removal": "use_r
            "complete_removal_mode": "complete_pruning_mode"}
 
 
-def describe_range(name: str) -> str:
+def upper_bound(name: str, caps: Mapping[str, float] | None = None) -> float | None:
+    """The largest allowed value of a numeric setting: the field's own, or a lower cap (a server's limit)."""
+    hi = FIELDS[name].metadata["hi"]
+    if caps and name in caps and hi is not None:
+        return min(hi, caps[name])
+    return hi
+
+
+def _num(x: float, integer: bool) -> str:
+    return str(int(x)) if integer else f"{x:g}"
+
+
+def describe_range(name: str, caps: Mapping[str, float] | None = None) -> str:
     m = FIELDS[name].metadata
     if m["choices"]:
         return "one of " + ", ".join(m["choices"])
-    typ = FIELDS[name].type
-    if "bool" in str(typ):
+    typ = str(FIELDS[name].type)
+    if "bool" in typ:
         return "true or false"
-    kind = "an integer" if "int" in str(typ) else "a number"
-    lo, hi = m["lo"], m["hi"]
+    if typ == "str":
+        return "a string"
+    integer = "int" in typ
+    kind = "an integer" if integer else "a number"
+    lo, hi = m["lo"], upper_bound(name, caps)
     if lo is None:
         return kind
     left = "(" if m["lo_open"] else "["
     extra = " or null" if m["nullable"] else ""
-    return f"{kind} in {left}{lo:g}, {hi:g}]{extra}"
+    limit = " on this server" if caps and name in caps and hi < m["hi"] else ""
+    return f"{kind} in {left}{_num(lo, integer)}, {_num(hi, integer)}]{extra}{limit}"
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _check_text(name: str, value: str) -> str:
+    """Strings must be encodable (a lone surrogate such as '\\ud800' from JSON would crash the tokenizer)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SettingsError(name, f"must be valid Unicode text; character {exc.start} is a lone surrogate "
+                                  f"({value[exc.start]!a})") from None
+    return value
+
+
+def _coerce(name: str, value: Any, caps: Mapping[str, float] | None = None) -> Any:
     f = FIELDS[name]
     m = f.metadata
     typ = str(f.type)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null") and m["nullable"]):
         if m["nullable"]:
             return None
-        raise SettingsError(name, f"must be {describe_range(name)}, got null")
+        raise SettingsError(name, f"must be {describe_range(name, caps)}, got null")
     if typ == "bool":
         if isinstance(value, bool):
             return value
@@ -128,23 +154,35 @@ def _coerce(name: str, value: Any) -> Any:
         raise SettingsError(name, f"must be true or false, got {value!r}")
     if typ == "str":
         if not isinstance(value, str):
-            raise SettingsError(name, f"must be a string, got {type(value).__name__}")
+            raise SettingsError(name, f"must be {describe_range(name)}, got {type(value).__name__}")
         if m["choices"] and value not in m["choices"]:
             raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
-        return value
+        return _check_text(name, value)
     # numbers
+    allowed = describe_range(name, caps)
     if isinstance(value, bool):
-        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+        raise SettingsError(name, f"must be {allowed}, got {value!r}")
     try:
         num = float(value) if "float" in typ else _to_int(value)
-    except (TypeError, ValueError):
-        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise SettingsError(name, f"must be {allowed}, got {_short(value)}") from None
     if isinstance(num, float) and not math.isfinite(num):
-        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
-    lo, hi = m["lo"], m["hi"]
+        raise SettingsError(name, f"must be {allowed}, got {value!r}")
+    lo, hi = m["lo"], upper_bound(name, caps)
     if lo is not None and (num < lo or num > hi or (m["lo_open"] and num == lo)):
-        raise SettingsError(name, f"must be {describe_range(name)}, got {value!r}")
+        raise SettingsError(name, f"must be {allowed}, got {_short(value)}")
     return num
+
+
+def _label(key: Any) -> str:
+    """A client-supplied name, made safe to echo back (ASCII, at most 40 characters)."""
+    text = ascii(str(key))[1:-1]
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _short(value: Any) -> str:
+    text = ascii(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _to_int(value: Any) -> int:
@@ -159,15 +197,18 @@ def _to_int(value: Any) -> int:
     raise TypeError
 
 
-def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None) -> TempoSettings:
-    """Validate `values` (snake_case names or known aliases) on top of `base` (or defaults)."""
+def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None,
+                   caps: Mapping[str, float] | None = None) -> TempoSettings:
+    """Validate `values` (snake_case names or known aliases) on top of `base` (or defaults).
+
+    `caps` lowers the upper bound of numeric settings (a shared server's limits); errors then name that bound."""
     current = asdict(base) if base is not None else {
         f.name: f.default for f in fields(TempoSettings) if f.default is not MISSING}
     for key, value in values.items():
         name = ALIASES.get(key, key)
         if name not in FIELDS:
-            raise SettingsError(key, "unknown setting")
-        current[name] = _coerce(name, value)
+            raise SettingsError(_label(key), "unknown setting")
+        current[name] = _coerce(name, value, caps)
     settings = TempoSettings(**current)
     _check_consistency(settings)
     return settings

@@ -21,6 +21,7 @@ from .attention import record_attention
 from .config import SettingsError, TempoSettings, validate_prompt
 from .fastpath import fast_rows
 from .layout import Layout, full_mask, step_mask
+from .limits import stop_reason
 from .model import LoadedModel
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
@@ -82,9 +83,13 @@ class ParallelSequence:
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
 
-    def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int):
+    def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int,
+                 record: bool = True):
+        """One forward of `ids`; logits of the last `keep` rows, and (if `record` and pruning is on) the
+        attention those rows pay, never more rows than that."""
         dev = self.lm.device
-        with torch.inference_mode(), fast_rows(), record_attention(self.capture.keys()) as rec:
+        layers = self.capture.keys() if record else ()
+        with torch.inference_mode(), fast_rows(), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.model(input_ids=torch.tensor([ids], device=dev),
                                 position_ids=torch.tensor([positions], device=dev),
                                 attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
@@ -95,7 +100,7 @@ class ParallelSequence:
 
     def prefill(self) -> torch.Tensor:
         """Feed the prompt exactly once; returns the last row's logits."""
-        return self._forward(self.layout.tokens, self.layout.positions, None, keep=1)[0][-1]
+        return self._forward(self.layout.tokens, self.layout.positions, None, keep=1, record=False)[0][-1]
 
     def prefill_with(self, steps: list[Step]) -> torch.Tensor:
         """Feed the prompt and the sets of recorded `steps` in ONE forward (each row masked as it was when
@@ -105,7 +110,7 @@ class ParallelSequence:
             self.replay_pruning(steps, st.step)
         mask = full_mask(self.layout, self.s.allow_intraset_token_visibility, self.lm.device)
         k = len(steps[-1].candidates)
-        return self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)[0]
+        return self._forward(self.layout.tokens, self.layout.positions, mask, keep=k, record=False)[0]
 
     def replay_pruning(self, steps: list[Step], step: int) -> None:
         """Hide the rows a recorded run pruned right after `step` (its pruning decisions come after the forward)."""
@@ -124,7 +129,6 @@ class ParallelSequence:
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
             logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
-            attn = {layer: a[-k:] for layer, a in attn.items()}
         elif k == 1 and all(past_alive):  # plain decoding: keep HF's mask-free fast path
             logits, attn = self._forward(token_ids, [position], None, keep=1)
         else:
@@ -179,7 +183,7 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     trace.stop_reason = "max_tokens"
     for step in range(len(trace.steps), s.max_tokens):
         if stop is not None and stop.is_set():
-            trace.stop_reason = "stopped"
+            trace.stop_reason = stop_reason(stop)
             break
         ts = time.perf_counter()
         ids, ps = select_candidates(probs, s.selection_threshold, s.max_parallel_tokens)
@@ -220,14 +224,17 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
         from .mcts import mcts_events
         return mcts_events(lm, s, stop)
     if s.faithfulness:
-        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s)
+        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s, stop)
     return tempo_events(lm, s, stop, prefix)
 
 
-def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings) -> Iterator[StepEvent]:
+def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,
+                       stop: threading.Event | None) -> Iterator[StepEvent]:
     from .faithfulness import measure
     for event in events:
-        if event.done:
+        if event.done and stop is not None and stop.is_set():
+            event.trace.stats["faithfulness_skipped"] = stop_reason(stop)  # a stopped run is not measured
+        elif event.done:
             t0 = time.perf_counter()
             measure(lm, event.trace, s.faithfulness_paths)
             event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3

@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from .config import TempoSettings
 from .engine import StepEvent, new_trace
+from .limits import stop_reason
 from .model import LoadedModel
 from .selection import select_candidates, to_probs
 from .trace import Candidate, Step, finalise_text, summarise
@@ -123,11 +124,16 @@ def mcts_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None 
     prompt_len = len(trace.prompt_token_ids)
     for step in range(s.max_tokens):
         if stop is not None and stop.is_set():
-            trace.stop_reason = "stopped"
+            trace.stop_reason = stop_reason(stop)
             break
         ts = time.perf_counter()
         for _ in range(s.mcts_simulations):
+            if stop is not None and stop.is_set():  # a step of many simulations can be long: stop inside it
+                break
             search.simulate()
+        if stop is not None and stop.is_set():
+            trace.stop_reason = stop_reason(stop)
+            break
         root = search.root
         options = sorted(root.children, key=lambda c: (c.visits, c.prior), reverse=True)
         may_stop = step >= s.min_steps

@@ -8,6 +8,8 @@ set is the same. Those steps are fed in one forward (`tempo_events(prefix=...)`)
 
 from __future__ import annotations
 
+import threading
+
 from .config import TempoSettings
 from .engine import run
 from .model import LoadedModel
@@ -26,9 +28,13 @@ def reusable_prefix(earlier: Trace, threshold: float) -> int:
     return n
 
 
-def sweep(lm: LoadedModel, s: TempoSettings, thresholds: list[float]) -> list[Trace]:
+def sweep(lm: LoadedModel, s: TempoSettings, thresholds: list[float],
+          stop: threading.Event | None = None) -> list[Trace]:
+    """One TEMPO run per threshold, lowest first; `stop` ends the current run and skips the rest."""
     runs: list[Trace] = []
     for thr in sorted(set(thresholds)):
+        if stop is not None and stop.is_set():
+            break
         settings = s.replace(selection_threshold=thr)
         best, source = 0, None
         if not s.use_sigmoid_threshold:  # seeded draws happen in step order; a resumed run would draw differently
@@ -37,5 +43,5 @@ def sweep(lm: LoadedModel, s: TempoSettings, thresholds: list[float]) -> list[Tr
                 if n > best:
                     best, source = n, earlier
         prefix: list[Step] | None = rewind(source, best - 1).steps if source is not None else None
-        runs.append(run(lm, settings, prefix=prefix))
+        runs.append(run(lm, settings, stop, prefix=prefix))
     return runs

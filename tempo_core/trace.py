@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -70,7 +71,8 @@ class Trace:
         return asdict(self)
 
     def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+        """Strict JSON: a non-finite number (a perplexity of no text) is written as null."""
+        return json.dumps(_finite(self.to_dict()), ensure_ascii=False, allow_nan=False, **kwargs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
@@ -94,6 +96,180 @@ class Trace:
     @classmethod
     def from_json(cls, text: str) -> "Trace":
         return cls.from_dict(json.loads(text))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# --- traces from outside (uploads): every field checked, so a bad file gives one clear message ------------------
+MAX_TEXT = 100_000  # characters in any one string of an uploaded trace
+
+
+class TraceError(ValueError):
+    """An uploaded trace is malformed; the message starts with the path of the offending field."""
+
+
+def _number(where: str, v: Any, lo: float | None = None, hi: float | None = None, nullable: bool = False) -> None:
+    if v is None and nullable:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TraceError(f"{where}: must be a finite number{' or null' if nullable else ''}, got {_brief(v)}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise TraceError(f"{where}: must be in [{lo:g}, {hi:g}], got {v!r}")
+
+
+def _integer(where: str, v: Any, lo: int = 0, nullable: bool = False) -> None:
+    if v is None and nullable:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise TraceError(f"{where}: must be an integer >= {lo}{' or null' if nullable else ''}, got {_brief(v)}")
+
+
+def _text(where: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise TraceError(f"{where}: must be a string, got {_brief(v)}")
+    if len(v) > MAX_TEXT:
+        raise TraceError(f"{where}: at most {MAX_TEXT:,} characters, got {len(v):,}")
+
+
+def _mapping(where: str, v: Any, allowed: set[str], required: set[str]) -> dict:
+    if not isinstance(v, dict):
+        raise TraceError(f"{where}: must be an object, got {_brief(v)}")
+    unknown = set(v) - allowed
+    if unknown:
+        raise TraceError(f"{where}: unknown field {sorted(unknown)[0]!a}")
+    missing = required - set(v)
+    if missing:
+        raise TraceError(f"{where}: missing field {sorted(missing)[0]!r}")
+    return v
+
+
+def _brief(v: Any) -> str:
+    text = ascii(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_candidate(where: str, c: Any) -> None:
+    names = set(Candidate.__dataclass_fields__)
+    _mapping(where, c, names, {"token_id", "text", "prob"})
+    _integer(f"{where}.token_id", c["token_id"])
+    _text(f"{where}.text", c["text"])
+    _number(f"{where}.prob", c["prob"], 0.0, 1.0)
+    _integer(f"{where}.row", c.get("row", -1), lo=-1)
+    _integer(f"{where}.pruned_at", c.get("pruned_at"), nullable=True)
+    _integer(f"{where}.visits", c.get("visits"), nullable=True)
+    _number(f"{where}.attention", c.get("attention"), nullable=True)
+    _number(f"{where}.value", c.get("value"), nullable=True)
+    if not isinstance(c.get("unattended", False), bool):
+        raise TraceError(f"{where}.unattended: must be true or false")
+    by_step = c.get("attention_by_step", {})
+    _mapping(f"{where}.attention_by_step", by_step, set(by_step), set())
+    for k, v in by_step.items():
+        if not str(k).isdigit():
+            raise TraceError(f"{where}.attention_by_step: keys must be step numbers, got {_brief(k)}")
+        _number(f"{where}.attention_by_step[{k}]", v)
+    by_layer = c.get("attention_by_layer", {})
+    _mapping(f"{where}.attention_by_layer", by_layer, set(by_layer), set())
+    for k, per in by_layer.items():
+        _mapping(f"{where}.attention_by_layer[{_brief(k)}]", per, set(per), set())
+        if not str(k).isdigit() or not all(str(layer).isdigit() for layer in per):
+            raise TraceError(f"{where}.attention_by_layer: keys must be step and layer numbers")
+        for layer, v in per.items():
+            _number(f"{where}.attention_by_layer[{k}][{layer}]", v)
+
+
+def _check_step(where: str, st: Any, max_candidates: int) -> None:
+    _mapping(where, st, set(Step.__dataclass_fields__), {"step", "position", "selection_threshold",
+                                                         "pruning_threshold", "candidates"})
+    _integer(f"{where}.step", st["step"])
+    _integer(f"{where}.position", st["position"])
+    _number(f"{where}.selection_threshold", st["selection_threshold"], 0.0, 1.0)
+    _number(f"{where}.pruning_threshold", st["pruning_threshold"], nullable=True)
+    _number(f"{where}.time_ms", st.get("time_ms", 0.0))
+    cands = st["candidates"]
+    if not isinstance(cands, list) or not 1 <= len(cands) <= max_candidates:
+        raise TraceError(f"{where}.candidates: must be a list of 1 to {max_candidates} candidates, "
+                         f"got {len(cands) if isinstance(cands, list) else _brief(cands)}")
+    for i, c in enumerate(cands):
+        _check_candidate(f"{where}.candidates[{i}]", c)
+    hidden = st.get("hidden_rows", [])
+    if not isinstance(hidden, list):
+        raise TraceError(f"{where}.hidden_rows: must be a list of row numbers")
+    for i, r in enumerate(hidden):
+        _integer(f"{where}.hidden_rows[{i}]", r)
+    alts = st.get("alternatives", [])
+    if not isinstance(alts, list) or len(alts) > 64:
+        raise TraceError(f"{where}.alternatives: must be a list of at most 64 entries")
+    for i, a in enumerate(alts):
+        _mapping(f"{where}.alternatives[{i}]", a, {"token_id", "text", "prob"}, {"text", "prob"})
+        _text(f"{where}.alternatives[{i}].text", a["text"])
+        _number(f"{where}.alternatives[{i}].prob", a["prob"], 0.0, 1.0)
+    if not isinstance(st.get("dropped_eos", False), bool):
+        raise TraceError(f"{where}.dropped_eos: must be true or false")
+
+
+def _check_faithfulness(f: Any) -> None:
+    if f is None:
+        return
+    keys = {"max_paths", "steps", "mean_kl", "top_agreement", "mean_set_jaccard", "min_coverage", "clean_ppl",
+            "greedy_ppl"}
+    _mapping("faithfulness", f, keys, keys)
+    for k in keys - {"steps", "clean_ppl", "greedy_ppl"}:
+        _number(f"faithfulness.{k}", f[k])
+    for k in ("clean_ppl", "greedy_ppl"):
+        _number(f"faithfulness.{k}", f[k], nullable=True)
+    if not isinstance(f["steps"], list):
+        raise TraceError("faithfulness.steps: must be a list")
+    step_keys = {"step", "kl", "top_agree", "set_jaccard", "paths", "coverage", "branching"}
+    for i, x in enumerate(f["steps"]):
+        _mapping(f"faithfulness.steps[{i}]", x, step_keys, step_keys)
+        for k in step_keys - {"top_agree"}:
+            _number(f"faithfulness.steps[{i}].{k}", x[k])
+        if not isinstance(x["top_agree"], bool):
+            raise TraceError(f"faithfulness.steps[{i}].top_agree: must be true or false")
+
+
+def check_trace_data(data: Any, max_steps: int, max_candidates: int) -> None:
+    """Validate a trace from outside (types, ranges, NaN, sizes); TraceError names the first bad field."""
+    _mapping("trace", data, set(Trace.__dataclass_fields__), {"model", "mode", "settings", "prompt", "steps"})
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise TraceError(f"schema_version: this build reads {SCHEMA_VERSION}, got {_brief(data.get('schema_version'))}")
+    for k in ("model", "prompt", "prompt_text", "text", "clean_text", "stop_reason"):
+        _text(k, data.get(k, ""))
+    if data["mode"] not in ("tempo", "default", "mcts"):
+        raise TraceError(f"mode: must be one of tempo, default, mcts, got {_brief(data['mode'])}")
+    if not isinstance(data["settings"], dict):
+        raise TraceError(f"settings: must be an object of settings, got {_brief(data['settings'])}")
+    ids = data.get("prompt_token_ids", [])
+    if not isinstance(ids, list) or len(ids) > MAX_TEXT:
+        raise TraceError("prompt_token_ids: must be a list of token ids")
+    for i, t in enumerate(ids):
+        _integer(f"prompt_token_ids[{i}]", t)
+    for k in ("timings", "stats"):
+        d = data.get(k, {})
+        _mapping(k, d, set(d), set())
+        for name, v in d.items():
+            if not isinstance(v, (str, bool)):
+                _number(f"{k}.{_brief(name)}", v, nullable=True)
+            elif isinstance(v, str):
+                _text(f"{k}.{_brief(name)}", v)
+    steps = data["steps"]
+    if not isinstance(steps, list):
+        raise TraceError(f"steps: must be a list, got {_brief(steps)}")
+    if len(steps) > max_steps:
+        raise TraceError(f"steps: this server shows at most {max_steps} steps, the trace has {len(steps)}")
+    for i, st in enumerate(steps):
+        _check_step(f"steps[{i}]", st, max_candidates)
+        if st["step"] != i:
+            raise TraceError(f"steps[{i}].step: must be {i} (steps in order), got {st['step']}")
+    _check_faithfulness(data.get("faithfulness"))
 
 
 def bracket_text(steps: list[Step], show_ids: bool = False) -> str:

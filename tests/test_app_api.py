@@ -65,7 +65,7 @@ def test_malformed_bodies_are_422_naming_the_field(client, body, field):
     r = client.post("/api/generate", json=body)
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
-    assert detail["loc"] == ["body", field] and field in detail["msg"]
+    assert detail["loc"] == (["body"] if field == "body" else ["body", field]) and field in detail["msg"]
 
 
 def test_invalid_json_and_nan_are_422(client):
@@ -112,21 +112,11 @@ def server(lm):
     thread.join(timeout=10)
 
 
-def _form_args(**over):
-    """The /generate endpoint's positional inputs: the form's own order and values for these settings."""
-    import gradio as gr
-
-    from components.controls import build_controls, form_values
-    with gr.Blocks():
-        names = list(build_controls())
-    return form_values(build_settings(over), names)
-
-
 def test_gradio_client_streams_steps(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    job = client.submit(*_form_args(prompt="the cat", max_tokens=12, selection_threshold=0.05),
-                        api_name="/generate")
+    # every parameter is named after its setting; the rest keep the form's defaults
+    job = client.submit(prompt="the cat", max_tokens=12, selection_threshold=0.05, api_name="/generate")
     statuses = [out[4] for out in job]  # each yield: tree, heatmap, curve, text, status, state
     assert len(statuses) >= 2, statuses
     assert any(s.startswith("Generating") for s in statuses[:-1])
@@ -138,27 +128,32 @@ def test_gradio_client_streams_steps(server):
 def test_gradio_client_bad_value_gives_a_message_not_a_crash(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    out = client.predict(*_form_args(prompt="   "), api_name="/generate")
+    out = client.predict(prompt="   ", api_name="/generate")
     assert "prompt: must be a non-empty string" in out[4]
-    assert client.predict(*_form_args(prompt="the cat", max_tokens=2), api_name="/generate")[4].startswith("Done")
+    out = client.predict(prompt="the cat", seed=-5, api_name="/generate")
+    assert "seed: must be an integer in [0, 4294967295], got -5" in out[4]
+    out = client.predict(prompt="the cat", max_tokens=500, api_name="/generate")
+    assert "max_tokens: must be an integer in [1, 200] on this server, got 500" in out[4]
+    assert client.predict(prompt="the cat", max_tokens=2, api_name="/generate")[4].startswith("Done")
 
 
 def test_gradio_client_research_endpoints(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    _, _, table = client.predict("0.3, 0.05", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    _, _, table = client.predict("0.3, 0.05", prompt="the cat", max_tokens=5, api_name="/sweep")
     assert "| 0.05 |" in table and "| 0.3 |" in table
-    _, _, err = client.predict("2, 0.1", *_form_args(prompt="the cat", max_tokens=5), api_name="/sweep")
+    _, _, err = client.predict("2, 0.1", prompt="the cat", max_tokens=5, api_name="/sweep")
     assert "Error" in err and "[0, 1]" in err
-    html, _ = client.predict(*_form_args(prompt="the cat", max_tokens=5), api_name="/baselines")
+    _, _, err = client.predict("abc", prompt="the cat", max_tokens=5, api_name="/sweep")
+    assert "sweep thresholds: must be 1 to 6 numbers in [0, 1]" in err
+    html, _ = client.predict(prompt="the cat", max_tokens=5, api_name="/baselines")
     assert "forward passes" in html and "greedy" in html
 
 
 def test_stop_ends_the_sessions_run_and_keeps_what_was_made(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
-    job = client.submit(*_form_args(prompt="the cat", max_tokens=200, selection_threshold=0.02),
-                        api_name="/generate")
+    job = client.submit(prompt="the cat", max_tokens=200, selection_threshold=0.02, api_name="/generate")
     deadline = time.time() + 60
     while not job.outputs() and time.time() < deadline:
         time.sleep(0.05)

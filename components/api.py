@@ -1,0 +1,130 @@
+"""The JSON API beside the page: /health, /api/generate (+ /api/v2/generate), /download/{id}/{file}.
+
+Every request is bounded before it runs (body size, settings and their server caps, an estimated compute
+budget) and while it runs (a wall-clock limit; the run stops when its client disconnects). Waiting for the
+model happens on the event loop, never in a worker thread, so /health answers under any load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings, run
+from tempo_core.config import validate_prompt
+from tempo_core.engine import encode_prompt
+from tempo_core.limits import Limits, RunStop, check_budget
+
+from .figures import report_html
+from .sessions import Slots, TraceStore
+
+MAX_BODY_BYTES = int(os.environ.get("TEMPO_API_MAX_BODY_BYTES", str(256 * 1024)))
+MAX_WAITING = int(os.environ.get("TEMPO_API_MAX_WAITING", "32"))
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+EXAMPLE = {"prompt": "What is the capital of France?", "selection_threshold": 0.1, "max_tokens": 30}
+
+
+def error(field: str, message: str, status: int = 422) -> JSONResponse:
+    """FastAPI's validation-error shape: detail[0].loc names the field (["body"] for the body as a whole)."""
+    loc = ["body"] if field == "body" else ["body", field]
+    return JSONResponse(status_code=status, content={"detail": [{"loc": loc, "msg": message, "type": "value_error"}]})
+
+
+class BodyTooLarge(SettingsError):
+    def __init__(self, message: str):
+        super().__init__("body", message)
+
+
+def prepare(lm: LoadedModel, body: Any, limits: Limits):
+    """A request body -> validated settings within this server's caps and budget (SettingsError otherwise)."""
+    if not isinstance(body, dict):
+        raise SettingsError("body", 'must be a JSON object of settings (snake_case), e.g. {"prompt": "Hi"}')
+    if "prompt" not in body:
+        raise SettingsError("prompt", "is required: a non-empty string")
+    s = build_settings(body, caps=limits.caps)
+    validate_prompt(s)
+    check_budget(s, len(encode_prompt(lm, s)[1]), limits)
+    return s
+
+
+async def read_body(request: Request) -> Any:
+    """The JSON body, read in chunks up to MAX_BODY_BYTES (a larger one is refused before it is parsed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"is {int(declared):,} bytes; this server accepts at most {MAX_BODY_BYTES:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"is over {MAX_BODY_BYTES:,} bytes, the most this server accepts")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise SettingsError("body", 'is empty; send a JSON object of settings, e.g. {"prompt": "Hi"}')
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError("body", f"is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)  # NaN/Infinity parse; each field refuses them by name
+    except json.JSONDecodeError as exc:
+        raise SettingsError("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise SettingsError("body", "is nested too deeply") from None
+
+
+def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits) -> None:
+    @api.get("/health")
+    async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
+        return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
+                "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
+                "runs_active": slots.active, "runs_waiting": slots.waiting, "limits": limits.__dict__}
+
+    async def generate(request: Request) -> Response:
+        try:
+            body = await read_body(request)
+            s = prepare(lm, body, limits)
+        except SettingsError as exc:
+            return error(exc.field, str(exc), 413 if isinstance(exc, BodyTooLarge) else 422)
+        if slots.waiting >= MAX_WAITING:
+            return JSONResponse(status_code=503, headers={"Retry-After": "10"},
+                                content={"detail": f"server busy: {slots.waiting} requests already wait for the "
+                                                   f"model (at most {MAX_WAITING}); retry later"})
+        if not await slots.acquire_async(request.is_disconnected):
+            return Response(status_code=499)  # the client left while waiting; nobody reads this
+        try:
+            stop = RunStop(limits.max_seconds)
+            work = asyncio.ensure_future(anyio.to_thread.run_sync(run, lm, s, stop))
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.2)
+                if not work.done() and await request.is_disconnected():
+                    stop.stop("client_disconnected")
+            trace: Trace = work.result()
+        finally:
+            slots.release()
+        return JSONResponse(trace.to_dict())
+
+    kwargs = {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "description": "Settings in snake_case (README: JSON API)"},
+        "example": EXAMPLE}}}}}
+    api.add_api_route("/api/generate", generate, methods=["POST"], summary="Run TEMPO and return the JSON trace",
+                      **kwargs)
+    api.add_api_route("/api/v2/generate", generate, methods=["POST"], summary="Same as /api/generate", **kwargs)
+
+    @api.get("/download/{run_id}/{name}", include_in_schema=False)
+    async def download(run_id: str, name: str) -> Response:
+        data = store.get(run_id) if RUN_ID.fullmatch(run_id) else None
+        if data is None or name not in ("tempo-trace.json", "tempo-report.html"):
+            return JSONResponse(status_code=404, content={"detail": "no such download (they expire after an hour)"})
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if name.endswith(".json"):
+            return Response(data, media_type="application/json", headers=headers)
+        html = await anyio.to_thread.run_sync(lambda: report_html(Trace.from_json(data.decode("utf-8"))))
+        return HTMLResponse(html, headers=headers)

@@ -1,0 +1,153 @@
+"""The settings form: one Gradio control per engine setting, grouped so the default view stays simple."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from tempo_core.config import FIELDS, PRUNING_MODES, TempoSettings, build_settings
+from tempo_core.limits import Limits
+
+MODES = {"TEMPO": "tempo", "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
+
+EXAMPLES = [
+    ["What is the capital of France?", 0.1, 40, "TEMPO"],
+    ["Write a haiku about servers.", 0.05, 40, "TEMPO"],
+    ["Explain the theory of relativity simply.", 0.15, 60, "TEMPO"],
+    ["Once upon a time, a small robot", 0.1, 30, "MCTS"],
+    ["List three uses of a paperclip.", 0.1, 40, "Greedy / sampling (transformers generate)"],
+]
+
+# One preset per research view: (label, values for RESEARCH_FIELDS)
+RESEARCH_FIELDS = ["prompt", "selection_threshold", "max_tokens", "mode", "use_retroactive_pruning",
+                   "attention_threshold", "dynamic_threshold", "faithfulness"]
+RESEARCH_EXAMPLES = [
+    ("Faithfulness meter: a short answer", ["What is the capital of France?", 0.1, 16, "TEMPO", False, 0.01, False, True]),
+    ("Pruning rewind + positions & mask", ["Write a haiku about servers.", 0.05, 24, "TEMPO", True, 0.03, False, False]),
+    ("Bezier schedule rising to 0.05", ["Explain the theory of relativity simply.", 0.1, 40, "TEMPO", True, 0.005,
+                                        True, False]),
+    ("Then: Baselines, Threshold sweep, Tree diff", ["List three uses of a paperclip.", 0.1, 24, "TEMPO", False, 0.01,
+                                                     False, False]),
+]
+
+from gradio.events import Dependency
+
+class SettingSlider(gr.Slider):
+    """A slider whose value reaches the settings' own validation unchanged, so that an out-of-range value sent
+    through the API gets the message that names the setting and its range (Gradio's says only "Value 500 is
+    greater than maximum value 200")."""
+
+    def get_block_name(self) -> str:
+        return "slider"
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _help(name: str) -> str:
+    return FIELDS[name].metadata["help"]
+
+
+def build_controls(limits: Limits) -> dict[str, gr.components.Component]:
+    """Creates the form in the current Blocks context; returns {setting name: component} (plus 'mode').
+    Sliders end at this server's caps (`limits`)."""
+    d = TempoSettings()
+    max_tokens, max_parallel = limits.max_tokens, limits.max_parallel_tokens
+    c: dict[str, Any] = {}
+    c["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
+                             value="What is the capital of France?")
+    c["selection_threshold"] = SettingSlider(0.0, 1.0, value=d.selection_threshold, step=0.01,
+                                         label="Selection threshold", info=_help("selection_threshold"))
+    c["max_tokens"] = SettingSlider(1, max_tokens, value=min(40, max_tokens), step=1, label="Max tokens")
+    c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
+    with gr.Accordion("Retroactive pruning", open=False):
+        c["use_retroactive_pruning"] = gr.Checkbox(value=False, label="Prune by later attention")
+        c["attention_threshold"] = SettingSlider(0.0, 0.2, value=d.attention_threshold, step=0.001,
+                                             label="Attention threshold")
+        c["pruning_window"] = SettingSlider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
+        c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,
+                                                 label="When a whole set fails")
+        with gr.Row():
+            c["use_relative_attention"] = gr.Checkbox(value=False, label="Relative attention")
+            c["relative_threshold"] = SettingSlider(0.0, 1.0, value=d.relative_threshold, step=0.05,
+                                                label="Relative threshold")
+        with gr.Row():
+            c["use_multi_scale_attention"] = gr.Checkbox(value=False, label="Multi-scale layer weights")
+            c["num_layers_to_use"] = gr.Number(value=0, precision=0, label="Last N layers (0 = all)")
+        with gr.Row():
+            c["use_sigmoid_threshold"] = gr.Checkbox(value=False, label="Sigmoid (probabilistic) decision")
+            c["sigmoid_steepness"] = SettingSlider(0.5, 50, value=d.sigmoid_steepness, step=0.5, label="Steepness")
+        c["preserve_isolated_tokens"] = gr.Checkbox(value=True, label="Never prune single-candidate steps")
+    with gr.Accordion("Dynamic threshold (Bezier / ReLU)", open=False):
+        c["dynamic_threshold"] = gr.Checkbox(value=False, label="Threshold follows a curve over the run")
+        c["final_threshold"] = SettingSlider(0.0, 0.5, value=d.final_threshold, step=0.005, label="Final threshold")
+        with gr.Row():
+            c["bezier_p1"] = SettingSlider(0.0, 1.0, value=d.bezier_p1, step=0.05, label="Bezier p1")
+            c["bezier_p2"] = SettingSlider(0.0, 1.0, value=d.bezier_p2, step=0.05, label="Bezier p2")
+        with gr.Row():
+            c["use_relu"] = gr.Checkbox(value=False, label="ReLU instead of Bezier")
+            c["relu_activation_point"] = SettingSlider(0.0, 0.95, value=d.relu_activation_point, step=0.05,
+                                                   label="ReLU starts at")
+    with gr.Accordion("Parallel sets, cache and prompt", open=False):
+        c["max_parallel_tokens"] = SettingSlider(1, max_parallel, value=min(d.max_parallel_tokens, max_parallel),
+                                             step=1, label="Max parallel tokens per step")
+        c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
+        c["disable_kv_cache"] = gr.Checkbox(value=False, label="Disable KV cache (recompute every step)")
+        c["min_steps"] = SettingSlider(0, max_tokens, value=0, step=1, label="Min steps before EOS")
+        c["temperature"] = SettingSlider(0.05, 3.0, value=d.temperature, step=0.05, label="Temperature")
+        c["enable_thinking"] = gr.Checkbox(value=False, label="Thinking system prompt (Cogito)")
+        c["raw_prompt"] = gr.Checkbox(value=False, label="Raw prompt (no chat template)")
+        c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
+    with gr.Accordion("MCTS and sampling", open=False):
+        with gr.Row():
+            c["mcts_simulations"] = SettingSlider(1, limits.mcts_simulations, value=min(d.mcts_simulations,
+                                              limits.mcts_simulations), step=1, label="MCTS simulations")
+            c["mcts_depth"] = SettingSlider(1, limits.mcts_depth, value=min(d.mcts_depth, limits.mcts_depth), step=1,
+                                        label="MCTS depth")
+        c["mcts_c_puct"] = SettingSlider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")
+        c["do_sample"] = gr.Checkbox(value=False, label="Sample (greedy mode only)")
+        with gr.Row():
+            c["top_p"] = SettingSlider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            c["top_k"] = gr.Number(value=0, precision=0, label="Top-k (0 = off)")
+        c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+    with gr.Accordion("Research options", open=False):
+        c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
+        c["faithfulness_paths"] = SettingSlider(1, limits.faithfulness_paths, value=min(d.faithfulness_paths,
+                                            limits.faithfulness_paths), step=1,
+                                            label="Explicit paths per step (most probable)")
+    return c
+
+
+def settings_from_form(form: dict[str, Any], limits: Limits) -> TempoSettings:
+    """Form values by setting name -> validated settings (the same validation as CLI and API), within the
+    server's caps (errors name the field and the range that applies here)."""
+    raw = dict(form)
+    mode = MODES.get(raw.pop("mode", "TEMPO"), "tempo")
+    raw["default_mode"], raw["use_mcts"] = mode == "default", mode == "mcts"
+    if raw.get("num_layers_to_use") in (0, None, ""):
+        raw["num_layers_to_use"] = None
+    for key in ("max_tokens", "min_steps", "pruning_window", "max_parallel_tokens", "mcts_simulations",
+                "mcts_depth", "top_k", "seed", "num_layers_to_use", "faithfulness_paths"):
+        if isinstance(raw.get(key), float) and raw[key].is_integer():
+            raw[key] = int(raw[key])
+    return build_settings(raw, caps=limits.caps)
+
+
+def form_values(s: TempoSettings, names: list[str]) -> list[Any]:
+    """Settings -> form values (to fill the form from a shared link or an uploaded trace)."""
+    mode = {v: k for k, v in MODES.items()}[s.mode]
+    out = []
+    for n in names:
+        if n == "mode":
+            out.append(mode)
+        elif n == "num_layers_to_use":
+            out.append(s.num_layers_to_use or 0)
+        else:
+            out.append(getattr(s, n))
+    return out

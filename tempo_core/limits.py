@@ -1,0 +1,141 @@
+"""What one request may cost on a shared server, checked before a run and enforced during it.
+
+Before: `estimate_cost` turns settings and the prompt's length into forward passes and tokens fed (an upper
+bound: every step is assumed to keep `max_parallel_tokens` candidates), and `check_budget` refuses a request
+whose estimate exceeds the server's `Limits`, naming the setting that makes it big.
+During: a `RunStop` is the stop flag every mode checks between steps (and MCTS between simulations); it also
+trips by itself at a deadline, and the run then ends with `stop_reason == "time_limit"`, keeping what was made.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from .config import SettingsError, TempoSettings
+
+FAITHFULNESS_BATCH = 16  # paths per forward in faithfulness.path_distributions
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A server's per-request limits (environment: TEMPO_APP_*)."""
+    max_tokens: int = 200
+    max_parallel_tokens: int = 16
+    mcts_simulations: int = 50
+    mcts_depth: int = 16
+    faithfulness_paths: int = 32
+    max_forward_passes: int = 4_000
+    max_tokens_fed: int = 400_000
+    max_seconds: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Limits":
+        env = os.environ if environ is None else environ
+        names = {"max_tokens": "TEMPO_APP_MAX_TOKENS", "max_parallel_tokens": "TEMPO_APP_MAX_PARALLEL",
+                 "mcts_simulations": "TEMPO_APP_MAX_MCTS_SIMULATIONS", "mcts_depth": "TEMPO_APP_MAX_MCTS_DEPTH",
+                 "faithfulness_paths": "TEMPO_APP_MAX_FAITHFULNESS_PATHS",
+                 "max_forward_passes": "TEMPO_APP_MAX_FORWARD_PASSES", "max_tokens_fed": "TEMPO_APP_MAX_TOKENS_FED",
+                 "max_seconds": "TEMPO_APP_MAX_SECONDS"}
+        values = {}
+        for field_name, var in names.items():
+            if var in env:
+                try:
+                    value = float(env[var])
+                    if not value > 0:
+                        raise ValueError
+                except ValueError:
+                    raise SettingsError(var, f"must be a positive number, got {env[var]!r}") from None
+                values[field_name] = value if field_name == "max_seconds" else int(value)
+        return cls(**values)
+
+    @property
+    def caps(self) -> dict[str, float]:
+        """Upper bounds of settings (for `build_settings(caps=...)`, whose errors then state them)."""
+        return {"max_tokens": self.max_tokens, "min_steps": self.max_tokens,
+                "max_parallel_tokens": self.max_parallel_tokens, "mcts_simulations": self.mcts_simulations,
+                "mcts_depth": self.mcts_depth, "faithfulness_paths": self.faithfulness_paths}
+
+
+@dataclass(frozen=True)
+class Cost:
+    forward_passes: int
+    tokens_fed: int
+    driver: str  # the setting that makes the request big
+    formula: str  # how the estimate came about, for the error message
+
+
+def estimate_cost(s: TempoSettings, prompt_tokens: int) -> Cost:
+    """Upper bound of the work a run of `s` does on a prompt of `prompt_tokens` tokens."""
+    p, t, k = prompt_tokens, s.max_tokens, s.max_parallel_tokens
+    if s.mode == "default":
+        return Cost(t + 1, p + t, "max_tokens", f"max_tokens {t}")
+    if s.mode == "mcts":
+        sims, depth = s.mcts_simulations, s.mcts_depth
+        return Cost(1 + t * (sims + 1), p + t * (sims * depth + 1), "mcts_simulations",
+                    f"max_tokens {t} x (mcts_simulations {sims} + 1)")
+    if s.disable_kv_cache:  # every step re-feeds the whole sequence
+        passes, fed = t + 1, t * p + k * t * (t + 1) // 2
+        cost = Cost(passes, fed, "disable_kv_cache",
+                    f"disable_kv_cache re-feeds prompt ({p}) + rows each step, max_tokens {t} times")
+    else:
+        cost = Cost(t + 1, p + t * k, "max_tokens", f"max_tokens {t} x max_parallel_tokens {k} + prompt {p}")
+    if s.faithfulness:  # replay + one batch of explicit paths per step + perplexities + greedy
+        paths = s.faithfulness_paths
+        batches = -(-paths // FAITHFULNESS_BATCH)
+        fed = cost.tokens_fed + (p + t * k) + paths * (t * p + t * (t + 1) // 2) + 2 * (p + t) + p + t
+        cost = Cost(cost.forward_passes + t * (batches + 2) + 3, fed, "faithfulness_paths",
+                    f"faithfulness runs up to faithfulness_paths {paths} explicit paths at each of max_tokens {t} "
+                    f"steps on a prompt of {p} tokens")
+    return cost
+
+
+def check_budget(s: TempoSettings, prompt_tokens: int, limits: Limits, runs: int = 1) -> Cost:
+    """Refuse (SettingsError naming the driving setting) a request whose estimated cost exceeds `limits`.
+    `runs` multiplies the cost (a sweep runs once per threshold)."""
+    c = estimate_cost(s, prompt_tokens)
+    passes, fed = c.forward_passes * runs, c.tokens_fed * runs
+    times = f" x {runs} runs" if runs > 1 else ""
+    if passes > limits.max_forward_passes:
+        raise SettingsError(c.driver, f"this request needs up to {passes:,} forward passes ({c.formula}{times}); "
+                                      f"this server allows {limits.max_forward_passes:,} per request")
+    if fed > limits.max_tokens_fed:
+        driver = "prompt" if c.driver == "max_tokens" and prompt_tokens > limits.max_tokens_fed // 2 else c.driver
+        raise SettingsError(driver, f"this request feeds up to {fed:,} tokens through the model ({c.formula}{times}); "
+                                    f"this server allows {limits.max_tokens_fed:,} per request")
+    return c
+
+
+class RunStop(threading.Event):
+    """A stop flag that also trips by itself once `deadline` (time.monotonic) has passed.
+
+    `reason` is what the run reports as its `stop_reason`: "stopped" (someone pressed Stop, or the client went
+    away) or "time_limit"."""
+
+    def __init__(self, max_seconds: float | None = None):
+        super().__init__()
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.reason = "stopped"
+
+    def start_clock(self, max_seconds: float | None) -> None:
+        """(Re)start the deadline: a run queued for the model is timed from when it starts."""
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def is_set(self) -> bool:
+        if not super().is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
+            self.reason = "time_limit"
+            super().set()
+        return super().is_set()
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not super().is_set():
+            self.reason = reason
+        self.set()
+
+
+def stop_reason(stop: threading.Event) -> str:
+    """What a run reports when `stop` ended it."""
+    return getattr(stop, "reason", "stopped")
