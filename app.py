@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import gradio as gr
 from fastapi import FastAPI
 
-from components.api import add_routes
+from components.api import BodyLimit, add_routes
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
                                  settings_from_form)
 from components.figures import attention_figure, text_html, threshold_figure, tree_figure
@@ -376,6 +376,7 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
                               max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
     api.state.explorer, api.state.demo = app, demo
+    api.add_middleware(BodyLimit)
     return api
 
 

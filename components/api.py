@@ -26,7 +26,6 @@ from .figures import report_html
 from .sessions import Slots, TraceStore
 
 MAX_BODY_BYTES = int(os.environ.get("TEMPO_API_MAX_BODY_BYTES", str(256 * 1024)))
-MAX_WAITING = int(os.environ.get("TEMPO_API_MAX_WAITING", "32"))
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 EXAMPLE = {"prompt": "What is the capital of France?", "selection_threshold": 0.1, "max_tokens": 30}
 
@@ -80,6 +79,48 @@ async def read_body(request: Request) -> Any:
         raise SettingsError("body", "is nested too deeply") from None
 
 
+class BodyLimit:
+    """ASGI middleware: no request body over `max_bytes` reaches any route (Gradio's queue included) except
+    file uploads, which Gradio bounds itself (`max_file_size`). Checked from Content-Length and while reading."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES, exempt: tuple[str, ...] = ("/gradio_api/upload",)):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt) or scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)  # /api/* reads its body itself, with a JSON-shaped error
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        seen, too_big = 0, False
+
+        async def limited() -> dict:
+            nonlocal seen, too_big
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # the app is told the client left; whatever it answers is replaced
+                too_big = True
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if not too_big:
+                await send(message)
+        try:
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not too_big:
+                raise
+        if too_big:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes:,} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits) -> None:
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
@@ -93,10 +134,10 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             s = prepare(lm, body, limits)
         except SettingsError as exc:
             return error(exc.field, str(exc), 413 if isinstance(exc, BodyTooLarge) else 422)
-        if slots.waiting >= MAX_WAITING:
+        if slots.waiting >= limits.max_waiting:
             return JSONResponse(status_code=503, headers={"Retry-After": "10"},
                                 content={"detail": f"server busy: {slots.waiting} requests already wait for the "
-                                                   f"model (at most {MAX_WAITING}); retry later"})
+                                                   f"model (at most {limits.max_waiting}); retry later"})
         if not await slots.acquire_async(request.is_disconnected):
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         try:

@@ -113,6 +113,13 @@ class StopFlags:
             flag.stop()
         return flag is not None
 
+    def forget_all(self) -> None:
+        """The server is shutting down: stop every run."""
+        with self._lock:
+            flags = [*self._running.values(), *self._queued.values()]
+        for flag in flags:
+            flag.stop()
+
     def forget(self, session: str) -> None:
         """The session ended: stop what it runs and drop its flags."""
         self.stop(session)

@@ -31,6 +31,7 @@ class Limits:
     max_forward_passes: int = 4_000
     max_tokens_fed: int = 400_000
     max_seconds: float = 120.0
+    max_waiting: int = 32  # API requests waiting for the model; more get a 503
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Limits":
@@ -39,7 +40,7 @@ class Limits:
                  "mcts_simulations": "TEMPO_APP_MAX_MCTS_SIMULATIONS", "mcts_depth": "TEMPO_APP_MAX_MCTS_DEPTH",
                  "faithfulness_paths": "TEMPO_APP_MAX_FAITHFULNESS_PATHS",
                  "max_forward_passes": "TEMPO_APP_MAX_FORWARD_PASSES", "max_tokens_fed": "TEMPO_APP_MAX_TOKENS_FED",
-                 "max_seconds": "TEMPO_APP_MAX_SECONDS"}
+                 "max_seconds": "TEMPO_APP_MAX_SECONDS", "max_waiting": "TEMPO_API_MAX_WAITING"}
         values = {}
         for field_name, var in names.items():
             if var in env:

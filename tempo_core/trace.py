@@ -151,6 +151,12 @@ def _mapping(where: str, v: Any, allowed: set[str], required: set[str]) -> dict:
     return v
 
 
+def _name(k: Any) -> str:
+    """A key from the file, safe to show in a message."""
+    text = ascii(str(k))[1:-1]
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _brief(v: Any) -> str:
     text = ascii(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
     return text if len(text) <= 40 else text[:37] + "..."
@@ -173,12 +179,12 @@ def _check_candidate(where: str, c: Any) -> None:
     _mapping(f"{where}.attention_by_step", by_step, set(by_step), set())
     for k, v in by_step.items():
         if not str(k).isdigit():
-            raise TraceError(f"{where}.attention_by_step: keys must be step numbers, got {_brief(k)}")
+            raise TraceError(f"{where}.attention_by_step: keys must be step numbers, got {_name(k)!r}")
         _number(f"{where}.attention_by_step[{k}]", v)
     by_layer = c.get("attention_by_layer", {})
     _mapping(f"{where}.attention_by_layer", by_layer, set(by_layer), set())
     for k, per in by_layer.items():
-        _mapping(f"{where}.attention_by_layer[{_brief(k)}]", per, set(per), set())
+        _mapping(f"{where}.attention_by_layer[{_name(k)}]", per, set(per), set())
         if not str(k).isdigit() or not all(str(layer).isdigit() for layer in per):
             raise TraceError(f"{where}.attention_by_layer: keys must be step and layer numbers")
         for layer, v in per.items():
@@ -257,9 +263,9 @@ def check_trace_data(data: Any, max_steps: int, max_candidates: int) -> None:
         _mapping(k, d, set(d), set())
         for name, v in d.items():
             if not isinstance(v, (str, bool)):
-                _number(f"{k}.{_brief(name)}", v, nullable=True)
+                _number(f"{k}.{_name(name)}", v, nullable=True)
             elif isinstance(v, str):
-                _text(f"{k}.{_brief(name)}", v)
+                _text(f"{k}.{_name(name)}", v)
     steps = data["steps"]
     if not isinstance(steps, list):
         raise TraceError(f"steps: must be a list, got {_brief(steps)}")

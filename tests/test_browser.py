@@ -111,7 +111,15 @@ def test_generate_in_a_real_browser(app_url):
         saved = ARTIFACTS / "downloaded-trace.json"
         download.value.save_as(saved)
         assert json.loads(saved.read_text())["steps"]
+        with page.expect_download() as report:  # built on demand from memory; nothing on the server's disk
+            page.get_by_text("Download HTML report").click()
+        assert "<h1>TEMPO run</h1>" in Path(report.value.path()).read_text()
+        page.screenshot(path=str(ARTIFACTS / "export.png"))
         page.locator("#trace-upload input[type=file]").set_input_files(str(saved))
         expect(page.locator("#status")).to_contain_text("Loaded trace", timeout=20_000)
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        phone.goto(app_url, wait_until="load")
+        expect(phone.locator("#generate")).to_be_attached(timeout=60_000)
+        phone.screenshot(path=str(ARTIFACTS / "phone.png"))
         browser.close()
     assert errors == []
