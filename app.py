@@ -126,6 +126,7 @@ class Explorer:
     limits: Limits = field(default_factory=Limits.from_env)
     concurrency: int = 1
     research_concurrency: int = 1
+    view_concurrency: int = 2  # figure rebuilds from stored traces (replay, uploads, clicks) at once
     slots: Slots = field(init=False)
     research_slots: Slots = field(init=False)
     stops: StopFlags = field(default_factory=StopFlags)
@@ -332,6 +333,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
                     label="Research presets (then open the Research tab)")
 
         # --- wiring ----------------------------------------------------------------------------------------
+        # figures from a stored trace (replay, uploads, clicks) share one bounded group: seconds of CPU each
+        # on long runs, so never unlimited
+        view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}
         inputs = list(controls.values())
         outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
         finished = [replay, node_pick, downloads, share]
@@ -339,18 +343,18 @@ def build_demo(app: Explorer) -> gr.Blocks:
         run_btn.click(lambda data: data, trace_state, research["previous"], queue=False, api_visibility="private")
         run_evt = run_btn.click(app.run_stream, None, outputs, inputs_kwargs=controls, api_name="generate",
                                 concurrency_limit=app.concurrency, concurrency_id="model", show_progress="hidden")
-        run_evt.then(app.after_run, [trace_state], finished, api_visibility="private")
-        run_evt.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
+        run_evt.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
+        run_evt.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private", **view)
         stop_btn.click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
 
-        node_pick.change(show_node, [trace_state, node_pick], [tree_plot, details], api_visibility="private")
+        node_pick.change(show_node, [trace_state, node_pick], [tree_plot, details], api_visibility="private", **view)
         text_view.click(clicked, [trace_state], [tree_plot, details, node_pick, research["rewind_pick"]],
-                        api_visibility="private")
+                        api_visibility="private", **view)
         replay.input(replay_to, [trace_state, replay], [tree_plot, heat_plot, curve_plot, text_view, status],
-                     api_name="replay", concurrency_limit=None, show_progress="hidden")
-        loaded = upload.upload(app.load_trace, [upload], outputs, concurrency_limit=None, api_visibility="private")
-        loaded.then(app.after_run, [trace_state], finished, api_visibility="private")
-        loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private")
+                     api_name="replay", show_progress="hidden", **view)
+        loaded = upload.upload(app.load_trace, [upload], outputs, api_visibility="private", **view)
+        loaded.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
+        loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private", **view)
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731
@@ -366,13 +370,13 @@ def build_demo(app: Explorer) -> gr.Blocks:
 def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | None = None) -> FastAPI:
     """FastAPI app: /health, /api/generate, /api/v2/generate, /download/..., /docs, and the Gradio UI at /."""
     app = Explorer(lm, limits or Limits.from_env(), concurrency or _env_int("TEMPO_CONCURRENCY", 1),
-                   _env_int("TEMPO_RESEARCH_CONCURRENCY", 1))
+                   _env_int("TEMPO_RESEARCH_CONCURRENCY", 1), _env_int("TEMPO_VIEW_CONCURRENCY", 2))
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
     add_routes(api, lm, app.slots, app.store, app.limits)
     demo = build_demo(app)
     demo.queue(max_size=_env_int("TEMPO_QUEUE_SIZE", 64))
-    demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 500)
+    demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 200)
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
                               max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
     api.state.explorer, api.state.demo = app, demo

@@ -159,6 +159,8 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                       **kwargs)
     api.add_api_route("/api/v2/generate", generate, methods=["POST"], summary="Same as /api/generate", **kwargs)
 
+    reports = asyncio.Semaphore(2)  # a report of a long run takes seconds of CPU: at most two built at once
+
     @api.get("/download/{run_id}/{name}", include_in_schema=False)
     async def download(run_id: str, name: str) -> Response:
         data = store.get(run_id) if RUN_ID.fullmatch(run_id) else None
@@ -167,5 +169,6 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
         headers = {"Content-Disposition": f'attachment; filename="{name}"'}
         if name.endswith(".json"):
             return Response(data, media_type="application/json", headers=headers)
-        html = await anyio.to_thread.run_sync(lambda: report_html(Trace.from_json(data.decode("utf-8"))))
+        async with reports:
+            html = await anyio.to_thread.run_sync(lambda: report_html(Trace.from_json(data.decode("utf-8"))))
         return HTMLResponse(html, headers=headers)

@@ -131,16 +131,16 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
             return gr.skip()
         return diff_figure(Trace.from_dict(data), other)
 
+    view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}
     mask_step.input(lambda d, st: positions_figure(Trace.from_dict(d), int(st)) if d else gr.skip(),
-                    [trace_state, mask_step], mask_plot, api_visibility="private", concurrency_limit=None)
+                    [trace_state, mask_step], mask_plot, api_visibility="private", **view)
     rewind_pick.change(show_rewind, [trace_state, rewind_pick], [rewind_plot, before_plot, after_plot],
-                       api_visibility="private", concurrency_limit=None)
+                       api_visibility="private", **view)
     base_btn.click(run_baselines, None, [base_html, beam_plot], inputs_kwargs=controls, api_name="baselines",
                    concurrency_id="research", concurrency_limit=app.research_concurrency)
     sweep_btn.click(run_sweep, [sweep_thr], [sweep_plot, sweep_small, sweep_md], inputs_kwargs=controls,
                     api_name="sweep", concurrency_id="research", concurrency_limit=app.research_concurrency)
-    diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private")
-    diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot,
-                     api_visibility="private")
+    diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private", **view)
+    diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot, api_visibility="private", **view)
     return {"refresh": refresh, "refresh_outputs": [faith_plot, mask_step, mask_plot, rewind_pick],
             "rewind_pick": rewind_pick, "previous": previous}
