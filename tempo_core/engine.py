@@ -25,7 +25,7 @@ from .limits import stop_reason
 from .model import LoadedModel
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
-from .selection import mixture, select_candidates, to_probs
+from .selection import mixture, select_with_near_misses, to_probs
 from .trace import Candidate, Step, Trace, finalise_text, summarise
 
 THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
@@ -186,7 +186,7 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
             trace.stop_reason = stop_reason(stop)
             break
         ts = time.perf_counter()
-        ids, ps = select_candidates(probs, s.selection_threshold, s.max_parallel_tokens)
+        ids, ps, missed = select_with_near_misses(probs, s.selection_threshold, s.max_parallel_tokens)
         ids, ps, is_end, dropped = split_eos(ids, ps, eos, step >= s.min_steps, probs)
         if is_end:
             trace.stop_reason = "eos"
@@ -195,8 +195,9 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
         rows, logits, attention = seq.feed(ids, prompt_len + step)
         threshold = pruning_threshold(step, s) if pruner else None
         cands = [Candidate(i, lm.decode([i]), p, row=r) for i, p, r in zip(ids, ps, rows)]
+        near = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in missed if i not in ids]
         trace.steps.append(Step(step, prompt_len + step, s.selection_threshold, threshold, cands,
-                                hidden_rows=hidden, dropped_eos=dropped))
+                                hidden_rows=hidden, dropped_eos=dropped, alternatives=near))
         pruned = pruner.update(trace.steps, attention, threshold) if pruner else []
         for c in pruned:
             seq.layout.kill(c.row)

@@ -16,6 +16,16 @@ def select_candidates(probs: torch.Tensor, threshold: float, max_candidates: int
     return top_i[keep].tolist(), top_p[keep].tolist()
 
 
+def select_with_near_misses(probs: torch.Tensor, threshold: float, max_candidates: int, misses: int = 3
+                            ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
+    """`select_candidates`, plus the `misses` most probable tokens that were not kept (what a lower threshold or
+    a larger set would add next), from one top-k and one device sync."""
+    top_p, top_i = probs.topk(min(max_candidates + misses, probs.numel()))
+    top_p, top_i = top_p.tolist(), top_i.tolist()
+    n = max(1, sum(1 for p in top_p[:max_candidates] if p >= threshold))
+    return top_i[:n], top_p[:n], list(zip(top_i[n:n + misses], top_p[n:n + misses]))
+
+
 def mixture(probs_per_sibling: torch.Tensor, weights: list[float]) -> torch.Tensor:
     """Probability-weighted mixture sum_i w_i p_i(x) with weights renormalised over live siblings.
 

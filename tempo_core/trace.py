@@ -42,7 +42,7 @@ class Step:
     candidates: list[Candidate]
     hidden_rows: list[int] = field(default_factory=list)  # rows masked from this step's queries
     dropped_eos: bool = False  # a less probable EOS candidate was removed from this set
-    alternatives: list[dict[str, Any]] = field(default_factory=list)  # baseline modes: top tokens not chosen
+    alternatives: list[dict[str, Any]] = field(default_factory=list)  # top tokens not chosen (TEMPO: the next 3)
     time_ms: float = 0.0
 
     @property
