@@ -12,28 +12,32 @@ import html
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 import gradio as gr
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 
 from components.api import BodyLimit, add_routes
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
                                  settings_from_form)
-from components.figures import attention_figure, text_html, threshold_figure, tree_figure
+from components.compare_tab import add_run, build_compare_tab
+from components.live import live_traces
 from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
+from components.views import curve_view, heatmap_view, text_view, tree_view
+from components.widgets import CSS as WIDGET_CSS
+from components.widgets import PLOTLY_JS, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import FIELDS, TempoSettings, validate_prompt
 from tempo_core.engine import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
 log = logging.getLogger("tempo.app")
-MIN_FRAME_S = 0.1  # redraw at most ~10 times a second; the last step is always drawn
+MIN_FRAME_S = 0.15  # draw at most ~7 frames a second; the last step is always drawn
 
 
 def _env_int(name: str, default: int) -> int:
@@ -46,46 +50,35 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"error: {name} must be a positive integer, got {value!r}") from None
     return n
 
-CSS = """
-.tempo-text {font-family: ui-monospace, monospace; font-size: 15px; line-height: 1.9}
-.tempo-text .tok {cursor: pointer; padding: 0 1px; border-radius: 3px}
-.tempo-text .tok:hover {background: #fff3c4}
-.tempo-text .pruned {text-decoration: line-through; opacity: .55}
-.tempo-text .set {background: #f1edff; border-radius: 4px}
-.tempo-text .clean {margin-top: .6em; font-family: sans-serif; font-size: 14px; color: #444}
+CSS = WIDGET_CSS + """
 #status {min-height: 1.6em}
-"""
-
-# Clicking a token in the text, or a node of the Plotly tree, selects that candidate (gr.Plot has no click
-# event, so the tree's plotly_click is hooked here and sent through this component's trigger()).
-TEXT_JS = """
-element.addEventListener('click', (e) => {
-  const t = e.target.closest('[data-node]');
-  if (t) trigger('click', {node: t.dataset.node});
-});
-setInterval(() => {
-  document.querySelectorAll('#tempo-tree .js-plotly-plot, #tempo-heatmap .js-plotly-plot').forEach((gd) => {
-    if (!gd.on || gd.__tempoHooked) return;
-    gd.__tempoHooked = true;
-    gd.on('plotly_click', (ev) => {
-      const p = ev.points && ev.points[0];
-      if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata});
-    });
-  });
-}, 700);
+#run-buttons {position: sticky; top: 0; z-index: 5; background: var(--block-background-fill)}
+#run-buttons button {min-width: 70px}
+.legend-line p {font-size: 12.5px; color: #666; margin: 0}
+.tempo-downloads a {margin-right: .4em}
 """
 
 INTRO = """# TEMPO Explorer
-**Threshold-Enabled Multipath Parallel Output**: every token above the selection threshold is kept, all of a
-step's candidates share **one position** in **one sequence** (siblings masked from each other, one KV cache),
-and later tokens' attention prunes them retroactively. Pick a prompt and press **Generate**; the tree grows
-step by step. Click a token (in the text or the tree) to inspect it."""
+Decoding that keeps **every** token above a probability threshold: the candidates of a step share **one
+position** in **one sequence**, and later attention prunes the ones nobody looks at. Press **Generate** and
+watch the tree grow; click any node or token for its details."""
+
+ABOUT = """**How to read the page.** A *token* is a piece of text the model reads or writes (`·` marks a space,
+`⏎` a newline). At each *logical step* TEMPO keeps every token whose *probability* passes the *selection
+threshold*: they form a *set*, written `[a/b]` in the text and stacked in one column of the tree (bigger and
+brighter = more probable; the grey open circles below are the *near misses*, the next tokens that did not pass).
+All tokens of a set sit at the same *position* of one sequence, and a *mask* keeps siblings from seeing each
+other. *Retroactive pruning* later removes (✕, struck through) candidates that later tokens pay less
+*attention* than the pruning threshold; the **Pruning heatmap** shows that attention and the **Threshold
+curve** how the pruning threshold changes over the run. The orange line is the most probable surviving path."""
 
 
 def status_line(trace: Trace, running: bool) -> str:
     n = len(trace.steps)
     if n == 0:
         return "Starting…" if running else f"no steps ({trace.stop_reason})"
+    if running and trace.stats.get("progress"):
+        return f"Step {n} done · {trace.stats['progress']}…"
     last = trace.steps[-1]
     rate = trace.timings.get("steps_per_s", 0.0)
     pruned = trace.stats.get("pruned", 0)
@@ -148,11 +141,16 @@ class Explorer:
     def _gpu_seconds(self, s: TempoSettings, stop: RunStop) -> float:
         return self.limits.max_seconds + 10
 
-    def _decode(self, s: TempoSettings, stop: RunStop) -> Iterator[Trace]:
+    def _decode(self, s: TempoSettings, stop: RunStop) -> Iterator[tuple[Trace, bool]]:
+        """(trace, done) after every step; a phase after the steps (faithfulness) reports in trace.stats."""
         for event in generate(self.lm, s, stop):
+            if event.progress:
+                event.trace.stats["progress"] = event.progress
+            else:
+                event.trace.stats.pop("progress", None)
             yield event.trace, event.done
 
-    # --- handlers (plain functions of form values; the Blocks below only wires them) --------------------------
+    # --- handlers (plain functions of form values; build_demo only wires them) -------------------------------
     def arm(self, request: gr.Request) -> None:
         """Generate was pressed: a Stop from now on applies to this run, even while it waits in the queue."""
         self.stops.arm(session_key(request))
@@ -166,43 +164,46 @@ class Explorer:
         self.stops.forget(key)
         self.store.forget(key)
 
-    def run_stream(self, request: gr.Request, **form: Any) -> Iterator[tuple]:
-        """Generate, streaming (tree, heatmap, curve, text, status, trace state) while the run goes on."""
+    def run_stream(self, request: gr.Request, history: list | None, **form: Any) -> Iterator[tuple]:
+        """Generate: (tree, heatmap, curve, text, status, trace state, history), streamed while the run goes on.
+        Decoding runs in its own thread at full speed; frames show its latest state (components/live.py)."""
         key = session_key(request)
         flag = self.stops.start(key, None)
         try:
             try:
                 s = self.settings(form)
             except SettingsError as exc:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
+                yield (*[gr.skip()] * 4, f"**Error:** {exc}", gr.skip(), gr.skip())
                 return
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), self._queue_line(), gr.skip()
+            yield (*[gr.skip()] * 4, self._queue_line(), gr.skip(), gr.skip())
             with self.slots.hold():
                 flag.start_clock(self.limits.max_seconds)
-                yield from self._frames(s, flag)
+                yield from self._frames(s, flag, history)
         finally:
+            flag.stop()  # the page went away mid-run (generator closed): the worker ends within a step
             self.stops.finish(key, flag)
 
     def _queue_line(self) -> str:
-        waiting = self.slots.waiting
-        return "Starting…" if self.slots.active < self.slots.limit else f"Waiting for the model ({waiting} ahead)…"
+        ahead = self.slots.waiting
+        return "Starting…" if self.slots.active < self.slots.limit else f"Waiting for the model ({ahead} ahead)…"
 
-    def _frames(self, s: TempoSettings, flag: RunStop) -> Iterator[tuple]:
-        next_draw = 0.0
+    def _frames(self, s: TempoSettings, flag: RunStop, history: list | None) -> Iterator[tuple]:
+        window = s.pruning_window
         try:
-            for trace, done in self.decode(s, flag):
-                if not done and time.perf_counter() < next_draw:
-                    continue
-                t0 = time.perf_counter()
-                frame = (*views(trace), status_line(trace, not done), trace.to_dict() if done else None)
-                # drawing must not starve decoding: wait at least twice the last frame's build time
-                next_draw = time.perf_counter() + max(MIN_FRAME_S, 2 * (time.perf_counter() - t0))
-                yield frame
+            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S):
+                running = not done
+                frame = (tree_view(trace, live=running), heatmap_view(trace), curve_view(trace, len(trace.steps) - 1),
+                         text_view(trace), status_line(trace, running))
+                if done:
+                    data = trace.to_dict()
+                    yield (*frame, data, add_run(history, data))
+                else:
+                    yield (*frame, gr.skip(), gr.skip())
         except SettingsError as exc:
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {exc}", gr.skip()
+            yield (*[gr.skip()] * 4, f"**Error:** {exc}", gr.skip(), gr.skip())
         except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
             log.exception("run failed")
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** run failed: {exc}", gr.skip()
+            yield (*[gr.skip()] * 4, f"**Error:** run failed: {html.escape(str(exc))}", gr.skip(), gr.skip())
 
     def after_run(self, request: gr.Request, data: dict | None):
         """A finished (or loaded) trace: replay range, candidate list, download links, share link."""
@@ -220,14 +221,23 @@ class Explorer:
         return (gr.update(maximum=max(1, n - 1), value=max(0, n - 1)), gr.update(choices=node_choices(trace), value=None),
                 downloads_html(run_id), link)
 
-    def load_trace(self, file: Any):
+    def load_trace(self, history: list | None, file: Any):
+        """An uploaded trace: its figures, its settings in the form, and an entry in the history."""
+        names = list(self.form_names)
         if file is None:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * (7 + len(names))
         try:
             trace = read_trace_file(file, self.limits.max_tokens, self.limits.max_parallel_tokens)
         except ValueError as exc:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {html.escape(str(exc))}", gr.skip()
-        return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {html.escape(trace.model)}", trace.to_dict())
+            return (*[gr.skip()] * 4, f"**Error:** {html.escape(str(exc))}", gr.skip(), gr.skip(),
+                    *[gr.skip()] * len(names))
+        try:
+            values = form_values(build_settings(trace.settings, caps=self.limits.caps), names)
+        except SettingsError:  # a trace made with larger settings than this server allows: keep the form
+            values = [gr.skip()] * len(names)
+        data = trace.to_dict()
+        return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {html.escape(trace.model)}", data,
+                add_run(history, data, source="uploaded"), *values)
 
     def fill_from_link(self, request: gr.Request, **form: Any):
         """Opening a shared link fills the form with its settings (a plain visit keeps the defaults)."""
@@ -244,37 +254,57 @@ class Explorer:
         values = form_values(s, names)
         if "prompt" not in known:
             values[names.index("prompt")] = gr.skip()
-        return (*values, threshold_figure(s))
+        return (*values, curve_view(s))
+
+    form_names: tuple[str, ...] = ()
 
 
-def views(trace: Trace, selected: str | None = None, current: int | None = None):
-    return (tree_figure(trace, selected=selected), attention_figure(trace),
-            threshold_figure(trace, current_step=len(trace.steps) - 1 if current is None else current),
-            text_html(trace))
+def views(trace: Trace, selected: str | None = None, current: int | None = None,
+          expanded: frozenset[int] = frozenset()) -> tuple:
+    """(tree, heatmap, curve, text) of a stored trace."""
+    return (tree_view(trace, selected, expanded), heatmap_view(trace),
+            curve_view(trace, len(trace.steps) - 1 if current is None else current), text_view(trace))
 
 
 def preview_curve(limits: Limits, **form: Any):
     try:
-        return threshold_figure(settings_from_form(form, limits))
+        return curve_view(settings_from_form(form, limits))
     except SettingsError:
         return gr.skip()
 
 
-def show_node(data: dict | None, node: str | None):
+def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
+    """A node of the tree or heatmap, or a token of the text, was clicked: (tree, details, pick, rewind pick,
+    outer tab, research tab, expanded stretches). A collapsed stretch expands; a pruned cross in the heatmap
+    opens its rewind."""
+    node = str((getattr(evt, "_data", None) or {}).get("node") or "")
+    skip = (gr.skip(),) * 7
+    if not data or not node:
+        return skip
+    trace = Trace.from_dict(data)
+    opened = frozenset(expanded or ())
+    if node.startswith("run:"):
+        try:
+            first = int(node[4:].split("-")[0])
+        except ValueError:
+            return skip
+        opened = opened | {first}
+        return (tree_view(trace, expanded=opened), *[gr.skip()] * 5, sorted(opened))
+    found = find_node(trace, node)
+    if found is None:
+        return skip
+    pruned = found[2].pruned_at is not None and trace.mode == "tempo"
+    from_heatmap = (getattr(evt, "_data", None) or {}).get("source") == "heatmap"
+    return (tree_view(trace, node, opened), node_details(trace, node), node, node if pruned else gr.skip(),
+            gr.Tabs(selected="research") if pruned and from_heatmap else gr.skip(),
+            gr.Tabs(selected="rewind") if pruned and from_heatmap else gr.skip(), gr.skip())
+
+
+def show_node(data: dict | None, node: str | None, expanded: list | None):
     if not data or not node:
         return gr.skip(), gr.skip()
     trace = Trace.from_dict(data)
-    return tree_figure(trace, selected=node), node_details(trace, node)
-
-
-def clicked(data: dict | None, evt: gr.EventData):
-    node = (getattr(evt, "_data", None) or {}).get("node")
-    if not data or not node:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    tree, text = show_node(data, node)
-    found = find_node(Trace.from_dict(data), node)
-    pruned = found is not None and found[2].pruned_at is not None
-    return tree, text, node, node if pruned else gr.skip()
+    return tree_view(trace, node, frozenset(expanded or ())), node_details(trace, node)
 
 
 def replay_to(data: dict | None, step: int):
@@ -294,34 +324,53 @@ def _parse_param(v: str) -> Any:
 def build_demo(app: Explorer) -> gr.Blocks:
     limits = app.limits
     with gr.Blocks(title="TEMPO Explorer", delete_cache=(3600, 3600)) as demo:
-        trace_state = gr.State(None)  # the finished (or last streamed) trace, as a JSON dict
+        trace_state = gr.State(None)  # the finished (or loaded) trace, as a JSON dict
+        history = gr.State([])  # the session's recent runs (compare_tab.add_run)
+        expanded = gr.State([])  # collapsed stretches of the tree the user opened (their first steps)
         gr.Markdown(INTRO)
+        with gr.Accordion("What am I looking at? (how to read the page)", open=False):
+            gr.Markdown(ABOUT)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=330):
-                controls = build_controls(limits)
-                with gr.Row():
-                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=3, min_width=600):
+                buttons: dict[str, gr.Button] = {}
+
+                def action_buttons() -> None:  # right under the prompt, above the fold on a laptop and a phone
+                    with gr.Row(elem_id="run-buttons"):
+                        buttons["run"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=2,
+                                                   min_width=80)
+                        buttons["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=60)
+                controls = build_controls(limits, after_prompt=action_buttons)
+                run_btn, stop_btn = buttons["run"], buttons["stop"]
+            with gr.Column(scale=3, min_width=340):
                 status = gr.Markdown("Ready: model **%s** on %s." % (app.lm.name, app.lm.device), elem_id="status")
-                text_view = gr.HTML(text_html(Trace(app.lm.name, "tempo", {}, "", "", [])), js_on_load=TEXT_JS,
-                                    elem_id="tempo-text")
-                with gr.Tabs():
-                    with gr.Tab("Tree"):
-                        tree_plot = gr.Plot(elem_id="tempo-tree", show_label=False)
+                text_box = branching_text()
+                with gr.Tabs() as outer:
+                    with gr.Tab("Tree", id="tree"):
+                        gr.Markdown("*One column per logical step (its candidates share one position); size and "
+                                    "colour: probability; ✕ pruned; grey open circles: near misses; a long orange "
+                                    "bar: steps with one candidate each (click to expand). Drag the slider under "
+                                    "the tree to see the whole run.*", elem_classes="legend-line")
+                        tree_plot = plotly_view(elem_id="tempo-tree")
                         with gr.Row():
                             node_pick = gr.Dropdown([], label="Inspect candidate", scale=1)
                             details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
-                    with gr.Tab("Pruning heatmap"):
-                        heat_plot = gr.Plot(show_label=False, elem_id="tempo-heatmap")
-                    with gr.Tab("Threshold curve"):
-                        curve_plot = gr.Plot(show_label=False, elem_id="tempo-curve")
+                    with gr.Tab("Pruning heatmap", id="heatmap"):
+                        gr.Markdown("*Rows: candidates that came near the pruning threshold; squares: the attention "
+                                    "each later step paid them (darker = more); ✕ where one was pruned (click it "
+                                    "for its rewind). Top: the threshold in force.*", elem_classes="legend-line")
+                        heat_plot = plotly_view(elem_id="tempo-heatmap", max_height=620)
+                    with gr.Tab("Threshold curve", id="curve"):
+                        gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU curve), "
+                                    "with each step's set size and the candidates pruned at it.*",
+                                    elem_classes="legend-line")
+                        curve_plot = plotly_view(elem_id="tempo-curve")
+                    compare = build_compare_tab(app, history)
                     research = build_research_tab(app, trace_state, controls)
-                    with gr.Tab("Replay & export"):
+                    with gr.Tab("Replay & export", id="export"):
                         replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
                         with gr.Row():
-                            upload = gr.File(label="Replay an uploaded JSON trace", file_types=[".json"],
-                                             elem_id="trace-upload")
+                            upload = gr.File(label="Replay an uploaded JSON trace (fills the form)",
+                                             file_types=[".json"], elem_id="trace-upload")
                             with gr.Column():
                                 downloads = gr.HTML("", elem_id="downloads")
                                 share = gr.Textbox(label="Link with these settings", interactive=False,
@@ -333,33 +382,39 @@ def build_demo(app: Explorer) -> gr.Blocks:
                     label="Research presets (then open the Research tab)")
 
         # --- wiring ----------------------------------------------------------------------------------------
-        # figures from a stored trace (replay, uploads, clicks) share one bounded group: seconds of CPU each
-        # on long runs, so never unlimited
-        view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}
+        # figures from a stored trace (replay, uploads, clicks) share one bounded group: never unlimited
+        view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency, "show_progress": "hidden"}
+        app.form_names = tuple(controls)
         inputs = list(controls.values())
-        outputs = [tree_plot, heat_plot, curve_plot, text_view, status, trace_state]
+        figures = [tree_plot, heat_plot, curve_plot, text_box]
+        outputs = [*figures, status, trace_state, history]
         finished = [replay, node_pick, downloads, share]
         run_btn.click(app.arm, None, None, queue=False, api_visibility="private")
-        run_btn.click(lambda data: data, trace_state, research["previous"], queue=False, api_visibility="private")
-        run_evt = run_btn.click(app.run_stream, None, outputs, inputs_kwargs=controls, api_name="generate",
+        run_btn.click(lambda: [], None, expanded, queue=False, api_visibility="private")
+        run_evt = run_btn.click(app.run_stream, [history], outputs, inputs_kwargs=controls, api_name="generate",
                                 concurrency_limit=app.concurrency, concurrency_id="model", show_progress="hidden")
-        run_evt.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
-        run_evt.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private", **view)
+        for then in (run_evt.then(app.after_run, [trace_state], finished, api_visibility="private", **view),):
+            then.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private",
+                      **view)
+            then.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
         stop_btn.click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
 
-        node_pick.change(show_node, [trace_state, node_pick], [tree_plot, details], api_visibility="private", **view)
-        text_view.click(clicked, [trace_state], [tree_plot, details, node_pick, research["rewind_pick"]],
-                        api_visibility="private", **view)
-        replay.input(replay_to, [trace_state, replay], [tree_plot, heat_plot, curve_plot, text_view, status],
-                     api_name="replay", show_progress="hidden", **view)
-        loaded = upload.upload(app.load_trace, [upload], outputs, api_visibility="private", **view)
-        loaded.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
+        node_pick.change(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
+                         api_visibility="private", **view)
+        click_outputs = [tree_plot, details, node_pick, research["rewind_pick"], outer, research["tabs"], expanded]
+        for source in (text_box, tree_plot, heat_plot):
+            source.click(clicked, [trace_state, expanded], click_outputs, api_visibility="private", **view)
+        replay.input(replay_to, [trace_state, replay], [*figures, status], api_name="replay", **view)
+        loaded = upload.upload(app.load_trace, [history, upload], [*outputs, *inputs], api_visibility="private",
+                               **view)
+        loaded = loaded.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
         loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private", **view)
+        loaded.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731
         for name in ("dynamic_threshold", "attention_threshold", "final_threshold", "bezier_p1", "bezier_p2",
-                     "use_relu", "relu_activation_point", "max_tokens"):
+                     "use_relu", "relu_activation_point", "max_tokens", "use_retroactive_pruning", "mode"):
             controls[name].change(preview, None, curve_plot, inputs_kwargs=controls, api_visibility="private",
                                   concurrency_limit=None, show_progress="hidden")
         demo.load(app.fill_from_link, None, [*inputs, curve_plot], inputs_kwargs=controls, api_visibility="private")
@@ -374,6 +429,8 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
     add_routes(api, lm, app.slots, app.store, app.limits)
+    api.add_api_route("/assets/plotly.min.js", lambda: FileResponse(PLOTLY_JS, headers={
+        "Cache-Control": "public, max-age=86400"}), methods=["GET"], include_in_schema=False)
     demo = build_demo(app)
     demo.queue(max_size=_env_int("TEMPO_QUEUE_SIZE", 64))
     demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 200)

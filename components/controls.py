@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
 from tempo_core.config import FIELDS, PRUNING_MODES, TempoSettings, build_settings
 from tempo_core.limits import Limits
 
+APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candidates each at 0.02, none at 0.01
 MODES = {"TEMPO": "tempo", "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
 
 EXAMPLES = [
@@ -45,21 +46,25 @@ def _help(name: str) -> str:
     return FIELDS[name].metadata["help"]
 
 
-def build_controls(limits: Limits) -> dict[str, gr.components.Component]:
+def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = None
+                   ) -> dict[str, gr.components.Component]:
     """Creates the form in the current Blocks context; returns {setting name: component} (plus 'mode').
-    Sliders end at this server's caps (`limits`)."""
+    Sliders end at this server's caps (`limits`); `after_prompt` lays out what goes right under the prompt."""
     d = TempoSettings()
     max_tokens, max_parallel = limits.max_tokens, limits.max_parallel_tokens
     c: dict[str, Any] = {}
     c["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
                              value="What is the capital of France?")
+    if after_prompt is not None:
+        after_prompt()
     c["selection_threshold"] = setting_slider(0.0, 1.0, value=d.selection_threshold, step=0.01,
                                          label="Selection threshold", info=_help("selection_threshold"))
     c["max_tokens"] = setting_slider(1, max_tokens, value=min(40, max_tokens), step=1, label="Max tokens")
     c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
     with gr.Accordion("Retroactive pruning", open=False):
-        c["use_retroactive_pruning"] = gr.Checkbox(value=False, label="Prune by later attention")
-        c["attention_threshold"] = setting_slider(0.0, 0.2, value=d.attention_threshold, step=0.001,
+        # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
+        c["use_retroactive_pruning"] = gr.Checkbox(value=True, label="Prune by later attention")
+        c["attention_threshold"] = setting_slider(0.0, 0.2, value=APP_ATTENTION_THRESHOLD, step=0.001,
                                              label="Attention threshold")
         c["pruning_window"] = setting_slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
         c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,

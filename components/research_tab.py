@@ -14,8 +14,7 @@ from tempo_core.sweep import sweep
 from tempo_core.trace import rewind
 
 from .figures import tree_figure
-from .inspect import read_trace_file
-from .research import (aligned_html, beam_tree_figure, diff_figure, faithfulness_figure, positions_figure,
+from .research import (aligned_html, beam_tree_figure, faithfulness_figure, positions_figure,
                        rewind_figure, sweep_figure, sweep_multiples, sweep_table)
 
 MAX_SWEEP = 6
@@ -43,8 +42,8 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
     `app` is the page's `Explorer`: heavy jobs (baselines, sweep) run in their own concurrency group and slots
     so that ordinary generation keeps flowing, within the server's budget and time limit."""
     lm, limits = app.lm, app.limits
-    with gr.Tab("Research"):
-        with gr.Tabs():
+    with gr.Tab("Research", id="research"):
+        with gr.Tabs() as inner:
             with gr.Tab("Faithfulness"):
                 gr.Markdown("Does one superposed sequence approximate the explicit branches it stands for? Tick "
                             "**Measure faithfulness** (in *Research options*) and generate: each step's merged "
@@ -53,7 +52,7 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
             with gr.Tab("Positions & mask"):
                 mask_step = gr.Slider(0, 1, value=0, step=1, label="Step")
                 mask_plot = gr.Plot(show_label=False, elem_id="mask-plot")
-            with gr.Tab("Pruning rewind"):
+            with gr.Tab("Pruning rewind", id="rewind"):
                 rewind_pick = gr.Dropdown([], label="Pruned candidate (or click one in the tree / heatmap)")
                 rewind_plot = gr.Plot(show_label=False, elem_id="rewind-plot")
                 with gr.Row():
@@ -69,13 +68,6 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
                 sweep_plot = gr.Plot(show_label=False)
                 sweep_small = gr.Plot(show_label=False)
                 sweep_md = gr.Markdown()
-            with gr.Tab("Tree diff"):
-                gr.Markdown("Compare the current run (A) with the previous run or an uploaded trace (B).")
-                previous = gr.State(None)
-                with gr.Row():
-                    diff_prev = gr.Button("A vs previous run")
-                    diff_file = gr.File(label="B: upload a JSON trace", file_types=[".json"])
-                diff_plot = gr.Plot(show_label=False)
 
     def refresh(data: dict | None):
         if not data:
@@ -116,21 +108,6 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
             traces = sweep(lm, s, values, stop=RunStop(limits.max_seconds))
         return sweep_figure(traces), sweep_multiples(traces), sweep_table(traces)
 
-    def diff_with(data: dict | None, other: dict | None):
-        if not data or not other:
-            return gr.skip()
-        return diff_figure(Trace.from_dict(data), Trace.from_dict(other))
-
-    def diff_upload(data: dict | None, file):
-        if not data or file is None:
-            return gr.skip()
-        try:
-            other = read_trace_file(file, limits.max_tokens, limits.max_parallel_tokens)
-        except ValueError as exc:
-            gr.Warning(str(exc))
-            return gr.skip()
-        return diff_figure(Trace.from_dict(data), other)
-
     view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}
     mask_step.input(lambda d, st: positions_figure(Trace.from_dict(d), int(st)) if d else gr.skip(),
                     [trace_state, mask_step], mask_plot, api_visibility="private", **view)
@@ -140,7 +117,5 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
                    concurrency_id="research", concurrency_limit=app.research_concurrency)
     sweep_btn.click(run_sweep, [sweep_thr], [sweep_plot, sweep_small, sweep_md], inputs_kwargs=controls,
                     api_name="sweep", concurrency_id="research", concurrency_limit=app.research_concurrency)
-    diff_prev.click(diff_with, [trace_state, previous], diff_plot, api_visibility="private", **view)
-    diff_file.upload(diff_upload, [trace_state, diff_file], diff_plot, api_visibility="private", **view)
     return {"refresh": refresh, "refresh_outputs": [faith_plot, mask_step, mask_plot, rewind_pick],
-            "rewind_pick": rewind_pick, "previous": previous}
+            "rewind_pick": rewind_pick, "tabs": inner}

@@ -126,6 +126,9 @@ def _run_with_progress(lm, settings: TempoSettings, debug: bool) -> Trace:
         for event in generate(lm, settings):
             if event.done:
                 break
+            if event.progress:  # a phase after the steps (faithfulness)
+                bar.set_description(event.progress)
+                continue
             st = event.step
             bar.update(1)
             bar.set_postfix(set=len(st.candidates), pruned=event.trace.stats.get("pruned", 0))

@@ -38,6 +38,7 @@ class StepEvent:
     trace: Trace
     pruned: list[Candidate]  # candidates pruned by this step's attention
     done: bool = False  # the last event of a run: trace.stop_reason and timings are final
+    progress: str | None = None  # set on events of a phase after the steps (no new step): what is being done
 
     @property
     def step(self) -> Step:
@@ -231,13 +232,17 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
 
 def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,
                        stop: threading.Event | None) -> Iterator[StepEvent]:
-    from .faithfulness import measure
+    from .faithfulness import measure_iter
     for event in events:
         if event.done and stop is not None and stop.is_set():
             event.trace.stats["faithfulness_skipped"] = stop_reason(stop)  # a stopped run is not measured
         elif event.done:
             t0 = time.perf_counter()
-            measure(lm, event.trace, s.faithfulness_paths)
+            for done in measure_iter(lm, event.trace, s.faithfulness_paths):
+                if stop is not None and stop.is_set():
+                    event.trace.stats["faithfulness_skipped"] = stop_reason(stop)
+                    break
+                yield StepEvent(event.index, event.trace, [], progress=f"measuring faithfulness {done:.0%}")
             event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3
         yield event
 

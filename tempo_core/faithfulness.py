@@ -16,7 +16,7 @@ plain forward pass next to greedy decoding's.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -89,12 +89,20 @@ def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) ->
 
 def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> dict[str, Any]:
     """Run the meter on a finished TEMPO trace; also stores the result in `trace.faithfulness`."""
+    for _ in measure_iter(lm, trace, max_paths):
+        pass
+    return trace.faithfulness
+
+
+def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[float]:
+    """`measure`, yielding the fraction done after each step's explicit paths (for progress bars)."""
     if trace.mode != "tempo":
         raise ValueError(f"faithfulness is defined for TEMPO runs, not {trace.mode!r}")
     s = build_settings(trace.settings)
     merged = tempo_distributions(lm, trace)
     steps = []
     for t, p_tempo in enumerate(merged):
+        yield t / (len(merged) + 1)
         paths, weights, covered = top_paths(visible_sets(trace, t), max_paths)
         dists = path_distributions(lm, trace.prompt_token_ids, paths, s.temperature)
         p_paths = mixture(dists, weights)
@@ -114,7 +122,6 @@ def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> dict[str, Any]
               "clean_ppl": sequence_ppl(lm, trace.prompt_token_ids, clean),
               "greedy_ppl": sequence_ppl(lm, trace.prompt_token_ids, greedy)}
     trace.faithfulness = result
-    return result
 
 
 def _greedy_ids(lm: LoadedModel, prompt: list[int], n: int) -> list[int]:

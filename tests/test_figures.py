@@ -5,6 +5,7 @@ import json
 import pytest
 
 from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure, tree_graph
+from components.views import units
 from components.inspect import find_node, node_choices, node_details, trace_at
 from tempo_core import build_settings, run
 from tempo_core.schedule import threshold_curve
@@ -39,28 +40,29 @@ def test_tree_graph_nodes_and_edges_follow_visibility():
 def test_tree_figure_marks_pruned_nodes_and_the_clean_path():
     fig = tree_figure(recorded(), selected="0:1")
     by_name = {tr.name: tr for tr in fig.data}
-    assert list(by_name["pruned"].customdata) == ["0:2"]
-    assert by_name["pruned"].marker.symbol == "x"
-    assert sorted(by_name["candidate"].customdata) == ["0:0", "0:1", "1:0", "2:0", "2:1"]
-    assert "pruned after step 2" in by_name["pruned"].hovertext[0]
-    assert "a&lt;b&gt;" in by_name["candidate"].hovertext[0]  # token text is escaped
-    path = by_name["most probable surviving path"]
+    nodes = by_name["candidate"]
+    assert list(nodes.customdata) == ["0:0", "0:1", "0:2", "1:0", "2:0", "2:1"]
+    assert list(nodes.marker.symbol) == ["circle", "circle", "x", "circle", "circle", "circle"]
+    assert "pruned after step 2" in nodes.hovertext[2]
+    assert "a&lt;b&gt;" in nodes.hovertext[0]  # token text is escaped
+    path = by_name["main path"]
     assert [x for x in path.x if x is not None] == [0, 1, 1, 2]
     assert "selected" in by_name
     assert fig.layout.uirevision == "tempo"
     early = {tr.name: tr for tr in tree_figure(trace_at(recorded(), 0)).data}
-    assert "pruned" not in early and len(early["candidate"].customdata) == 3  # before the pruning decision
+    assert list(early["candidate"].marker.symbol) == ["circle"] * 3  # before the pruning decision
 
 
-def test_attention_figure_has_one_row_per_scored_candidate_and_the_threshold():
+def test_attention_figure_shows_candidates_at_risk_and_the_threshold():
     fig = attention_figure(recorded())
-    heat = next(tr for tr in fig.data if tr.type == "heatmap")
-    assert len(heat.y) == 3 and list(heat.x) == [1, 2]
-    assert list(heat.z[2]) == [0.001, 0.002]
-    line = next(tr for tr in fig.data if tr.name == "threshold in force")
+    cells = next(tr for tr in fig.data if tr.name == "attention paid")
+    # " a" (score 0.15) was never near the thresholds (0.04, 0.07); " c" (0.045) and " d" (pruned) were
+    assert sorted(set(cells.customdata)) == ["0:1", "0:2"]
+    assert list(cells.x) == [1, 2, 1, 2] and list(cells.marker.color) == [0.05, 0.04, 0.001, 0.002]
+    line = next(tr for tr in fig.data if tr.name == "pruning threshold in force")
     assert list(line.y) == [0.04, 0.07]
-    marks = next(tr for tr in fig.data if tr.name == "pruned here")
-    assert list(marks.x) == [2]
+    marks = next(tr for tr in fig.data if tr.name.startswith("pruned here"))
+    assert list(marks.x) == [2] and list(marks.customdata) == ["0:2"]
 
 
 def test_threshold_figure_values_come_from_the_schedule():
@@ -106,8 +108,9 @@ def test_figures_of_a_real_run_and_report(tmp_path):
     trace = run(lm, build_settings(dict(prompt="the cat", max_tokens=6, selection_threshold=0.05,
                                         use_retroactive_pruning=True, attention_threshold=0.1)))
     fig = tree_figure(trace)
-    nodes = sum(len(tr.customdata) for tr in fig.data if tr.name in ("candidate", "pruned"))
-    assert nodes == sum(len(st.candidates) for st in trace.steps)
+    nodes = sum(len(tr.customdata) for tr in fig.data if tr.name in ("candidate",))
+    collapsed = [u for u in units(trace) if u.collapsed]
+    assert nodes == sum(len(st.candidates) for st in trace.steps) - sum(u.last - u.first + 1 for u in collapsed)
     report = report_html(trace)
     assert report.count("plotly.js") >= 1 and report.count('class="plotly-graph-div"') == 3
     back = Trace.from_json(json.dumps(trace.to_dict()))

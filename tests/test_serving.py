@@ -69,8 +69,10 @@ class Browser:
     def form(self, **settings) -> list:
         """run_stream's inputs in order: the form's defaults with `settings` changed."""
         _, fn = self.fns["run_stream"]
-        values = {name: comp.value for name, comp in zip(fn.input_keyword_names, fn.inputs)}
-        return [settings.get(name, v) for name, v in values.items()]
+        named = len(fn.input_keyword_names)
+        values = {name: comp.value for name, comp in zip(fn.input_keyword_names, fn.inputs[-named:])}
+        states = [None] * (len(fn.inputs) - named)  # session state (history): the server keeps its own
+        return states + [settings.get(name, v) for name, v in values.items()]
 
     def call(self, name: str, data: list, timeout: float = 120) -> dict:
         index, fn = self.fns[name]
@@ -372,7 +374,7 @@ def test_a_bad_upload_is_a_message_in_the_page(lm, tmp_path):
     explorer = tempo_app.Explorer(lm, Limits())
     f = tmp_path / "t.json"
     f.write_text(json.dumps(_set(_good(lm), "steps.0.candidates.0.prob", "x")))
-    out = explorer.load_trace(str(f))
+    out = explorer.load_trace([], str(f))
     assert out[4].startswith("**Error:** not a TEMPO trace: steps[0].candidates[0].prob")
 
 

@@ -1,0 +1,92 @@
+"""Decoding at full speed while the page draws at its own pace.
+
+A run's engine events are consumed in a worker thread, which never waits for a frame: after each step it puts a
+small `StepDelta` (copies of the steps that step could change, and the trace-level fields) on a queue. The
+page's generator drains the queue at a bounded frame rate, applies the deltas to its own replica of the trace
+and draws from that. So drawing never slows decoding, and a frame always shows a consistent trace.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from tempo_core import Step, Trace
+
+_CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
+_CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness")
+
+
+@dataclass
+class StepDelta:
+    """What one engine event changed: the newest steps (a step can change earlier ones within the pruning
+    window), the total step count, and the trace-level fields. `done` marks the finished trace."""
+    first: int  # index of steps[0] in the run
+    steps: list[Step]
+    fields: dict
+    done: bool = False
+    error: BaseException | None = None
+
+
+def delta_of(trace: Trace, window: int, done: bool) -> StepDelta:
+    first = max(0, len(trace.steps) - window - 1)
+    fields = {k: getattr(trace, k) for k in _CONSTANT} | {k: copy.copy(getattr(trace, k)) for k in _CHANGING}
+    return StepDelta(first, copy.deepcopy(trace.steps[first:]), fields, done)
+
+
+def apply_delta(replica: Trace, delta: StepDelta) -> None:
+    """Bring `replica` up to date with `delta` (in place)."""
+    del replica.steps[delta.first:]
+    replica.steps.extend(delta.steps)
+    for k, v in delta.fields.items():
+        setattr(replica, k, v)
+
+
+def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int, min_frame_s: float = 0.1
+                ) -> Iterator[tuple[Trace, bool]]:
+    """Run `events()` (yielding (trace, done) per step) in a worker thread; yield (replica, done) at most every
+    `min_frame_s` seconds (and at least twice the last frame's consumer time apart), always the last state.
+
+    The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
+    frames rarer, never the decoding slower."""
+    q: queue.SimpleQueue[StepDelta] = queue.SimpleQueue()
+
+    def work() -> None:
+        trace = None
+        try:
+            for trace, done in events():
+                q.put(delta_of(trace, window, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
+            q.put(StepDelta(0, [], {}, True, exc))
+            return
+        if trace is None:
+            q.put(StepDelta(0, [], {}, True, RuntimeError("the run produced no events")))
+
+    worker = threading.Thread(target=work, name="tempo-decode", daemon=True)
+    worker.start()
+    replica = Trace("", "", {}, "", "", [])
+    next_frame, pending = 0.0, False
+    while True:
+        try:  # with a frame pending, wait no longer than until it is due
+            delta = q.get(timeout=max(0.0, next_frame - time.perf_counter()) if pending else None)
+        except queue.Empty:
+            delta = None
+        if delta is not None:
+            if delta.error is not None:
+                raise delta.error
+            apply_delta(replica, delta)
+            pending = True
+            if not delta.done and time.perf_counter() < next_frame:
+                continue
+        done = delta is not None and delta.done
+        t0 = time.perf_counter()
+        yield replica, done
+        if done:
+            worker.join()
+            return
+        pending = False
+        next_frame = time.perf_counter() + max(min_frame_s, 2 * (time.perf_counter() - t0))

@@ -1,0 +1,340 @@
+"""The live figures as plain Plotly dicts (no validation: cheap enough to rebuild at every frame), made to stay
+readable at 200 steps on 1280x800 and to change little from one frame to the next, so that Gradio's streaming
+diff sends only what changed.
+
+tree_view     the token tree: one column per logical step, near misses greyed under each set, stretches of
+              single candidates collapsed into one node (click to expand), the view following the newest
+              steps with a range slider over the whole run, labels only where they fit
+heatmap_view  attention later steps paid the candidates that were ever at risk of pruning, bounded height
+curve_view    the pruning threshold schedule, set sizes and pruning counts
+text_view     the `[a/b]` text as one HTML piece per step (whitespace and newlines drawn, groups unbroken)
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from tempo_core.config import build_settings
+from tempo_core.schedule import threshold_curve
+from tempo_core.trace import Candidate, Step, Trace
+
+PRUNED = "#d62728"
+PATH = "#ff7f0e"
+MISS = "#b8b8c4"
+UIREVISION = "tempo"
+WINDOW = 40  # steps in view while a run grows (the range slider shows them all)
+COLLAPSE_MIN = 3  # this many single-candidate steps in a row become one node
+LABEL_PROB = 0.15  # below this (and off the main path) a candidate's label is on hover only
+# Viridis at 0, 0.1, ..., 1
+_VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
+            "#fde725", "#fde725"]
+
+
+def prob_colour(p: float) -> str:
+    return _VIRIDIS[max(0, min(10, round(p * 10)))]
+
+
+def show_token(text: str) -> str:
+    """Whitespace made visible, so ' the' and 'the' and '\\n' are told apart."""
+    return text.replace("\n", "⏎").replace("\t", "→").replace(" ", "·") or "∅"
+
+
+def fate(c: Candidate, mode: str) -> str:
+    if c.pruned_at is not None:
+        return "not chosen by search" if mode == "mcts" else f"pruned after step {c.pruned_at}"
+    return "kept (set failed; kept unattended)" if c.unattended else "alive"
+
+
+def main_path(trace: Trace) -> set[str]:
+    """Node ids of the most probable surviving candidate of each step."""
+    out = set()
+    for st in trace.steps:
+        alive = [(i, c) for i, c in enumerate(st.candidates) if c.alive]
+        if alive:
+            out.add(f"{st.step}:{max(alive, key=lambda ic: ic[1].prob)[0]}")
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A column of the tree: one step, or a stretch of single-candidate steps `first..last` drawn as one node."""
+    first: int
+    last: int
+
+    @property
+    def collapsed(self) -> bool:
+        return self.last > self.first
+
+    @property
+    def id(self) -> str:
+        return f"run:{self.first}-{self.last}"
+
+
+def units(trace: Trace, expanded: frozenset[int] = frozenset()) -> list[Unit]:
+    """Steps grouped into columns. A stretch of >= COLLAPSE_MIN alive single-candidate steps is one unit unless
+    its first step is in `expanded`."""
+    out: list[Unit] = []
+    steps = trace.steps
+    i = 0
+    while i < len(steps):
+        j = i
+        while j < len(steps) and len(steps[j].candidates) == 1 and steps[j].candidates[0].alive:
+            j += 1
+        if j - i >= COLLAPSE_MIN and i not in expanded:
+            out.append(Unit(i, j - 1))
+            i = j
+        else:
+            out.append(Unit(i, i))
+            i += 1
+    return out
+
+
+def _hover(st: Step, c: Candidate, mode: str) -> str:
+    att = "—" if c.attention is None else f"{c.attention:.4f}"
+    thr = "—" if st.pruning_threshold is None else f"{st.pruning_threshold:.4f}"
+    extra = f"<br>MCTS visits {c.visits}, value {c.value:.3f}" if c.visits is not None else ""
+    return (f"<b>{html.escape(show_token(c.text))}</b> (id {c.token_id})<br>p = {c.prob:.4f}<br>step {st.step}, "
+            f"position {st.position}<br>selection threshold {st.selection_threshold:.3f}, pruning threshold {thr}"
+            f"<br>attention received {att}<br>{fate(c, mode)}{extra}")
+
+
+@dataclass
+class _Nodes:
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    text: list = field(default_factory=list)
+    hover: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    colour: list = field(default_factory=list)
+    size: list = field(default_factory=list)
+    symbol: list = field(default_factory=list)
+    ring: list = field(default_factory=list)
+    pos: list = field(default_factory=list)
+
+    def add(self, x, y, text, hover, node_id, colour, size, symbol="circle", ring=0.5, pos="top center"):
+        for name, v in zip(("x", "y", "text", "hover", "ids", "colour", "size", "symbol", "ring", "pos"),
+                           (x, y, text, hover, node_id, colour, size, symbol, ring, pos)):
+            getattr(self, name).append(v)
+
+
+def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int] = frozenset(),
+              live: bool = False, height: int = 470) -> dict:
+    """The token tree as a Plotly figure dict. `expanded`: first steps of collapsed stretches the user opened;
+    `live`: the x range follows the newest WINDOW steps."""
+    if not trace.steps:
+        return _empty("Token tree — press Generate (or load a trace) to grow it", height)
+    path = main_path(trace)
+    cols = units(trace, expanded)
+    nodes, misses, runs = _Nodes(), _Nodes(), _Nodes()
+    edges = {False: ([], []), True: ([], [])}
+    ins: list[list[tuple[float, float, str]]] = []  # per column: where edges from the previous column arrive
+    outs: list[list[tuple[float, float, str]]] = []  # per column: where edges to the next column leave
+    for u in cols:
+        if u.collapsed:
+            steps = trace.steps[u.first:u.last + 1]
+            words = "".join(st.candidates[0].text for st in steps)
+            label = show_token(words)
+            label = label if len(label) <= 18 else label[:17] + "…"
+            runs.add((u.first + u.last) / 2, 0, label, f"<b>{html.escape(show_token(words))}</b><br>steps "
+                     f"{u.first}–{u.last}: one candidate each (click to expand)", u.id, PATH, 14, "line-ew-open")
+            ins.append([(u.first, 0, f"{u.first}:0")])
+            outs.append([(u.last, 0, f"{u.last}:0")])
+            _line(edges[True], (u.first, 0), (u.last, 0))  # the stretch is a thick segment of the main path
+            continue
+        st = trace.steps[u.first]
+        here, leaving = [], []
+        for i, c in enumerate(st.candidates):
+            nid = f"{st.step}:{i}"
+            on_path = nid in path
+            label = show_token(c.text)[:10] if on_path or c.prob >= LABEL_PROB else ""
+            nodes.add(st.step, -i, label, _hover(st, c, trace.mode), nid,
+                      PRUNED if not c.alive else prob_colour(c.prob), 8 + 20 * c.prob ** 0.5,
+                      "x" if not c.alive else "circle", 3 if on_path else 0.5,
+                      "top center" if st.step % 2 == 0 else "bottom center")
+            here.append((st.step, -i, nid))
+            if c.row >= 0 and (c.pruned_at is None or c.pruned_at > st.step):  # the next step could see it
+                leaving.append((st.step, -i, nid))
+        k = len(st.candidates)
+        for j, alt in enumerate(st.alternatives[:3] if trace.mode == "tempo" else []):
+            misses.add(st.step, -(k + j), f"{show_token(alt['text'])[:8]} {alt['prob']:.2f}" if j == 0 else "",
+                       f"not kept: <b>{html.escape(show_token(alt['text']))}</b> p = {alt['prob']:.4f} "
+                       f"(below the selection threshold {st.selection_threshold:.3f} or past the set cap)",
+                       f"miss:{st.step}:{j}", MISS, 7, "circle-open", 1, "bottom center")
+        ins.append(here)
+        outs.append(leaving)
+    for leaving, arriving in zip(outs, ins[1:]):
+        for a in leaving:
+            for b in arriving:
+                _line(edges[a[2] in path and b[2] in path], a[:2], b[:2])
+    data = [
+        {"type": "scatter", "x": edges[False][0], "y": edges[False][1], "mode": "lines", "hoverinfo": "skip",
+         "line": {"color": "rgba(120,120,140,0.35)", "width": 1}, "name": "seen by next step"},
+        {"type": "scatter", "x": edges[True][0], "y": edges[True][1], "mode": "lines", "hoverinfo": "skip",
+         "line": {"color": PATH, "width": 3}, "name": "main path"},
+        _scatter(nodes, "candidate", 11, "#222"),
+        _scatter(misses, "near miss", 9, "#999"),
+        _scatter(runs, "one-candidate steps", 11, "#222"),
+    ]
+    ids = set(nodes.ids)
+    if selected and selected in ids:
+        i = nodes.ids.index(selected)
+        data.append({"type": "scatter", "x": [nodes.x[i]], "y": [nodes.y[i]], "mode": "markers", "hoverinfo": "skip",
+                     "marker": {"size": 34, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#1f77b4"}},
+                     "name": "selected"})
+    last = trace.steps[-1].step
+    deepest = max(len(st.candidates) + (min(3, len(st.alternatives)) if trace.mode == "tempo" else 0)
+                  for st in trace.steps)
+    xaxis = {"title": {"text": "logical step (shared position)"}, "zeroline": False,
+             "range": [max(-0.6, last - WINDOW + 0.5) if live else -0.6, max(8, last + 1.5) if live else last + 0.6]}
+    if last >= WINDOW:
+        xaxis["rangeslider"] = {"visible": True, "thickness": 0.07}
+    n = sum(len(st.candidates) for st in trace.steps)
+    layout = {"title": {"text": f"Token tree — {trace.mode}, {last + 1} steps, {n} candidates", "font": {"size": 14},
+                        "x": 0.01, "xanchor": "left", "y": 0.98},
+              "template": "plotly_white", "uirevision": UIREVISION, "hovermode": "closest", "height": height,
+              "margin": {"l": 10, "r": 10, "t": 70, "b": 30}, "showlegend": True, "xaxis": xaxis,
+              "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 1, "xanchor": "right",
+                         "font": {"size": 11}},
+              "yaxis": {"visible": False, "range": [-(deepest - 0.4), 0.9], "fixedrange": True}}
+    return {"data": data, "layout": layout}
+
+
+def _line(xy: tuple[list, list], a: tuple[float, float], b: tuple[float, float]) -> None:
+    xy[0].extend((a[0], b[0], None))
+    xy[1].extend((a[1], b[1], None))
+
+
+def _scatter(n: _Nodes, name: str, font: int, colour: str) -> dict:
+    return {"type": "scatter", "x": n.x, "y": n.y, "mode": "markers+text", "text": n.text, "textposition": n.pos,
+            "textfont": {"size": font, "color": colour}, "customdata": n.ids, "hovertext": n.hover,
+            "hoverinfo": "text", "name": name, "cliponaxis": False,
+            "marker": {"size": n.size, "color": n.colour, "symbol": n.symbol,
+                       "line": {"width": n.ring, "color": [PATH if w == 3 else "#333" for w in n.ring]}}}
+
+
+def _empty(title: str, height: int) -> dict:
+    return {"data": [], "layout": {"title": {"text": title, "font": {"size": 15}}, "template": "plotly_white",
+                                   "uirevision": UIREVISION, "height": height, "xaxis": {"visible": False},
+                                   "yaxis": {"visible": False}}}
+
+
+def at_risk(trace: Trace) -> list[tuple[int, int, Candidate]]:
+    """Candidates that were ever at risk of pruning: pruned, or scored below twice the threshold in force."""
+    thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
+    out = []
+    for st in trace.steps:
+        for i, c in enumerate(st.candidates):
+            if c.pruned_at is not None and trace.mode != "mcts":
+                out.append((st.step, i, c))
+            elif c.attention is not None and c.attention_by_step and c.attention < 2 * max(
+                    thr.get(s, 0.0) for s in c.attention_by_step):  # its score came within 2x the threshold
+                out.append((st.step, i, c))
+    return out
+
+
+def heatmap_view(trace: Trace) -> dict:
+    """Attention each later step paid the at-risk candidates (rows), the threshold in force on top."""
+    if trace.mode != "tempo" or not trace.settings.get("use_retroactive_pruning"):
+        return _empty("Pruning heatmap — retroactive pruning is off: tick 'Prune by later attention' "
+                      "(Retroactive pruning) and generate", 300)
+    rows = at_risk(trace)
+    if not rows:
+        return _empty("Pruning heatmap — no candidate has come near the pruning threshold yet "
+                      "(raise the attention threshold to prune more)", 300)
+    thr = {st.step: st.pruning_threshold for st in trace.steps}
+    labels = [f"s{s} {show_token(c.text)[:10]}{' ✗' if c.pruned_at is not None else ''} ({s}:{i})"
+              for s, i, c in rows]
+    # sparse: one square per (candidate, later step) that scored it, not a rows x steps grid of blanks
+    cells = [(s, lab, v, f"{st}:{i}", c) for (st, i, c), lab in zip(rows, labels)
+             for s, v in sorted(c.attention_by_step.items())]
+    hover = [f"{html.escape(show_token(c.text))} (step {node.split(':')[0]}) ← step {s}: {v:.4f}<br>threshold "
+             f"{thr.get(s) or 0:.4f}" + (" — below" if v < (thr.get(s) or 0) else "") for s, _, v, node, c in cells]
+    later = sorted({s for s, *_ in cells})
+    top = 90  # px for the threshold panel, whatever the number of rows
+    height = top + 110 + 18 * len(rows)
+    split = 1 - top / height
+    crosses = [(c.pruned_at, lab, f"{st}:{i}") for (st, i, c), lab in zip(rows, labels) if c.pruned_at is not None]
+    data = [{"type": "scatter", "x": later, "y": [thr.get(s) for s in later], "mode": "lines+markers",
+             "name": "pruning threshold in force", "line": {"color": PRUNED, "dash": "dash"}, "yaxis": "y2"},
+            {"type": "scatter", "x": [c[0] for c in cells], "y": [c[1] for c in cells], "mode": "markers",
+             "marker": {"symbol": "square", "size": 14, "color": [c[2] for c in cells], "colorscale": "Blues",
+                        "cmin": 0, "showscale": True, "line": {"width": 0},
+                        "colorbar": {"title": {"text": "attention"}, "thickness": 10, "len": 0.5}},
+             "hovertext": hover, "hoverinfo": "text", "customdata": [c[3] for c in cells], "name": "attention paid",
+             "yaxis": "y"},
+            {"type": "scatter", "x": [x for x, _, _ in crosses], "y": [lab for _, lab, _ in crosses],
+             "mode": "markers", "marker": {"symbol": "x", "size": 11, "color": PRUNED},
+             "name": "pruned here (click: its rewind)", "customdata": [n for _, _, n in crosses],
+             "hoverinfo": "skip", "yaxis": "y"}]
+    layout = {"title": {"text": f"Attention later steps paid the {len(rows)} candidates ever at risk of pruning",
+                        "font": {"size": 15}},
+              "template": "plotly_white", "uirevision": UIREVISION, "height": height,
+              "margin": {"l": 10, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -40 / height},
+              "xaxis": {"title": {"text": "later logical step"}, "anchor": "y"},
+              "yaxis": {"domain": [0, split - 0.03], "autorange": "reversed", "automargin": True,
+                        "type": "category", "categoryorder": "array", "categoryarray": labels},
+              "yaxis2": {"domain": [split, 1], "title": {"text": "threshold"}, "rangemode": "tozero"}}
+    return {"data": data, "layout": layout}
+
+
+def curve_view(trace_or_settings, current_step: int | None = None) -> dict:
+    """The pruning threshold schedule; with a trace, set sizes and pruning counts per step as bars."""
+    trace = trace_or_settings if isinstance(trace_or_settings, Trace) else None
+    s = build_settings(trace.settings if trace else trace_or_settings.to_dict())
+    curve = threshold_curve(s)
+    data = []
+    if trace and trace.steps:
+        sizes = [len(st.candidates) for st in trace.steps]
+        pruned_at = [0] * len(sizes)
+        for st in trace.steps:
+            for c in st.candidates:
+                if c.pruned_at is not None and c.pruned_at < len(sizes) and trace.mode == "tempo":
+                    pruned_at[c.pruned_at] += 1
+        x = list(range(len(sizes)))
+        data += [{"type": "bar", "x": x, "y": sizes, "name": "set size", "marker": {"color": "rgba(68,1,84,0.35)"},
+                  "yaxis": "y2"},
+                 {"type": "bar", "x": x, "y": pruned_at, "name": "pruned at step",
+                  "marker": {"color": "rgba(214,39,40,0.6)"}, "yaxis": "y2"}]
+    data.append({"type": "scatter", "x": list(range(len(curve))), "y": curve, "mode": "lines",
+                 "name": "pruning threshold", "line": {"color": "#1f77b4", "width": 3}})
+    if current_step is not None and 0 <= current_step < len(curve):
+        data.append({"type": "scatter", "x": [current_step], "y": [curve[current_step]], "mode": "markers",
+                     "name": "current step", "marker": {"size": 12, "color": PATH}})
+    kind = ("ReLU" if s.use_relu else "Bezier") if s.dynamic_threshold else "constant"
+    note = "" if s.use_retroactive_pruning and s.mode == "tempo" else (
+        " — no effect: retroactive pruning is off" if s.mode == "tempo" else f" — no effect in {s.mode} mode")
+    layout = {"title": {"text": f"Pruning threshold schedule ({kind}){note}", "font": {"size": 15}},
+              "template": "plotly_white", "barmode": "overlay", "uirevision": UIREVISION, "height": 320,
+              "margin": {"l": 10, "r": 10, "t": 40, "b": 30}, "legend": {"orientation": "h", "y": -0.25},
+              "xaxis": {"title": {"text": "logical step"}},
+              "yaxis": {"title": {"text": "attention threshold"}, "rangemode": "tozero"},
+              "yaxis2": {"title": {"text": "tokens"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
+                         "showgrid": False}}
+    return {"data": data, "layout": layout}
+
+
+def _token_html(c: Candidate) -> str:
+    """A token for the text view: newlines as ⏎ and whitespace-only tokens as · (never a real line break)."""
+    text = c.text
+    if text.strip() == "" or "\n" in text:
+        return f'<span class="ws">{html.escape(show_token(text))}</span>'
+    return html.escape(text)
+
+
+def step_html(st: Step, mode: str) -> str:
+    spans = []
+    for i, c in enumerate(st.candidates):
+        cls = "tok pruned" if c.pruned_at is not None else "tok"
+        title = html.escape(f"p={c.prob:.3f}; {fate(c, mode)}")
+        spans.append(f'<span class="{cls}" style="border-bottom:3px solid {prob_colour(c.prob)}" title="{title}" '
+                     f'data-node="{st.step}:{i}">{_token_html(c)}</span>')
+    body = spans[0] if len(spans) == 1 else '<span class="set">[' + "/".join(spans) + "]</span>"
+    best = max(st.alive, key=lambda c: c.prob, default=None)
+    return body + ("<br>" if best is not None and "\n" in best.text and len(st.candidates) == 1 else "")
+
+
+def text_view(trace: Trace) -> dict:
+    """The `[a/b]` text as one HTML piece per step (a frame changes only the pieces that changed)."""
+    return {"steps": [step_html(st, trace.mode) for st in trace.steps], "clean": html.escape(trace.clean_text),
+            "n": len(trace.steps)}

@@ -1,0 +1,79 @@
+"""Two Gradio pieces the live page is made of: a Plotly view and the branching text.
+
+Both are `gr.HTML` components whose value is structured data (a Plotly figure dict; the text as one HTML piece
+per step), drawn in the browser. While a run streams, Gradio sends each output as a diff against the previous
+frame, so a frame carries the new steps and the changed marks, never the whole figure again. Clicking a node or
+a token sends `{node: "step:index"}` through the component's `click` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import plotly
+
+PLOTLY_JS = plotly.__path__[0] + "/package_data/plotly.min.js"  # served at /assets/plotly.min.js (no CDN)
+PLOTLY_HEAD = '<script src="assets/plotly.min.js"></script>'
+
+_PLOT_JS = """
+const draw = () => {
+  const v = props.value;
+  const el = element.querySelector('.tempo-plot');
+  if (!v || !v.data || !el || !window.Plotly) return;
+  window.Plotly.react(el, v.data, v.layout, {displaylogo: false, responsive: true});
+  if (!el.__tempoHooked) {
+    el.__tempoHooked = true;
+    el.on('plotly_click', (ev) => {
+      const p = ev.points && ev.points[0];
+      if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata});
+    });
+  }
+};
+watch('value', draw);
+draw();
+"""
+
+_TEXT_JS = """
+element.addEventListener('click', (e) => {
+  const t = e.target.closest('[data-node]');
+  if (t) trigger('click', {node: t.dataset.node});
+});
+"""
+
+TEXT_TEMPLATE = """
+<div class="tempo-text">
+  <details open><summary>Branching text · ${value && value.n ? value.n : 0} steps
+    <span class="hint">(click a token for its details; ⏎ newline, · space, struck through: pruned)</span></summary>
+    <div class="branching">${value && value.steps && value.steps.length ? value.steps.join('') : '<em>no tokens yet</em>'}</div>
+  </details>
+  <div class="clean"><b>Most probable surviving path:</b> ${value && value.clean ? value.clean : ''}</div>
+</div>
+"""
+
+CSS = """
+.tempo-text {font-family: ui-monospace, monospace; font-size: 15px; line-height: 1.9}
+.tempo-text summary {font-family: sans-serif; font-size: 13px; color: #555; cursor: pointer}
+.tempo-text .hint {color: #888}
+.tempo-text .branching {max-height: 11.5em; overflow-y: auto; overflow-wrap: anywhere}
+.tempo-text .tok {cursor: pointer; padding: 0 1px; border-radius: 3px}
+.tempo-text .tok:hover {background: #fff3c4}
+.tempo-text .ws {color: #8a8aa0}
+.tempo-text .pruned {text-decoration: line-through; opacity: .55}
+.tempo-text .set {background: #f1edff; border-radius: 4px; white-space: nowrap}
+.tempo-text .clean {margin-top: .6em; font-family: sans-serif; font-size: 14px; color: #444; max-height: 6em;
+                    overflow-y: auto}
+.tempo-plot {width: 100%}
+"""
+
+
+def plotly_view(figure: dict | None = None, elem_id: str | None = None, max_height: int | None = None,
+                **kwargs: Any) -> gr.HTML:
+    """A Plotly figure drawn from a figure dict (`views.py`); `max_height` scrolls taller figures."""
+    return gr.HTML(value=figure or {"data": [], "layout": {}}, html_template="<div class='tempo-plot'></div>",
+                   js_on_load=_PLOT_JS, head=PLOTLY_HEAD, elem_id=elem_id, max_height=max_height, **kwargs)
+
+
+def branching_text(elem_id: str = "tempo-text") -> gr.HTML:
+    return gr.HTML(value={"steps": [], "clean": "", "n": 0}, html_template=TEXT_TEMPLATE, js_on_load=_TEXT_JS,
+                   elem_id=elem_id)
