@@ -246,14 +246,14 @@ class Explorer:
         known = {k: v for k, v in params.items() if k in FIELDS}
         if not known:
             return (*[gr.skip()] * len(names), preview_curve(self.limits, **form))
-        try:
-            s = build_settings({k: _parse_param(v) for k, v in known.items()}, caps=self.limits.caps)
+        try:  # the link's settings on top of the form's own defaults; only the fields it names change
+            s = build_settings({k: _parse_param(v) for k, v in known.items()}, settings_from_form(form, self.limits),
+                               caps=self.limits.caps)
         except SettingsError as exc:
             gr.Warning(f"ignored link settings: {exc}")
-            s = build_settings({})
-        values = form_values(s, names)
-        if "prompt" not in known:
-            values[names.index("prompt")] = gr.skip()
+            return (*[gr.skip()] * len(names), preview_curve(self.limits, **form))
+        changed = set(known) | ({"mode"} if {"default_mode", "use_mcts"} & set(known) else set())
+        values = [v if n in changed else gr.skip() for n, v in zip(names, form_values(s, names))]
         return (*values, curve_view(s))
 
     form_names: tuple[str, ...] = ()

@@ -23,7 +23,7 @@ PRUNED = "#d62728"
 PATH = "#ff7f0e"
 MISS = "#b8b8c4"
 UIREVISION = "tempo"
-WINDOW = 40  # steps in view while a run grows (the range slider shows them all)
+WINDOW = 25  # steps in view at once (the newest; the range slider under the tree shows them all)
 COLLAPSE_MIN = 3  # this many single-candidate steps in a row become one node
 LABEL_PROB = 0.15  # below this (and off the main path) a candidate's label is on hover only
 # Viridis at 0, 0.1, ..., 1
@@ -120,8 +120,8 @@ class _Nodes:
 
 def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int] = frozenset(),
               live: bool = False, height: int = 470) -> dict:
-    """The token tree as a Plotly figure dict. `expanded`: first steps of collapsed stretches the user opened;
-    `live`: the x range follows the newest WINDOW steps."""
+    """The token tree as a Plotly figure dict, showing the newest WINDOW steps (a range slider for the rest).
+    `expanded`: first steps of collapsed stretches the user opened; `live`: leave room for the next steps."""
     if not trace.steps:
         return _empty("Token tree — press Generate (or load a trace) to grow it", height)
     path = main_path(trace)
@@ -147,7 +147,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
         for i, c in enumerate(st.candidates):
             nid = f"{st.step}:{i}"
             on_path = nid in path
-            label = show_token(c.text)[:10] if on_path or c.prob >= LABEL_PROB else ""
+            label = show_token(c.text)[:8] if on_path or c.prob >= LABEL_PROB else ""
             nodes.add(st.step, -i, label, _hover(st, c, trace.mode), nid,
                       PRUNED if not c.alive else prob_colour(c.prob), 8 + 20 * c.prob ** 0.5,
                       "x" if not c.alive else "circle", 3 if on_path else 0.5,
@@ -186,7 +186,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     deepest = max(len(st.candidates) + (min(3, len(st.alternatives)) if trace.mode == "tempo" else 0)
                   for st in trace.steps)
     xaxis = {"title": {"text": "logical step (shared position)"}, "zeroline": False,
-             "range": [max(-0.6, last - WINDOW + 0.5) if live else -0.6, max(8, last + 1.5) if live else last + 0.6]}
+             "range": [max(-0.6, last - WINDOW + 0.5), max(8, last + 1.5) if live else last + 0.6]}
     if last >= WINDOW:
         xaxis["rangeslider"] = {"visible": True, "thickness": 0.07}
     n = sum(len(st.candidates) for st in trace.steps)
@@ -234,7 +234,9 @@ def at_risk(trace: Trace) -> list[tuple[int, int, Candidate]]:
 
 
 def heatmap_view(trace: Trace) -> dict:
-    """Attention each later step paid the at-risk candidates (rows), the threshold in force on top."""
+    """Attention each later step paid the candidates that were ever at risk of pruning: one row per candidate,
+    one column per step after it (1 .. pruning window), so the grid stays as narrow as the window at any run
+    length and its height grows by one short row per candidate (the page scrolls it)."""
     if trace.mode != "tempo" or not trace.settings.get("use_retroactive_pruning"):
         return _empty("Pruning heatmap — retroactive pruning is off: tick 'Prune by later attention' "
                       "(Retroactive pruning) and generate", 300)
@@ -242,39 +244,49 @@ def heatmap_view(trace: Trace) -> dict:
     if not rows:
         return _empty("Pruning heatmap — no candidate has come near the pruning threshold yet "
                       "(raise the attention threshold to prune more)", 300)
-    thr = {st.step: st.pruning_threshold for st in trace.steps}
-    labels = [f"s{s} {show_token(c.text)[:10]}{' ✗' if c.pruned_at is not None else ''} ({s}:{i})"
-              for s, i, c in rows]
-    # sparse: one square per (candidate, later step) that scored it, not a rows x steps grid of blanks
-    cells = [(s, lab, v, f"{st}:{i}", c) for (st, i, c), lab in zip(rows, labels)
-             for s, v in sorted(c.attention_by_step.items())]
-    hover = [f"{html.escape(show_token(c.text))} (step {node.split(':')[0]}) ← step {s}: {v:.4f}<br>threshold "
-             f"{thr.get(s) or 0:.4f}" + (" — below" if v < (thr.get(s) or 0) else "") for s, _, v, node, c in cells]
-    later = sorted({s for s, *_ in cells})
-    top = 90  # px for the threshold panel, whatever the number of rows
-    height = top + 110 + 18 * len(rows)
-    split = 1 - top / height
-    crosses = [(c.pruned_at, lab, f"{st}:{i}") for (st, i, c), lab in zip(rows, labels) if c.pruned_at is not None]
-    data = [{"type": "scatter", "x": later, "y": [thr.get(s) for s in later], "mode": "lines+markers",
-             "name": "pruning threshold in force", "line": {"color": PRUNED, "dash": "dash"}, "yaxis": "y2"},
-            {"type": "scatter", "x": [c[0] for c in cells], "y": [c[1] for c in cells], "mode": "markers",
-             "marker": {"symbol": "square", "size": 14, "color": [c[2] for c in cells], "colorscale": "Blues",
-                        "cmin": 0, "showscale": True, "line": {"width": 0},
-                        "colorbar": {"title": {"text": "attention"}, "thickness": 10, "len": 0.5}},
-             "hovertext": hover, "hoverinfo": "text", "customdata": [c[3] for c in cells], "name": "attention paid",
-             "yaxis": "y"},
+    thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
+    window = max((s - st for st, _, c in rows for s in c.attention_by_step), default=1)
+    cols = list(range(1, window + 1))
+    labels = [f"s{st} {show_token(c.text)[:10]}{' ✗' if c.pruned_at is not None else ''} ({st}:{i})"
+              for st, i, c in rows]
+    z, hover, below_x, below_y = [], [], [], []
+    for (st, i, c), label in zip(rows, labels):
+        z.append([c.attention_by_step.get(st + d) for d in cols])
+        hover.append([])
+        for d in cols:
+            v = c.attention_by_step.get(st + d)
+            if v is None:
+                hover[-1].append("")
+                continue
+            t = thr.get(st + d, 0.0)
+            hover[-1].append(f"{html.escape(show_token(c.text))} (step {st}) ← step {st + d}: {v:.4f}<br>threshold "
+                             f"then {t:.4f}" + (" — below" if v < t else ""))
+            if v < t:
+                below_x.append(d)
+                below_y.append(label)
+    crosses = [(c.pruned_at - st, label, f"{st}:{i}") for (st, i, c), label in zip(rows, labels)
+               if c.pruned_at is not None]
+    data = [{"type": "heatmap", "x": cols, "y": labels, "z": z, "colorscale": "Blues", "zmin": 0,
+             "hovertext": hover, "hoverinfo": "text", "xgap": 2, "ygap": 2, "name": "attention paid",
+             "customdata": [[f"{st}:{i}"] * len(cols) for st, i, _ in rows],
+             "colorbar": {"title": {"text": "attention"}, "thickness": 10, "len": min(1.0, 300 / (80 + 20 * len(rows)))}},
+            {"type": "scatter", "x": below_x, "y": below_y, "mode": "markers", "hoverinfo": "skip",
+             "marker": {"symbol": "square-open", "size": 16, "color": PRUNED, "line": {"width": 2}},
+             "name": "below the threshold then"},
             {"type": "scatter", "x": [x for x, _, _ in crosses], "y": [lab for _, lab, _ in crosses],
              "mode": "markers", "marker": {"symbol": "x", "size": 11, "color": PRUNED},
-             "name": "pruned here (click: its rewind)", "customdata": [n for _, _, n in crosses],
-             "hoverinfo": "skip", "yaxis": "y"}]
-    layout = {"title": {"text": f"Attention later steps paid the {len(rows)} candidates ever at risk of pruning",
-                        "font": {"size": 15}},
+             "name": "pruned here (click: its rewind)", "customdata": [n for _, _, n in crosses], "hoverinfo": "skip"}]
+    lo, hi = min(thr.values(), default=0.0), max(thr.values(), default=0.0)
+    shown = f"{lo:.3f}" if abs(hi - lo) < 1e-9 else f"{lo:.3f}–{hi:.3f} (see Threshold curve)"
+    height = 150 + 20 * len(rows)
+    layout = {"title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk · pruning threshold {shown}",
+                        "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
               "template": "plotly_white", "uirevision": UIREVISION, "height": height,
-              "margin": {"l": 10, "r": 10, "t": 40, "b": 40}, "legend": {"orientation": "h", "y": -40 / height},
-              "xaxis": {"title": {"text": "later logical step"}, "anchor": "y"},
-              "yaxis": {"domain": [0, split - 0.03], "autorange": "reversed", "automargin": True,
-                        "type": "category", "categoryorder": "array", "categoryarray": labels},
-              "yaxis2": {"domain": [split, 1], "title": {"text": "threshold"}, "rangemode": "tozero"}}
+              "margin": {"l": 10, "r": 10, "t": 70, "b": 40},
+              "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right",
+                         "font": {"size": 11}},
+              "xaxis": {"title": {"text": "steps later"}, "tickvals": cols, "side": "top", "fixedrange": True},
+              "yaxis": {"autorange": "reversed", "automargin": True, "type": "category", "fixedrange": True}}
     return {"data": data, "layout": layout}
 
 

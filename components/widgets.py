@@ -21,7 +21,15 @@ const draw = () => {
   const v = props.value;
   const el = element.querySelector('.tempo-plot');
   if (!v || !v.data || !el || !window.Plotly) return;
-  window.Plotly.react(el, v.data, v.layout, {displaylogo: false, responsive: true});
+  let layout = v.layout;
+  const x = layout.xaxis;
+  if (el.clientWidth && el.clientWidth < 600 && x && x.range && x.rangeslider) {
+    // a phone: a third of the steps in view (the range slider still shows the whole run)
+    const hi = x.range[1];
+    layout = Object.assign({}, layout, {xaxis: Object.assign({}, x, {range: [Math.max(x.range[0], hi - 9), hi]})});
+  }
+  if (el.clientWidth && el.clientWidth < 600) layout = Object.assign({}, layout, {showlegend: false});
+  window.Plotly.react(el, v.data, layout, {displaylogo: false, responsive: true, displayModeBar: false});
   if (!el.__tempoHooked) {
     el.__tempoHooked = true;
     el.on('plotly_click', (ev) => {

@@ -115,11 +115,96 @@ def test_generate_in_a_real_browser(app_url):
             page.get_by_text("Download HTML report").click()
         assert "<h1>TEMPO run</h1>" in Path(report.value.path()).read_text()
         page.screenshot(path=str(ARTIFACTS / "export.png"))
+        page.locator("#prompt textarea").fill("something else entirely")
         page.locator("#trace-upload input[type=file]").set_input_files(str(saved))
         expect(page.locator("#status")).to_contain_text("Loaded trace", timeout=20_000)
+        # the upload refills the form with the trace's settings
+        expect(page.locator("#prompt textarea")).to_have_value("What is the capital of France?", timeout=20_000)
+        browser.close()
+    assert errors == []
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"])
+
+
+def _steps(status: str) -> int:
+    return int(status.split("step ")[1].split(" ")[0]) if "step " in status else 0
+
+
+def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
+    """Frames keep arriving while decoding goes on; at 200 steps every figure is legible at 1280x800; two runs
+    with different prompts are compared without downloading anything."""
+    from playwright.sync_api import expect, sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(app_url + "/?max_tokens=200&min_steps=200", wait_until="load")
+        expect(page.locator("input[aria-label='number input for Max tokens']")).to_have_value("200", timeout=60_000)
+        assert page.locator("#generate").bounding_box()["y"] < 800  # the main action is above the fold
+        page.locator("#prompt textarea").fill("Tell me a long story about a dragon who learns to read.")
+        page.locator("#generate").click()
+        seen = []
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            status = page.locator("#status").inner_text()
+            if status.startswith("Generating"):
+                seen.append(_steps(status))
+            if status.startswith("Done"):
+                break
+            page.wait_for_timeout(300)
+        assert status.startswith("Done") and _steps(status) == 200, status
+        # frames kept arriving while decoding went on: many distinct, increasing step counts
+        assert len(set(seen)) >= 8 and seen == sorted(seen), seen
+        page.locator("#tempo-tree").scroll_into_view_if_needed()
+        expect(page.locator("#tempo-tree .rangeslider-container")).to_be_attached(timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "tree-200.png"))
+        page.get_by_role("tab", name="Pruning heatmap").click()
+        expect(page.locator("#tempo-heatmap .js-plotly-plot")).to_be_visible(timeout=20_000)
+        assert page.locator("#tempo-heatmap").bounding_box()["height"] <= 700  # bounded; it scrolls inside
+        page.screenshot(path=str(ARTIFACTS / "heatmap-200.png"))
+        # a second run with another prompt, then the Compare tab shows both side by side
+        page.evaluate("window.scrollTo(0, 0)")
+        page.locator("#prompt textarea").fill("Explain photosynthesis to a child.")
+        box = page.locator("input[aria-label='number input for Max tokens']")
+        box.fill("20")
+        box.press("Enter")
+        page.get_by_text("Parallel sets, cache and prompt").click()
+        min_box = page.locator("input[aria-label='number input for Min steps before EOS']")
+        expect(min_box).to_be_visible(timeout=10_000)
+        min_box.fill("0")
+        min_box.press("Tab")
+        expect(min_box).to_have_value("0")
+        page.wait_for_timeout(500)
+        page.locator("#generate").click()
+        expect(page.locator("#status")).not_to_contain_text("step 200", timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
+        page.get_by_role("tab", name="Compare").click()
+        numbers = page.locator("#compare-numbers")
+        expect(numbers).to_contain_text("setting prompt", timeout=30_000)
+        expect(numbers).to_contain_text("photosynthesis")
+        expect(numbers).to_contain_text("dragon")
+        expect(page.locator("#compare-tree-a .js-plotly-plot")).to_be_visible(timeout=20_000)
+        expect(page.locator("#compare-diff")).to_contain_text("only in", timeout=20_000)
+        page.locator("#compare-numbers").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "compare.png"))
+
         phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
-        phone.goto(app_url, wait_until="load")
-        expect(phone.locator("#generate")).to_be_attached(timeout=60_000)
-        phone.screenshot(path=str(ARTIFACTS / "phone.png"))
+        phone.on("pageerror", lambda e: errors.append(str(e)))
+        phone.goto(app_url + "/?max_tokens=200&min_steps=200", wait_until="load")
+        expect(phone.locator("input[aria-label='number input for Max tokens']")).to_have_value("200", timeout=60_000)
+        assert phone.locator("#generate").bounding_box()["y"] < 844
+        phone.locator("#generate").click()
+        expect(phone.locator("#status")).to_contain_text("Done", timeout=300_000)
+        phone.screenshot(path=str(ARTIFACTS / "phone-top.png"))
+        phone.locator("#tempo-tree").scroll_into_view_if_needed()
+        phone.screenshot(path=str(ARTIFACTS / "phone-tree-200.png"))
+        # nothing wider than the screen: no sideways scrolling
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 392
         browser.close()
     assert errors == []

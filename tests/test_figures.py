@@ -55,14 +55,15 @@ def test_tree_figure_marks_pruned_nodes_and_the_clean_path():
 
 def test_attention_figure_shows_candidates_at_risk_and_the_threshold():
     fig = attention_figure(recorded())
-    cells = next(tr for tr in fig.data if tr.name == "attention paid")
+    heat = next(tr for tr in fig.data if tr.name == "attention paid")
     # " a" (score 0.15) was never near the thresholds (0.04, 0.07); " c" (0.045) and " d" (pruned) were
-    assert sorted(set(cells.customdata)) == ["0:1", "0:2"]
-    assert list(cells.x) == [1, 2, 1, 2] and list(cells.marker.color) == [0.05, 0.04, 0.001, 0.002]
-    line = next(tr for tr in fig.data if tr.name == "pruning threshold in force")
-    assert list(line.y) == [0.04, 0.07]
+    assert [row[0] for row in heat.customdata] == ["0:1", "0:2"]
+    assert list(heat.x) == [1, 2] and [list(r) for r in heat.z] == [[0.05, 0.04], [0.001, 0.002]]
+    below = next(tr for tr in fig.data if tr.name == "below the threshold then")
+    assert list(below.x) == [2, 1, 2]  # c at 2 steps later (0.04 < 0.07); d both times
     marks = next(tr for tr in fig.data if tr.name.startswith("pruned here"))
     assert list(marks.x) == [2] and list(marks.customdata) == ["0:2"]
+    assert "0.010–0.070" in fig.layout.title.text  # the schedule over the run (steps 0..2)
 
 
 def test_threshold_figure_values_come_from_the_schedule():

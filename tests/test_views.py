@@ -143,7 +143,8 @@ def test_the_heatmap_has_bounded_rows_and_says_why_it_is_empty():
     trace = run(lm, build_settings(LONG))
     fig = heatmap_view(trace)
     cells = next(t for t in fig["data"] if t["name"] == "attention paid")
-    rows = len(set(cells["y"]))
+    rows = len(cells["y"])
+    assert cells["x"] == list(range(1, 4))  # as wide as the pruning window, whatever the run's length
     scored = sum(1 for st in trace.steps for c in st.candidates if c.attention_by_step)
     assert 0 < rows < scored  # only the candidates that came near the threshold
     off = heatmap_view(run(lm, build_settings({"prompt": "the cat", "max_tokens": 5})))
