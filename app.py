@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
@@ -37,7 +38,7 @@ from tempo_core.engine import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
 log = logging.getLogger("tempo.app")
-MIN_FRAME_S = 0.15  # draw at most ~7 frames a second; the last step is always drawn
+MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
 
 
 def _env_int(name: str, default: int) -> int:
@@ -102,6 +103,13 @@ def downloads_html(run_id: str | None) -> str:
             f' <small>(kept for an hour)</small></div>')
 
 
+def model_executor(workers: int, name: str = "tempo-model") -> ThreadPoolExecutor:
+    """Long-lived threads for all model work. Each thread that runs torch ops gets its own OpenMP team, and on a
+    small CPU a second team slows every op of the first (bench/README.md: a run in a fresh thread took 1.45x as
+    long as in the thread that loaded the model); so the model is loaded, and every run made, on these."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+
 def on_gpu(fn: Callable, duration: Callable[..., float]) -> Callable:
     """On a ZeroGPU Space (the `spaces` package importable) run `fn` under its GPU decorator for a duration
     derived from the request; elsewhere `fn` itself. `fn` yields plain trace data only (nothing on the GPU)."""
@@ -124,10 +132,14 @@ class Explorer:
     research_slots: Slots = field(init=False)
     stops: StopFlags = field(default_factory=StopFlags)
     store: TraceStore = field(default_factory=TraceStore)
+    executor: ThreadPoolExecutor | None = None  # the model's threads (model_executor); made here if not given
+    research_executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.concurrency)
         self.research_slots = Slots(self.research_concurrency)
+        self.executor = self.executor or model_executor(self.concurrency)
+        self.research_executor = model_executor(self.research_concurrency, "tempo-research")
         self.decode = on_gpu(self._decode, self._gpu_seconds)
 
     # --- requests -> settings -------------------------------------------------------------------------------
@@ -190,7 +202,7 @@ class Explorer:
     def _frames(self, s: TempoSettings, flag: RunStop, history: list | None) -> Iterator[tuple]:
         window = s.pruning_window
         try:
-            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S):
+            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S, self.executor):
                 running = not done
                 frame = (tree_view(trace, live=running), heatmap_view(trace), curve_view(trace, len(trace.steps) - 1),
                          text_view(trace), status_line(trace, running))
@@ -294,7 +306,7 @@ def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
     if found is None:
         return skip
     pruned = found[2].pruned_at is not None and trace.mode == "tempo"
-    from_heatmap = (getattr(evt, "_data", None) or {}).get("source") == "heatmap"
+    from_heatmap = "heatmap" in str((getattr(evt, "_data", None) or {}).get("source") or "")
     return (tree_view(trace, node, opened), node_details(trace, node), node, node if pruned else gr.skip(),
             gr.Tabs(selected="research") if pruned and from_heatmap else gr.skip(),
             gr.Tabs(selected="rewind") if pruned and from_heatmap else gr.skip(), gr.skip())
@@ -422,13 +434,16 @@ def build_demo(app: Explorer) -> gr.Blocks:
     return demo
 
 
-def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | None = None) -> FastAPI:
-    """FastAPI app: /health, /api/generate, /api/v2/generate, /download/..., /docs, and the Gradio UI at /."""
+def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | None = None,
+              executor: ThreadPoolExecutor | None = None) -> FastAPI:
+    """FastAPI app: /health, /api/generate, /api/v2/generate, /download/..., /docs, and the Gradio UI at /.
+    `executor`: the threads the model was loaded on (model_executor), which then make every run."""
     app = Explorer(lm, limits or Limits.from_env(), concurrency or _env_int("TEMPO_CONCURRENCY", 1),
-                   _env_int("TEMPO_RESEARCH_CONCURRENCY", 1), _env_int("TEMPO_VIEW_CONCURRENCY", 2))
+                   _env_int("TEMPO_RESEARCH_CONCURRENCY", 1), _env_int("TEMPO_VIEW_CONCURRENCY", 2),
+                   executor=executor)
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
-    add_routes(api, lm, app.slots, app.store, app.limits)
+    add_routes(api, lm, app.slots, app.store, app.limits, app.executor)
     api.add_api_route("/assets/plotly.min.js", lambda: FileResponse(PLOTLY_JS, headers={
         "Cache-Control": "public, max-age=86400"}), methods=["GET"], include_in_schema=False)
     demo = build_demo(app)
@@ -447,8 +462,10 @@ def main() -> None:
     from tempo_core import load_model
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        lm = load_model(os.environ.get("TEMPO_MODEL"), os.environ.get("TEMPO_DEVICE"), os.environ.get("TEMPO_DTYPE"))
-        fastapi_app = build_app(lm)
+        executor = model_executor(_env_int("TEMPO_CONCURRENCY", 1))
+        lm = executor.submit(load_model, os.environ.get("TEMPO_MODEL"), os.environ.get("TEMPO_DEVICE"),
+                             os.environ.get("TEMPO_DTYPE")).result()
+        fastapi_app = build_app(lm, executor=executor)
     except (ModelError, SettingsError) as exc:
         raise SystemExit(f"error: {exc}")
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+from concurrent.futures import Executor
 from typing import Any
 
 import anyio
@@ -121,7 +122,9 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits) -> None:
+def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
+               executor: Executor) -> None:
+    """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread."""
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
@@ -142,7 +145,7 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         try:
             stop = RunStop(limits.max_seconds)
-            work = asyncio.ensure_future(anyio.to_thread.run_sync(run, lm, s, stop))
+            work = asyncio.wrap_future(executor.submit(run, lm, s, stop))
             while not work.done():
                 await asyncio.wait({work}, timeout=0.2)
                 if not work.done() and await request.is_disconnected():

@@ -12,6 +12,7 @@ import copy
 import queue
 import threading
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -46,10 +47,11 @@ def apply_delta(replica: Trace, delta: StepDelta) -> None:
         setattr(replica, k, v)
 
 
-def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int, min_frame_s: float = 0.1
-                ) -> Iterator[tuple[Trace, bool]]:
-    """Run `events()` (yielding (trace, done) per step) in a worker thread; yield (replica, done) at most every
-    `min_frame_s` seconds (and at least twice the last frame's consumer time apart), always the last state.
+def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int, min_frame_s: float = 0.1,
+                executor: Executor | None = None) -> Iterator[tuple[Trace, bool]]:
+    """Run `events()` (yielding (trace, done) per step) on `executor` (the model's own thread: see
+    `app.model_executor`) or a new thread; yield (replica, done) at most every `min_frame_s` seconds (and at
+    least 3x the last frame's consumer time apart), always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
     frames rarer, never the decoding slower."""
@@ -66,8 +68,13 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
         if trace is None:
             q.put(StepDelta(0, [], {}, True, RuntimeError("the run produced no events")))
 
-    worker = threading.Thread(target=work, name="tempo-decode", daemon=True)
-    worker.start()
+    if executor is not None:
+        worker = executor.submit(work)
+        join = worker.result
+    else:
+        thread = threading.Thread(target=work, name="tempo-decode", daemon=True)
+        thread.start()
+        join = thread.join
     replica = Trace("", "", {}, "", "", [])
     next_frame, pending = 0.0, False
     while True:
@@ -86,7 +93,7 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
         t0 = time.perf_counter()
         yield replica, done
         if done:
-            worker.join()
+            join()
             return
         pending = False
-        next_frame = time.perf_counter() + max(min_frame_s, 2 * (time.perf_counter() - t0))
+        next_frame = time.perf_counter() + max(min_frame_s, 3 * (time.perf_counter() - t0))

@@ -92,13 +92,18 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
     fig.add_trace(go.Heatmap(z=mask.int().tolist(), x=xlabels, y=ylabels, zmin=0, zmax=1, showscale=False,
                              colorscale=[[0, "#f4f4f4"], [1, "#3b528b"]], xgap=1, ygap=1,
                              hovertemplate="query %{y} → key %{x}: %{z}<extra></extra>"), row=1, col=2)
+    for name, colour in (("mask: may attend", "#3b528b"), ("mask: hidden", "#e4e4e4")):  # legend entries
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker=dict(symbol="square", size=12, color=colour)), row=1, col=2)
     fig.update_xaxes(title="physical row", row=1, col=1)
     fig.update_yaxes(title="position id", row=1, col=1)
-    fig.update_xaxes(showticklabels=len(rows) <= 60, tickangle=-60, row=1, col=2)
+    fig.update_xaxes(showticklabels=len(rows) <= 60, tickangle=-60, automargin=True,
+                     title="keys: physical row:token@position" + ("" if len(rows) <= 60 else " (hover)"), row=1, col=2)
+    fig.update_yaxes(title="queries: this step's candidates", automargin=True, row=1, col=2)
     fig.update_layout(title=f"Positions & mask — step {step}: {len(st.candidates)} siblings share position "
                             f"{st.position}; {len(st.hidden_rows)} earlier rows hidden (pruned)",
-                      template="plotly_white", height=420, margin=dict(l=10, r=10, t=60, b=40),
-                      legend=dict(orientation="h", y=-0.2))
+                      template="plotly_white", height=460, margin=dict(l=10, r=10, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -121,11 +126,19 @@ def rewind_figure(trace: Trace, node: str) -> go.Figure:
                                  name=f"{show_token(sib.text)}" + (" (this)" if j == i else ""),
                                  line=dict(width=4 if j == i else 1.5, dash="solid" if sib.alive else "dot")),
                       row=1, col=1)
-    fig.add_trace(go.Scatter(x=later, y=[thr.get(k) for k in later], mode="lines", name="threshold in force",
-                             line=dict(color=PRUNED, dash="dash")), row=1, col=1)
+    # the threshold as a short level at each later step, so that a decision resting on one step reads clearly
+    tx, ty = [], []
+    for k in later:
+        tx += [k - 0.35, k + 0.35, None]
+        ty += [thr.get(k), thr.get(k), None]
+    fig.add_trace(go.Scatter(x=tx, y=ty, mode="lines", name="threshold in force", line=dict(color=PRUNED, width=3)),
+                  row=1, col=1)
     if c.pruned_at is not None:
-        fig.add_vline(x=c.pruned_at, line=dict(color=PRUNED), annotation_text=f"pruned after step {c.pruned_at}",
-                      row=1, col=1)
+        fig.add_vline(x=c.pruned_at, line=dict(color=PRUNED, dash="dot"),
+                      annotation_text=f"pruned after step {c.pruned_at}", row=1, col=1)
+    if later:
+        fig.update_xaxes(range=[min(later) - 1, max(max(later) + 1, min(later) + 2)], dtick=1, row=1, col=1)
+    fig.update_traces(marker=dict(size=10), selector=dict(mode="lines+markers"))
     if layered:
         steps_ = sorted(c.attention_by_layer)
         layers = sorted({layer for per in c.attention_by_layer.values() for layer in per})
@@ -137,7 +150,7 @@ def rewind_figure(trace: Trace, node: str) -> go.Figure:
                             f"{(c.attention or 0):.4f}", template="plotly_white", height=360 if not layered else 420,
                       margin=dict(l=10, r=10, t=60, b=30))
     fig.update_xaxes(title="later logical step")
-    fig.update_yaxes(title="attention paid (mean over heads and rows)", row=1, col=1)
+    fig.update_yaxes(title="attention paid (mean over heads and rows)", rangemode="tozero", row=1, col=1)
     return fig
 
 
@@ -181,7 +194,9 @@ def diff_figure(a: Trace, b: Trace) -> go.Figure:
 def sweep_figure(runs: list[Trace]) -> go.Figure:
     """Small multiples over a threshold sweep: width, pruned count, faithfulness, clean-text length."""
     thr = [t.settings["selection_threshold"] for t in runs]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("mean set size", "pruned per run", "mean KL vs paths"))
+    measured = any(t.faithfulness for t in runs)
+    kl_title = "mean KL vs paths" if measured else "mean KL: faithfulness is off (Research options)"
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("mean set size", "pruned per run", kl_title))
     fig.add_trace(go.Scatter(x=thr, y=[t.stats.get("mean_set_size", 0) for t in runs], mode="lines+markers",
                              name="width"), row=1, col=1)
     fig.add_trace(go.Scatter(x=thr, y=[t.stats.get("pruned", 0) for t in runs], mode="lines+markers",
@@ -211,12 +226,17 @@ def sweep_multiples(runs: list[Trace]) -> go.Figure:
     return fig
 
 
+def _cell(text: str) -> str:
+    """Text safe inside one markdown table cell: no line breaks, no column bars, no HTML."""
+    return html.escape(text).replace("|", "¦").replace("\r", "").replace("\n", " ⏎ ")
+
+
 def sweep_table(runs: list[Trace]) -> str:
     rows = "".join(
         f"| {t.settings['selection_threshold']} | {t.stats.get('mean_set_size', 0):.2f} | {t.stats.get('pruned', 0)} "
         f"| {t.stats.get('reused_steps', 0)} | "
         f"{'' if not t.faithfulness else format(t.faithfulness['mean_kl'], '.3f')} | "
-        f"{t.clean_text.strip()[:80].replace('|', '/')} |\n" for t in runs)
+        f"{_cell(t.clean_text.strip()[:80])} |\n" for t in runs)
     return ("| threshold | mean set | pruned | steps reused | mean KL | clean text |\n|---|---|---|---|---|---|\n"
             + rows)
 

@@ -32,6 +32,11 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
+def _reporter(progress: gr.Progress):
+    """(done, total, what) -> a Gradio progress bar saying what is being computed."""
+    return lambda done, total, what: progress(done / max(1, total), desc=f"{what} ({done + 1} of {total})")
+
+
 def pruned_choices(trace: Trace) -> list[tuple[str, str]]:
     return [(f"step {st.step} · {c.text!r} · pruned after {c.pruned_at}", f"{st.step}:{i}")
             for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None]
@@ -89,23 +94,25 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
         at = c.pruned_at if c.pruned_at is not None else len(trace.steps) - 1
         return rewind_figure(trace, node), tree_figure(rewind(trace, at - 1)), tree_figure(rewind(trace, at))
 
-    def run_baselines(**form: Any):
+    def run_baselines(progress: gr.Progress = gr.Progress(), **form: Any):
         try:
             s = app.settings(form, runs=3)  # TEMPO, greedy and beam search
         except SettingsError as exc:
             return f"<p><b>Error:</b> {html.escape(str(exc))}</p>", gr.skip()
         with app.research_slots.hold():
-            result = baselines(lm, s, stop=RunStop(limits.max_seconds))
+            result = app.research_executor.submit(baselines, lm, s, stop=RunStop(limits.max_seconds),
+                                                  progress=_reporter(progress)).result()
         return aligned_html(result), beam_tree_figure(result["beam"])
 
-    def run_sweep(thresholds: str, **form: Any):
+    def run_sweep(thresholds: str, progress: gr.Progress = gr.Progress(), **form: Any):
         try:
             values = parse_thresholds(thresholds)
             s = app.settings({**form, "mode": "TEMPO"}, runs=len(values))
         except SettingsError as exc:
             return gr.skip(), gr.skip(), f"**Error:** {exc}"
         with app.research_slots.hold():
-            traces = sweep(lm, s, values, stop=RunStop(limits.max_seconds))
+            traces = app.research_executor.submit(sweep, lm, s, values, stop=RunStop(limits.max_seconds),
+                                                  progress=_reporter(progress)).result()
         return sweep_figure(traces), sweep_multiples(traces), sweep_table(traces)
 
     view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}

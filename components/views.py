@@ -94,7 +94,8 @@ def _hover(st: Step, c: Candidate, mode: str) -> str:
     att = "—" if c.attention is None else f"{c.attention:.4f}"
     thr = "—" if st.pruning_threshold is None else f"{st.pruning_threshold:.4f}"
     extra = f"<br>MCTS visits {c.visits}, value {c.value:.3f}" if c.visits is not None else ""
-    return (f"<b>{html.escape(show_token(c.text))}</b> (id {c.token_id})<br>p = {c.prob:.4f}<br>step {st.step}, "
+    piece = "<br>(a piece of a multi-byte character)" if c.display is not None else ""
+    return (f"<b>{html.escape(show_token(c.shown))}</b> (id {c.token_id}){piece}<br>p = {c.prob:.4f}<br>step {st.step}, "
             f"position {st.position}<br>selection threshold {st.selection_threshold:.3f}, pruning threshold {thr}"
             f"<br>attention received {att}<br>{fate(c, mode)}{extra}")
 
@@ -133,7 +134,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     for u in cols:
         if u.collapsed:
             steps = trace.steps[u.first:u.last + 1]
-            words = "".join(st.candidates[0].text for st in steps)
+            words = "".join(st.candidates[0].shown for st in steps)
             label = show_token(words)
             label = label if len(label) <= 18 else label[:17] + "…"
             runs.add((u.first + u.last) / 2, 0, label, f"<b>{html.escape(show_token(words))}</b><br>steps "
@@ -147,7 +148,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
         for i, c in enumerate(st.candidates):
             nid = f"{st.step}:{i}"
             on_path = nid in path
-            label = show_token(c.text)[:8] if on_path or c.prob >= LABEL_PROB else ""
+            label = show_token(c.shown)[:8] if on_path or c.prob >= LABEL_PROB else ""
             nodes.add(st.step, -i, label, _hover(st, c, trace.mode), nid,
                       PRUNED if not c.alive else prob_colour(c.prob), 8 + 20 * c.prob ** 0.5,
                       "x" if not c.alive else "circle", 3 if on_path else 0.5,
@@ -247,7 +248,7 @@ def heatmap_view(trace: Trace) -> dict:
     thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
     window = max((s - st for st, _, c in rows for s in c.attention_by_step), default=1)
     cols = list(range(1, window + 1))
-    labels = [f"s{st} {show_token(c.text)[:10]}{' ✗' if c.pruned_at is not None else ''} ({st}:{i})"
+    labels = [f"s{st} {show_token(c.shown)[:10]}{' ✗' if c.pruned_at is not None else ''} ({st}:{i})"
               for st, i, c in rows]
     z, hover, below_x, below_y = [], [], [], []
     for (st, i, c), label in zip(rows, labels):
@@ -259,7 +260,7 @@ def heatmap_view(trace: Trace) -> dict:
                 hover[-1].append("")
                 continue
             t = thr.get(st + d, 0.0)
-            hover[-1].append(f"{html.escape(show_token(c.text))} (step {st}) ← step {st + d}: {v:.4f}<br>threshold "
+            hover[-1].append(f"{html.escape(show_token(c.shown))} (step {st}) ← step {st + d}: {v:.4f}<br>threshold "
                              f"then {t:.4f}" + (" — below" if v < t else ""))
             if v < t:
                 below_x.append(d)
@@ -328,7 +329,7 @@ def curve_view(trace_or_settings, current_step: int | None = None) -> dict:
 
 def _token_html(c: Candidate) -> str:
     """A token for the text view: newlines as ⏎ and whitespace-only tokens as · (never a real line break)."""
-    text = c.text
+    text = c.shown
     if text.strip() == "" or "\n" in text:
         return f'<span class="ws">{html.escape(show_token(text))}</span>'
     return html.escape(text)

@@ -34,7 +34,7 @@ const draw = () => {
     el.__tempoHooked = true;
     el.on('plotly_click', (ev) => {
       const p = ev.points && ev.points[0];
-      if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata});
+      if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata, source: (element.closest('[id]') || {}).id || ''});
     });
   }
 };

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .baseline import beam_search
 from .config import TempoSettings
@@ -19,13 +19,17 @@ def kv_bytes_per_row(lm: LoadedModel) -> int:
     return cfg.num_hidden_layers * 2 * kv_heads * head_dim * lm.dtype.itemsize
 
 
-def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None,
-              stop: threading.Event | None = None) -> dict[str, Any]:
+def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, stop: threading.Event | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Run all three; `num_beams` defaults to TEMPO's mean set size (rounded, at least 2). `stop` ends the
-    TEMPO and greedy runs early (beam search is bounded by max_tokens)."""
+    TEMPO and greedy runs early (beam search is bounded by max_tokens); `progress(done, 3, what)` before each."""
+    report = progress or (lambda done, total, what: None)
+    report(0, 3, "TEMPO")
     tempo_s = s.replace(default_mode=False, use_mcts=False)
     tempo = run(lm, tempo_s, stop)
+    report(1, 3, "greedy")
     greedy = run(lm, s.replace(default_mode=True, use_mcts=False, do_sample=False, faithfulness=False), stop)
+    report(2, 3, "beam search")
     p = len(tempo.prompt_token_ids)
     beams = num_beams or max(2, round(tempo.stats.get("mean_set_size", 2)))
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from .model import LoadedModel
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_with_near_misses, to_probs
-from .trace import Candidate, Step, Trace, finalise_text, summarise
+from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summarise
 
 THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
 
@@ -144,6 +144,18 @@ class ParallelSequence:
         return rows, logits, attn
 
 
+def repaired_text(lm: LoadedModel, token_id: int, text: str, context: list[int]) -> str | None:
+    """For display: a token that decodes to U+FFFD alone is a piece of a multi-byte character. Decoded after the
+    main path's last tokens it may complete one (shown as that character); otherwise it waits for the rest
+    ("…"). None for ordinary tokens."""
+    if "\ufffd" not in text:
+        return None
+    before = lm.decode(context).rstrip("\ufffd")
+    joint = lm.decode(context + [token_id])
+    tail = joint[len(before):] if joint.startswith(before) else ""
+    return tail if tail and "\ufffd" not in tail else "…"
+
+
 def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
               dist: torch.Tensor) -> tuple[list[int], list[float], bool, bool]:
     """EOS ends the run only as the most probable candidate (after min_steps); otherwise it is dropped."""
@@ -195,7 +207,9 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
         hidden = seq.layout.dead_rows()
         rows, logits, attention = seq.feed(ids, prompt_len + step)
         threshold = pruning_threshold(step, s) if pruner else None
-        cands = [Candidate(i, lm.decode([i]), p, row=r) for i, p, r in zip(ids, ps, rows)]
+        context = clean_token_ids(trace.steps[-3:])
+        cands = [Candidate(i, text, p, row=r, display=repaired_text(lm, i, text, context))
+                 for i, p, r in zip(ids, ps, rows) for text in [lm.decode([i])]]
         near = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in missed if i not in ids]
         trace.steps.append(Step(step, prompt_len + step, s.selection_threshold, threshold, cands,
                                 hidden_rows=hidden, dropped_eos=dropped, alternatives=near))

@@ -9,6 +9,7 @@ set is the same. Those steps are fed in one forward (`tempo_events(prefix=...)`)
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from .config import TempoSettings
 from .engine import run
@@ -28,13 +29,17 @@ def reusable_prefix(earlier: Trace, threshold: float) -> int:
     return n
 
 
-def sweep(lm: LoadedModel, s: TempoSettings, thresholds: list[float],
-          stop: threading.Event | None = None) -> list[Trace]:
-    """One TEMPO run per threshold, lowest first; `stop` ends the current run and skips the rest."""
+def sweep(lm: LoadedModel, s: TempoSettings, thresholds: list[float], stop: threading.Event | None = None,
+          progress: Callable[[int, int, str], None] | None = None) -> list[Trace]:
+    """One TEMPO run per threshold, lowest first; `stop` ends the current run and skips the rest;
+    `progress(done, total, what)` is called before each run."""
     runs: list[Trace] = []
-    for thr in sorted(set(thresholds)):
+    todo = sorted(set(thresholds))
+    for thr in todo:
         if stop is not None and stop.is_set():
             break
+        if progress is not None:
+            progress(len(runs), len(todo), f"threshold {thr}")
         settings = s.replace(selection_threshold=thr)
         best, source = 0, None
         if not s.use_sigmoid_threshold:  # seeded draws happen in step order; a resumed run would draw differently

@@ -27,6 +27,11 @@ class Candidate:
     unattended: bool = False  # kept only because its whole set failed (keep_unattended)
     visits: int | None = None  # MCTS visit count
     value: float | None = None  # MCTS mean value
+    display: str | None = None  # how to show a piece of a multi-byte character (None: as `text`)
+
+    @property
+    def shown(self) -> str:
+        return self.text if self.display is None else self.display
 
     @property
     def alive(self) -> bool:
@@ -173,6 +178,8 @@ def _check_candidate(where: str, c: Any) -> None:
     _integer(f"{where}.visits", c.get("visits"), nullable=True)
     _number(f"{where}.attention", c.get("attention"), nullable=True)
     _number(f"{where}.value", c.get("value"), nullable=True)
+    if c.get("display") is not None:
+        _text(f"{where}.display", c["display"])
     if not isinstance(c.get("unattended", False), bool):
         raise TraceError(f"{where}.unattended: must be true or false")
     by_step = c.get("attention_by_step", {})

@@ -177,3 +177,35 @@ def test_history_keeps_the_last_runs_and_compares_any_two():
     assert any(tr.name == "only in B" for tr in overlay.data)
     same = numbers_table(Trace.from_dict(a), Trace.from_dict(a))
     assert "| settings | same | same |" in same
+
+
+def test_pieces_of_a_multibyte_character_are_shown_repaired():
+    from tempo_core.engine import repaired_text
+    lm = _lm()
+    ids = lm.tokenizer("é", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2 and "\ufffd" in lm.decode([ids[0]])  # one character, two byte tokens
+    assert repaired_text(lm, ids[0], lm.decode([ids[0]]), [5, 6]) == "…"  # waits for the rest
+    assert repaired_text(lm, ids[1], lm.decode([ids[1]]), [5, ids[0]]) == "é"  # completes it
+    assert repaired_text(lm, 5, lm.decode([5]), []) is None  # ordinary tokens are shown as they are
+
+
+def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewind():
+    import types
+
+    import app as tempo_app
+    lm = _lm()
+    trace = run(lm, build_settings(LONG))
+    data = trace.to_dict()
+    stretch = next(u for u in units(trace) if u.collapsed)
+    out = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": stretch.id}))
+    nodes = next(t for t in out[0]["data"] if t["name"] == "candidate")
+    assert f"{stretch.first}:0" in nodes["customdata"] and out[-1] == [stretch.first]
+    pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
+    tree, details, pick, rewind, outer, inner, _ = tempo_app.clicked(
+        data, [], types.SimpleNamespace(_data={"node": pruned, "source": "tempo-heatmap"}))
+    assert pick == pruned and rewind == pruned and "pruned** after step" in details
+    assert outer.selected == "research" and inner.selected == "rewind"
+    # from the tree, a pruned node opens its details but stays on the tree
+    _, _, _, rewind, outer, _, _ = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": pruned}))
+    assert rewind == pruned and not hasattr(outer, "selected")
+    assert tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": "-1:0"}))[0] is not None
