@@ -45,7 +45,7 @@ def test_mask_view_is_the_mask_the_model_received(lm):
         k = len(st.candidates)
         assert torch.equal(view, real[:k, :len(rows)])  # (pad rows, if any, are never visible to real rows)
     fig = positions_figure(trace, masked_steps[-1].step)
-    assert fig.data[-1].type == "heatmap"
+    assert next(tr for tr in fig.data if tr.type == "heatmap")
     assert any(st.hidden_rows for st in trace.steps)  # pruned rows showed up in some step's mask
 
 
@@ -56,7 +56,9 @@ def test_rewind_shows_who_pruned_what(lm):
     this = next(tr for tr in fig.data if tr.name.endswith("(this)"))
     assert list(this.x) == sorted(c.attention_by_step)
     thr = next(tr for tr in fig.data if tr.name == "threshold in force")
-    assert all(v is not None for v in thr.y)
+    levels = [v for v in thr.y if v is not None]  # one short level per later step
+    assert len(levels) == 2 * len(c.attention_by_step)
+    assert levels[::2] == [trace.steps[k].pruning_threshold for k in sorted(c.attention_by_step)]
     assert "pruned after step" in fig.layout.title.text
     assert "select a pruned" in rewind_figure(trace, "bogus").layout.title.text
 

@@ -194,12 +194,13 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
 
     import app as tempo_app
     lm = _lm()
-    trace = run(lm, build_settings(LONG))
-    data = trace.to_dict()
-    stretch = next(u for u in units(trace) if u.collapsed)
-    out = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": stretch.id}))
+    narrow = run(lm, build_settings({"prompt": "the cat", "max_tokens": 60, "selection_threshold": 0.3}))
+    stretch = next(u for u in units(narrow) if u.collapsed)
+    out = tempo_app.clicked(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": stretch.id}))
     nodes = next(t for t in out[0]["data"] if t["name"] == "candidate")
     assert f"{stretch.first}:0" in nodes["customdata"] and out[-1] == [stretch.first]
+    trace = run(lm, build_settings(LONG))
+    data = trace.to_dict()
     pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
     tree, details, pick, rewind, outer, inner, _ = tempo_app.clicked(
         data, [], types.SimpleNamespace(_data={"node": pruned, "source": "tempo-heatmap"}))
