@@ -367,9 +367,10 @@ def build_demo(app: Explorer) -> gr.Blocks:
                             node_pick = gr.Dropdown([], label="Inspect candidate", scale=1)
                             details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
                     with gr.Tab("Pruning heatmap", id="heatmap"):
-                        gr.Markdown("*Rows: candidates that came near the pruning threshold; squares: the attention "
-                                    "each later step paid them (darker = more); ✕ where one was pruned (click it "
-                                    "for its rewind). Top: the threshold in force.*", elem_classes="legend-line")
+                        gr.Markdown("*Rows: candidates that came near the pruning threshold; columns: the steps "
+                                    "after theirs; colour: the attention those steps paid them (darker = more); red "
+                                    "outline: below the threshold then; ✕ where one was pruned (click it for its "
+                                    "rewind).*", elem_classes="legend-line")
                         heat_plot = plotly_view(elem_id="tempo-heatmap", max_height=620)
                     with gr.Tab("Threshold curve", id="curve"):
                         gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU curve), "

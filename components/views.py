@@ -279,15 +279,19 @@ def heatmap_view(trace: Trace) -> dict:
              "name": "pruned here (click: its rewind)", "customdata": [n for _, _, n in crosses], "hoverinfo": "skip"}]
     lo, hi = min(thr.values(), default=0.0), max(thr.values(), default=0.0)
     shown = f"{lo:.3f}" if abs(hi - lo) < 1e-9 else f"{lo:.3f}–{hi:.3f} (see Threshold curve)"
-    height = 150 + 20 * len(rows)
+    plot = 20 * len(rows)  # px of rows; the title, the legend and the column labels sit above them
+    height = plot + 150
     layout = {"title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk · pruning threshold {shown}",
-                        "font": {"size": 14}, "x": 0.01, "xanchor": "left"},
+                        "font": {"size": 14}, "x": 0.01, "xanchor": "left", "y": 1 - 12 / height, "yanchor": "top"},
               "template": "plotly_white", "uirevision": UIREVISION, "height": height,
-              "margin": {"l": 10, "r": 10, "t": 70, "b": 40},
-              "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right",
+              "margin": {"l": 10, "r": 10, "t": 120, "b": 30},
+              "legend": {"orientation": "h", "yanchor": "bottom", "y": 1 + 42 / plot, "x": 0, "xanchor": "left",
                          "font": {"size": 11}},
-              "xaxis": {"title": {"text": "steps later"}, "tickvals": cols, "side": "top", "fixedrange": True},
-              "yaxis": {"autorange": "reversed", "automargin": True, "type": "category", "fixedrange": True}}
+              "xaxis": {"tickvals": cols, "ticktext": [f"{d} step{'s' if d > 1 else ''} later" for d in cols],
+                        "side": "top", "fixedrange": True},
+              # an explicit range: autorange pads for the markers (hundreds of px on a tall grid)
+              "yaxis": {"range": [len(rows) - 0.5, -0.5], "automargin": True, "type": "category",
+                        "categoryorder": "array", "categoryarray": labels, "fixedrange": True}}
     return {"data": data, "layout": layout}
 
 
