@@ -85,7 +85,7 @@ class ParallelSequence:
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
 
     def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int,
-                 record: bool = True):
+                 record: bool = True, padding: int = 0):
         """One forward of `ids`; logits of the last `keep` rows, and (if `record` and pruning is on) the
         attention those rows pay, never more rows than that."""
         dev = self.lm.device
@@ -96,7 +96,7 @@ class ParallelSequence:
                                 attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
                                 logits_to_keep=keep)
         self.forward_passes += 1
-        self.tokens_processed += len(ids)
+        self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
         return out.logits[0], rec.weights
 
     def prefill(self) -> torch.Tensor:
@@ -137,7 +137,8 @@ class ParallelSequence:
             mask = step_mask(past_alive, k + pad, visible, dev)
             if pad:
                 mask[..., :k, -1] = False  # no real sibling ever sees the pad row
-            logits, attn = self._forward(token_ids + token_ids[:pad], [position] * (k + pad), mask, keep=k + pad)
+            logits, attn = self._forward(token_ids + token_ids[:pad], [position] * (k + pad), mask, keep=k + pad,
+                                         padding=pad)
             if pad:
                 self.cache.crop(-pad)
                 logits, attn = logits[:k], {layer: a[:k, :-pad] for layer, a in attn.items()}

@@ -63,7 +63,7 @@ class RetroactivePruner:
         pruned: list[Candidate] = []
         for past in steps[max(0, len(steps) - 1 - self.s.pruning_window):-1]:
             for c in past.candidates:
-                if c.row >= 0:
+                if c.row >= 0 and c.alive:  # a pruned candidate keeps the score that pruned it
                     c.attention_by_step[now] = per_row[c.row]
                     c.attention = sum(c.attention_by_step.values()) / len(c.attention_by_step)
                     if layer_rows:

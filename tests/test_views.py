@@ -210,3 +210,13 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     _, _, _, rewind, outer, _, _ = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": pruned}))
     assert rewind == pruned and not hasattr(outer, "selected")
     assert tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": "-1:0"}))[0] is not None
+
+
+def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
+    lm = _lm()
+    trace = run(lm, build_settings(LONG))
+    pruned = [c for st in trace.steps for c in st.candidates if c.pruned_at is not None]
+    assert pruned
+    for c in pruned:
+        assert max(c.attention_by_step) == c.pruned_at  # nothing recorded after the decision
+        assert c.attention == sum(c.attention_by_step.values()) / len(c.attention_by_step)
