@@ -77,8 +77,9 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
     step = max(0, min(step, len(trace.steps) - 1))
     mask, rows = step_mask_rows(trace, step)
     labels = row_labels(trace)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.35, 0.65], horizontal_spacing=0.08,
-                        subplot_titles=("physical row → logical position", f"mask of step {step}'s queries"))
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.33, 0.67], horizontal_spacing=0.16,  # room: row labels
+                        subplot_titles=("physical row → logical position",
+                                        f"mask of step {step}'s queries (rows: its candidates)"))
     for kind, sel, colour in (("prompt", lambda r: labels[r][2] < 0, "#999"),
                               ("candidate", lambda r: labels[r][2] >= 0, "#440154")):
         rs = [r for r in rows if sel(r)]
@@ -87,7 +88,7 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
                                  hovertext=[f"row {r}: {html.escape(show_token(labels[r][0]))} at position "
                                             f"{labels[r][1]}" for r in rs], hoverinfo="text"), row=1, col=1)
     st = trace.steps[step]
-    ylabels = [f"{show_token(c.text)[:10]} ({step}:{i})" for i, c in enumerate(st.candidates)]
+    ylabels = [f"{show_token(c.shown)[:10]} ({step}:{i})" for i, c in enumerate(st.candidates)]
     xlabels = [f"{r}:{show_token(labels[r][0])[:8]}@{labels[r][1]}" for r in rows]
     fig.add_trace(go.Heatmap(z=mask.int().tolist(), x=xlabels, y=ylabels, zmin=0, zmax=1, showscale=False,
                              colorscale=[[0, "#f4f4f4"], [1, "#3b528b"]], xgap=1, ygap=1,
@@ -99,7 +100,6 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
     fig.update_yaxes(title="position id", row=1, col=1)
     fig.update_xaxes(showticklabels=len(rows) <= 60, tickangle=-60, automargin=True,
                      title="keys: physical row:token@position" + ("" if len(rows) <= 60 else " (hover)"), row=1, col=2)
-    fig.update_yaxes(title="queries: this step's candidates", automargin=True, row=1, col=2)
     fig.update_layout(title=f"Positions & mask — step {step}: {len(st.candidates)} siblings share position "
                             f"{st.position}; {len(st.hidden_rows)} earlier rows hidden (pruned)",
                       template="plotly_white", height=460, margin=dict(l=10, r=10, t=60, b=40),
@@ -123,7 +123,7 @@ def rewind_figure(trace: Trace, node: str) -> go.Figure:
     for j, sib in enumerate(trace.steps[s].candidates):
         xs = sorted(sib.attention_by_step)
         fig.add_trace(go.Scatter(x=xs, y=[sib.attention_by_step[k] for k in xs], mode="lines+markers",
-                                 name=f"{show_token(sib.text)}" + (" (this)" if j == i else ""),
+                                 name=f"{show_token(sib.shown)}" + (" (this)" if j == i else ""),
                                  line=dict(width=4 if j == i else 1.5, dash="solid" if sib.alive else "dot")),
                       row=1, col=1)
     # the threshold as a short level at each later step, so that a decision resting on one step reads clearly
@@ -146,7 +146,7 @@ def rewind_figure(trace: Trace, node: str) -> go.Figure:
                                  z=[[c.attention_by_layer[k].get(layer) for k in steps_] for layer in layers],
                                  colorbar=dict(title="attention", thickness=10), name="per layer"), row=1, col=2)
     fate = f"pruned after step {c.pruned_at}" if c.pruned_at is not None else "kept"
-    fig.update_layout(title=f"Pruning rewind — {show_token(c.text)!s} at step {s} ({fate}); mean attention "
+    fig.update_layout(title=f"Pruning rewind — {show_token(c.shown)!s} at step {s} ({fate}); mean attention "
                             f"{(c.attention or 0):.4f}", template="plotly_white", height=360 if not layered else 420,
                       margin=dict(l=10, r=10, t=60, b=30))
     fig.update_xaxes(title="later logical step")
