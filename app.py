@@ -31,7 +31,7 @@ from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
 from components.views import curve_view, heatmap_view, text_view, tree_view
 from components.widgets import CSS as WIDGET_CSS
-from components.widgets import PLOTLY_JS, branching_text, plotly_view
+from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import FIELDS, TempoSettings, validate_prompt
 from tempo_core.engine import encode_prompt
@@ -451,7 +451,7 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     demo.queue(max_size=_env_int("TEMPO_QUEUE_SIZE", 64))
     demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 200)
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
-                              max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
+                              head=RANGE_NOTE_HEAD, max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
     api.state.explorer, api.state.demo = app, demo
     api.add_middleware(BodyLimit)
     return api

@@ -72,7 +72,25 @@ CSS = """
 .tempo-text .clean {margin-top: .6em; font-family: sans-serif; font-size: 14px; color: #444; max-height: 6em;
                     overflow-y: auto}
 .tempo-plot {width: 100%}
+.tempo-range-note {color: #b42318; font-size: 12.5px; margin-top: 4px}
 """
+
+
+# Gradio's sliders clamp a typed value to their range without a word (-1 becomes 0). This listener runs first
+# (capture phase) and says what happened next to the box, so that no value is ever changed silently.
+RANGE_NOTE_HEAD = """<script>
+document.addEventListener('change', (e) => {
+  const el = e.target;
+  if (!(el instanceof HTMLInputElement) || el.type !== 'number' || el.min === '' || el.max === '') return;
+  const v = parseFloat(el.value), lo = parseFloat(el.min), hi = parseFloat(el.max);
+  const block = el.closest('.block') || el.parentElement;
+  let note = block.querySelector('.tempo-range-note');
+  if (!Number.isFinite(v) || (v >= lo && v <= hi)) { if (note) note.remove(); return; }
+  if (!note) { note = document.createElement('div'); note.className = 'tempo-range-note'; block.appendChild(note); }
+  const name = (el.getAttribute('aria-label') || '').replace('number input for ', '') || 'value';
+  note.textContent = `${name}: ${el.value} is outside [${lo}, ${hi}]; set to ${v < lo ? lo : hi}`;
+}, true);
+</script>"""
 
 
 def plotly_view(figure: dict | None = None, elem_id: str | None = None, max_height: int | None = None,

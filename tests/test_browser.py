@@ -69,6 +69,15 @@ def test_generate_in_a_real_browser(app_url):
         expect(page.locator("#generate")).to_be_visible(timeout=60_000)
         # the link's settings filled the form
         expect(page.locator("input[aria-label='number input for Max tokens']")).to_have_value("24", timeout=20_000)
+        # a typed value outside a slider's range is never changed silently
+        thr_box = page.locator("input[aria-label='number input for Selection threshold']")
+        thr_box.fill("-1")
+        thr_box.press("Tab")
+        expect(page.locator(".tempo-range-note")).to_contain_text(
+            "Selection threshold: -1 is outside [0, 1]; set to 0", timeout=10_000)
+        thr_box.fill("0.1")
+        thr_box.press("Tab")
+        expect(page.locator(".tempo-range-note")).to_have_count(0)
         page.locator("#prompt textarea").fill("What is the capital of France?")
         page.locator("#generate").click()
         expect(page.locator("#status")).to_contain_text("Generating", timeout=60_000)
