@@ -2,7 +2,11 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: app test cli bench browser-deps
+FLOOR := .venv-floor/.installed
+# the lowest transformers that requirements.txt allows; test-floor runs the engine's tests on it
+TRANSFORMERS_FLOOR := 5.17.0
+
+.PHONY: app test test-floor cli bench browser-deps
 
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv .venv
@@ -22,6 +26,19 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q tests
+	$(MAKE) test-floor
+
+# The engine's equivalence, rule, mode and research tests on the oldest transformers the requirements allow
+# (5.17 calls the KV cache `past_key_values`, later versions `cache`; LoadedModel.forward passes the right one).
+$(FLOOR): requirements.txt
+	python3 -m venv .venv-floor
+	.venv-floor/bin/python -m pip install -q torch==2.13.0 transformers==$(TRANSFORMERS_FLOOR) accelerate gguf \
+		safetensors numpy pyyaml tqdm pytest networkx plotly
+	touch $(FLOOR)
+
+test-floor: $(FLOOR)
+	.venv-floor/bin/python -m pytest -q tests/test_equivalence.py tests/test_rules.py tests/test_modes.py \
+		tests/test_faithfulness.py tests/test_research.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_steps.py

@@ -91,10 +91,10 @@ class ParallelSequence:
         dev = self.lm.device
         layers = self.capture.keys() if record else ()
         with torch.inference_mode(), fast_rows(), record_attention(layers, last_rows=keep) as rec:
-            out = self.lm.model(input_ids=torch.tensor([ids], device=dev),
-                                position_ids=torch.tensor([positions], device=dev),
-                                attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
-                                logits_to_keep=keep)
+            out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
+                                  position_ids=torch.tensor([positions], device=dev),
+                                  attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
+                                  logits_to_keep=keep)
         self.forward_passes += 1
         self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
         return out.logits[0], rec.weights

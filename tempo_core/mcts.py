@@ -58,9 +58,9 @@ class MctsSearch:
     def _forward(self, ids: list[int], start: int) -> torch.Tensor:
         dev = self.lm.device
         with torch.inference_mode():
-            out = self.lm.model(input_ids=torch.tensor([ids], device=dev),
-                                position_ids=torch.arange(start, start + len(ids), device=dev)[None],
-                                cache=self.cache, use_cache=True, logits_to_keep=1)
+            out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
+                                  position_ids=torch.arange(start, start + len(ids), device=dev)[None],
+                                  cache=self.cache, use_cache=True, logits_to_keep=1)
         self.forward_passes += 1
         self.tokens_processed += len(ids)
         return out.logits[0, -1]

