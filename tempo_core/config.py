@@ -165,23 +165,26 @@ def _coerce(name: str, value: Any, caps: Mapping[str, float] | None = None) -> A
     try:
         num = float(value) if "float" in typ else _to_int(value)
     except (TypeError, ValueError, OverflowError):
-        raise SettingsError(name, f"must be {allowed}, got {_short(value)}") from None
+        raise SettingsError(name, f"must be {allowed}, got {echo_value(value)}") from None
     if isinstance(num, float) and not math.isfinite(num):
         raise SettingsError(name, f"must be {allowed}, got {value!r}")
     lo, hi = m["lo"], upper_bound(name, caps)
     if lo is not None and (num < lo or num > hi or (m["lo_open"] and num == lo)):
-        raise SettingsError(name, f"must be {allowed}, got {_short(value)}")
+        raise SettingsError(name, f"must be {allowed}, got {echo_value(value)}")
     return num
 
 
-def _label(key: Any) -> str:
-    """A client-supplied name, made safe to echo back (ASCII, at most 40 characters)."""
-    text = ascii(str(key))[1:-1]
-    return text if len(text) <= 40 else text[:37] + "..."
+def echo_name(key: Any) -> str:
+    """A client-supplied name, made safe to echo back in a message (ASCII, at most 40 characters)."""
+    return _clip(ascii(str(key))[1:-1])
 
 
-def _short(value: Any) -> str:
-    text = ascii(value)
+def echo_value(value: Any) -> str:
+    """A client-supplied value as a message shows it (its ASCII repr, at most 40 characters)."""
+    return _clip(ascii(value))
+
+
+def _clip(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -207,7 +210,7 @@ def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None,
     for key, value in values.items():
         name = ALIASES.get(key, key)
         if name not in FIELDS:
-            raise SettingsError(_label(key), "unknown setting")
+            raise SettingsError(echo_name(key), "unknown setting")
         current[name] = _coerce(name, value, caps)
     settings = TempoSettings(**current)
     _check_consistency(settings)

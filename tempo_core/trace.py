@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from .config import echo_name, echo_value
+
 SCHEMA_VERSION = 1
 
 
@@ -144,9 +146,14 @@ def _text(where: str, v: Any) -> None:
         raise TraceError(f"{where}: at most {MAX_TEXT:,} characters, got {len(v):,}")
 
 
-def _mapping(where: str, v: Any, allowed: set[str], required: set[str]) -> dict:
+def _object(where: str, v: Any) -> dict:
     if not isinstance(v, dict):
         raise TraceError(f"{where}: must be an object, got {_brief(v)}")
+    return v
+
+
+def _mapping(where: str, v: Any, allowed: set[str], required: set[str]) -> dict:
+    _object(where, v)
     unknown = set(v) - allowed
     if unknown:
         raise TraceError(f"{where}: unknown field {sorted(unknown)[0]!a}")
@@ -156,15 +163,9 @@ def _mapping(where: str, v: Any, allowed: set[str], required: set[str]) -> dict:
     return v
 
 
-def _name(k: Any) -> str:
-    """A key from the file, safe to show in a message."""
-    text = ascii(str(k))[1:-1]
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _brief(v: Any) -> str:
-    text = ascii(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A value from the file as a message shows it: scalars as written, containers by their type."""
+    return echo_value(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
 
 
 def _check_candidate(where: str, c: Any) -> None:
@@ -183,15 +184,15 @@ def _check_candidate(where: str, c: Any) -> None:
     if not isinstance(c.get("unattended", False), bool):
         raise TraceError(f"{where}.unattended: must be true or false")
     by_step = c.get("attention_by_step", {})
-    _mapping(f"{where}.attention_by_step", by_step, set(by_step), set())
+    _object(f"{where}.attention_by_step", by_step)
     for k, v in by_step.items():
         if not str(k).isdigit():
-            raise TraceError(f"{where}.attention_by_step: keys must be step numbers, got {_name(k)!r}")
+            raise TraceError(f"{where}.attention_by_step: keys must be step numbers, got {echo_name(k)!r}")
         _number(f"{where}.attention_by_step[{k}]", v)
     by_layer = c.get("attention_by_layer", {})
-    _mapping(f"{where}.attention_by_layer", by_layer, set(by_layer), set())
+    _object(f"{where}.attention_by_layer", by_layer)
     for k, per in by_layer.items():
-        _mapping(f"{where}.attention_by_layer[{_name(k)}]", per, set(per), set())
+        _object(f"{where}.attention_by_layer[{echo_name(k)}]", per)
         if not str(k).isdigit() or not all(str(layer).isdigit() for layer in per):
             raise TraceError(f"{where}.attention_by_layer: keys must be step and layer numbers")
         for layer, v in per.items():
@@ -266,13 +267,12 @@ def check_trace_data(data: Any, max_steps: int, max_candidates: int) -> None:
     for i, t in enumerate(ids):
         _integer(f"prompt_token_ids[{i}]", t)
     for k in ("timings", "stats"):
-        d = data.get(k, {})
-        _mapping(k, d, set(d), set())
+        d = _object(k, data.get(k, {}))
         for name, v in d.items():
             if not isinstance(v, (str, bool)):
-                _number(f"{k}.{_name(name)}", v, nullable=True)
+                _number(f"{k}.{echo_name(name)}", v, nullable=True)
             elif isinstance(v, str):
-                _text(f"{k}.{_name(name)}", v)
+                _text(f"{k}.{echo_name(name)}", v)
     steps = data["steps"]
     if not isinstance(steps, list):
         raise TraceError(f"steps: must be a list, got {_brief(steps)}")
