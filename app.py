@@ -21,7 +21,7 @@ import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
-from components.api import BodyLimit, add_routes
+from components.api import BodyLimit, add_routes, admit
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
                                  settings_from_form)
 from components.compare_tab import add_run, build_compare_tab
@@ -33,9 +33,8 @@ from components.views import curve_view, heatmap_view, text_view, tree_view
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
-from tempo_core.config import FIELDS, TempoSettings, validate_prompt
-from tempo_core.engine import encode_prompt
-from tempo_core.limits import Limits, RunStop, check_budget
+from tempo_core.config import FIELDS, TempoSettings
+from tempo_core.limits import Limits, RunStop
 
 log = logging.getLogger("tempo.app")
 MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
@@ -134,6 +133,7 @@ class Explorer:
     store: TraceStore = field(default_factory=TraceStore)
     executor: ThreadPoolExecutor | None = None  # the model's threads (model_executor); made here if not given
     research_executor: ThreadPoolExecutor = field(init=False)
+    form_names: tuple[str, ...] = ()  # the form's settings, in order (build_demo fills it when it lays them out)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.concurrency)
@@ -145,10 +145,7 @@ class Explorer:
     # --- requests -> settings -------------------------------------------------------------------------------
     def settings(self, form: dict[str, Any], runs: int = 1) -> TempoSettings:
         """Validated settings within this server's caps and compute budget (SettingsError names the field)."""
-        s = settings_from_form(form, self.limits)
-        validate_prompt(s)
-        check_budget(s, len(encode_prompt(self.lm, s)[1]), self.limits, runs)
-        return s
+        return admit(self.lm, settings_from_form(form, self.limits), self.limits, runs)
 
     def _gpu_seconds(self, s: TempoSettings, stop: RunStop) -> float:
         return self.limits.max_seconds + 10
@@ -180,7 +177,7 @@ class Explorer:
         """Generate: (tree, heatmap, curve, text, status, trace state, history), streamed while the run goes on.
         Decoding runs in its own thread at full speed; frames show its latest state (components/live.py)."""
         key = session_key(request)
-        flag = self.stops.start(key, None)
+        flag = self.stops.start(key)
         try:
             try:
                 s = self.settings(form)
@@ -203,9 +200,7 @@ class Explorer:
         window = s.pruning_window
         try:
             for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S, self.executor):
-                running = not done
-                frame = (tree_view(trace, live=running), heatmap_view(trace), curve_view(trace, len(trace.steps) - 1),
-                         text_view(trace), status_line(trace, running))
+                frame = (*views(trace, live=not done), status_line(trace, not done))
                 if done:
                     data = trace.to_dict()
                     yield (*frame, data, add_run(history, data))
@@ -268,13 +263,11 @@ class Explorer:
         values = [v if n in changed else gr.skip() for n, v in zip(names, form_values(s, names))]
         return (*values, curve_view(s))
 
-    form_names: tuple[str, ...] = ()
-
 
 def views(trace: Trace, selected: str | None = None, current: int | None = None,
-          expanded: frozenset[int] = frozenset()) -> tuple:
-    """(tree, heatmap, curve, text) of a stored trace."""
-    return (tree_view(trace, selected, expanded), heatmap_view(trace),
+          expanded: frozenset[int] = frozenset(), live: bool = False) -> tuple:
+    """(tree, heatmap, curve, text) of a trace; `live`: a run still growing."""
+    return (tree_view(trace, selected, expanded, live=live), heatmap_view(trace),
             curve_view(trace, len(trace.steps) - 1 if current is None else current), text_view(trace))
 
 
@@ -289,7 +282,8 @@ def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
     """A node of the tree or heatmap, or a token of the text, was clicked: (tree, details, pick, rewind pick,
     outer tab, research tab, expanded stretches). A collapsed stretch expands; a pruned cross in the heatmap
     opens its rewind."""
-    node = str((getattr(evt, "_data", None) or {}).get("node") or "")
+    event = getattr(evt, "_data", None) or {}
+    node = str(event.get("node") or "")
     skip = (gr.skip(),) * 7
     if not data or not node:
         return skip
@@ -306,7 +300,7 @@ def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
     if found is None:
         return skip
     pruned = found[2].pruned_at is not None and trace.mode == "tempo"
-    from_heatmap = "heatmap" in str((getattr(evt, "_data", None) or {}).get("source") or "")
+    from_heatmap = "heatmap" in str(event.get("source") or "")
     return (tree_view(trace, node, opened), node_details(trace, node), node, node if pruned else gr.skip(),
             gr.Tabs(selected="research") if pruned and from_heatmap else gr.skip(),
             gr.Tabs(selected="rewind") if pruned and from_heatmap else gr.skip(), gr.skip())
@@ -406,10 +400,16 @@ def build_demo(app: Explorer) -> gr.Blocks:
         run_btn.click(lambda: [], None, expanded, queue=False, api_visibility="private")
         run_evt = run_btn.click(app.run_stream, [history], outputs, inputs_kwargs=controls, api_name="generate",
                                 concurrency_limit=app.concurrency, concurrency_id="model", show_progress="hidden")
-        for then in (run_evt.then(app.after_run, [trace_state], finished, api_visibility="private", **view),):
-            then.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private",
+
+        def after_trace(event: Any) -> None:
+            """A trace arrived (a run ended, a file was loaded): downloads and links, then the research and
+            compare tabs."""
+            done = event.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
+            done.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private",
                       **view)
-            then.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
+            done.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
+
+        after_trace(run_evt)
         stop_btn.click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
 
         node_pick.change(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
@@ -418,11 +418,8 @@ def build_demo(app: Explorer) -> gr.Blocks:
         for source in (text_box, tree_plot, heat_plot):
             source.click(clicked, [trace_state, expanded], click_outputs, api_visibility="private", **view)
         replay.input(replay_to, [trace_state, replay], [*figures, status], api_name="replay", **view)
-        loaded = upload.upload(app.load_trace, [history, upload], [*outputs, *inputs], api_visibility="private",
-                               **view)
-        loaded = loaded.then(app.after_run, [trace_state], finished, api_visibility="private", **view)
-        loaded.then(research["refresh"], [trace_state], research["refresh_outputs"], api_visibility="private", **view)
-        loaded.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
+        after_trace(upload.upload(app.load_trace, [history, upload], [*outputs, *inputs], api_visibility="private",
+                                  **view))
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731

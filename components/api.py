@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings, run
-from tempo_core.config import validate_prompt
+from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.engine import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
@@ -42,16 +42,21 @@ class BodyTooLarge(SettingsError):
         super().__init__("body", message)
 
 
-def prepare(lm: LoadedModel, body: Any, limits: Limits):
+def admit(lm: LoadedModel, s: TempoSettings, limits: Limits, runs: int = 1) -> TempoSettings:
+    """Settings (already within the caps) may run here: a usable prompt, and an estimated cost of `runs` runs
+    within the budget. SettingsError names the field otherwise. The API and the page both come through here."""
+    validate_prompt(s)
+    check_budget(s, len(encode_prompt(lm, s)[1]), limits, runs)
+    return s
+
+
+def prepare(lm: LoadedModel, body: Any, limits: Limits) -> TempoSettings:
     """A request body -> validated settings within this server's caps and budget (SettingsError otherwise)."""
     if not isinstance(body, dict):
         raise SettingsError("body", 'must be a JSON object of settings (snake_case), e.g. {"prompt": "Hi"}')
     if "prompt" not in body:
         raise SettingsError("prompt", "is required: a non-empty string")
-    s = build_settings(body, caps=limits.caps)
-    validate_prompt(s)
-    check_budget(s, len(encode_prompt(lm, s)[1]), limits)
-    return s
+    return admit(lm, build_settings(body, caps=limits.caps), limits)
 
 
 async def read_body(request: Request) -> Any:

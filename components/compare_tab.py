@@ -94,9 +94,6 @@ def build_compare_tab(app: Any, history: gr.State) -> dict:
         overlay = gr.Plot(label="Overlay: one tree, differences marked", elem_id="compare-diff")
     outputs = [tree_a, tree_b, text_a, text_b, numbers, overlay]
 
-    def show(hist, a_id, b_id):
-        return compare(hist, a_id, b_id)
-
     def newest_pair(hist):
         ids = [h["id"] for h in reversed(hist or [])]
         a = ids[0] if ids else None
@@ -116,7 +113,7 @@ def build_compare_tab(app: Any, history: gr.State) -> dict:
         return (hist, *newest_pair(hist))
 
     view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency, "api_visibility": "private"}
-    pick_a.input(show, [history, pick_a, pick_b], outputs, **view)
-    pick_b.input(show, [history, pick_a, pick_b], outputs, **view)
+    pick_a.input(compare, [history, pick_a, pick_b], outputs, **view)
+    pick_b.input(compare, [history, pick_a, pick_b], outputs, **view)
     upload.upload(add_upload, [history, upload], [history, pick_a, pick_b, *outputs], **view)
     return {"refresh": newest_pair, "refresh_outputs": [pick_a, pick_b, *outputs]}

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 
 from tempo_core.trace import Trace, clean_token_ids
 
-from .views import PATH, PRUNED, UIREVISION, curve_view, heatmap_view, show_token, text_view, tree_view
+from .views import curve_view, heatmap_view, main_path, seen_by_next_step, text_view, tree_view
 
 def node_id(step: int, idx: int) -> str:
     return f"{step}:{idx}"
@@ -25,18 +25,13 @@ def tree_graph(trace: Trace) -> nx.DiGraph:
     (For the tree as it stood at an earlier step, pass `components.inspect.trace_at(trace, step)`.)"""
     steps = trace.steps
     g = nx.DiGraph()
-    clean = set()
-    for st in steps:
-        alive = st.alive
-        if alive:
-            clean.add(node_id(st.step, st.candidates.index(max(alive, key=lambda c: c.prob))))
+    path = main_path(trace)
     for st in steps:
         for i, c in enumerate(st.candidates):  # most probable first: they end up on top of the layer
-            g.add_node(node_id(st.step, i), step=st.step, idx=i, cand=c, on_path=node_id(st.step, i) in clean)
+            g.add_node(node_id(st.step, i), step=st.step, idx=i, cand=c, on_path=node_id(st.step, i) in path)
     for prev, nxt in zip(steps, steps[1:]):
         for i, c in enumerate(prev.candidates):
-            visible = c.row >= 0 and (c.pruned_at is None or c.pruned_at > prev.step)
-            if not visible:
+            if not seen_by_next_step(prev, c):
                 continue
             for j, _ in enumerate(nxt.candidates):
                 g.add_edge(node_id(prev.step, i), node_id(nxt.step, j))
@@ -89,4 +84,4 @@ def save_figures(trace: Trace, out: Path) -> list[str]:
 
 
 __all__ = ["tree_figure", "attention_figure", "threshold_figure", "text_html", "report_html", "save_figures",
-           "tree_graph", "clean_token_ids", "show_token", "PATH", "PRUNED", "UIREVISION"]
+           "tree_graph", "clean_token_ids"]

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from tempo_core.config import SettingsError, build_settings
-from tempo_core.trace import Candidate, Trace, TraceError, check_trace_data
+from tempo_core.trace import Candidate, Trace, check_trace_data
 from tempo_core.trace import rewind as trace_at  # noqa: F401 - the tree as it stood at a step
 
 MAX_UPLOAD_BYTES = 8_000_000
@@ -79,6 +79,6 @@ def read_trace_file(file: Any, max_steps: int, max_candidates: int, max_bytes: i
         raise ValueError("not a TEMPO trace: JSON nested too deeply") from None
     except SettingsError as exc:
         raise ValueError(f"not a TEMPO trace: settings.{exc}") from None
-    except (TraceError, ValueError) as exc:
+    except ValueError as exc:  # TraceError and the size check
         message = str(exc)
         raise ValueError(message if message.startswith("not a TEMPO trace") else f"not a TEMPO trace: {message}") from None

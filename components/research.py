@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 from tempo_core.layout import step_mask
 from tempo_core.trace import Trace
 
-from .figures import PATH, PRUNED, UIREVISION, show_token
+from .views import PATH, PRUNED, UIREVISION, show_token
 
 
 def faithfulness_figure(trace: Trace) -> go.Figure:

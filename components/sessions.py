@@ -90,11 +90,12 @@ class StopFlags:
             while len(self._queued) > self.max_sessions:
                 self._queued.popitem(last=False)
 
-    def start(self, session: str, max_seconds: float | None) -> RunStop:
-        """The run begins: its flag (set if Stop was pressed while it was queued) with a deadline from now."""
+    def start(self, session: str) -> RunStop:
+        """The run begins: its flag, already set if Stop was pressed while it was queued. (Its clock starts when
+        it gets the model: `RunStop.start_clock`.)"""
         with self._lock:
             queued = self._queued.pop(session, None)
-            flag = RunStop(max_seconds)
+            flag = RunStop()
             if queued is not None and queued.is_set():
                 flag.stop()
             self._running[session] = flag

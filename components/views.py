@@ -56,6 +56,11 @@ def main_path(trace: Trace) -> set[str]:
     return out
 
 
+def seen_by_next_step(st: Step, c: Candidate) -> bool:
+    """Whether the next step's candidates could attend to `c` (fed, and not pruned at its own step)."""
+    return c.row >= 0 and (c.pruned_at is None or c.pruned_at > st.step)
+
+
 @dataclass(frozen=True)
 class Unit:
     """A column of the tree: one step, or a stretch of single-candidate steps `first..last` drawn as one node."""
@@ -154,7 +159,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
                       "x" if not c.alive else "circle", 3 if on_path else 0.5,
                       "top center" if st.step % 2 == 0 else "bottom center")
             here.append((st.step, -i, nid))
-            if c.row >= 0 and (c.pruned_at is None or c.pruned_at > st.step):  # the next step could see it
+            if seen_by_next_step(st, c):
                 leaving.append((st.step, -i, nid))
         k = len(st.candidates)
         for j, alt in enumerate(st.alternatives[:3] if trace.mode == "tempo" else []):

@@ -208,9 +208,10 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
         hidden = seq.layout.dead_rows()
         rows, logits, attention = seq.feed(ids, prompt_len + step)
         threshold = pruning_threshold(step, s) if pruner else None
-        context = clean_token_ids(trace.steps[-3:])
+        texts = [lm.decode([i]) for i in ids]
+        context = clean_token_ids(trace.steps[-3:]) if any("\ufffd" in t for t in texts) else []
         cands = [Candidate(i, text, p, row=r, display=repaired_text(lm, i, text, context))
-                 for i, p, r in zip(ids, ps, rows) for text in [lm.decode([i])]]
+                 for i, text, p, r in zip(ids, texts, ps, rows)]
         near = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in missed if i not in ids]
         trace.steps.append(Step(step, prompt_len + step, s.selection_threshold, threshold, cands,
                                 hidden_rows=hidden, dropped_eos=dropped, alternatives=near))

@@ -118,7 +118,7 @@ class RunStop(threading.Event):
 
     def __init__(self, max_seconds: float | None = None):
         super().__init__()
-        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.start_clock(max_seconds)
         self.reason = "stopped"
 
     def start_clock(self, max_seconds: float | None) -> None:

@@ -247,15 +247,21 @@ def _post_and_hang_up(url: str, body: dict, after_s: float) -> None:
         pass
 
 
+def _occupy(pool: ThreadPoolExecutor, url: str, slots, waiting: int, long_s: float, short_s: float) -> None:
+    """One long API run holds the model (hanging up after `long_s`); `waiting` short ones queue behind it
+    (hanging up after `short_s`)."""
+    pool.submit(_post_and_hang_up, url, LONG_MCTS, long_s)
+    assert wait_until(lambda: slots.active == 1)
+    for _ in range(waiting):
+        pool.submit(_post_and_hang_up, url, {"prompt": "the dog", "max_tokens": 4}, short_s)
+    assert wait_until(lambda: slots.waiting == waiting), slots.waiting
+
+
 def test_health_answers_while_dozens_of_api_requests_wait(lm):
     with serve(lm, concurrency=1, limits=ROOMY) as (url, fastapi_app):
         slots = fastapi_app.state.explorer.slots
         with ThreadPoolExecutor(31) as pool:
-            pool.submit(_post_and_hang_up, url, LONG_MCTS, 12.0)
-            assert wait_until(lambda: slots.active == 1)
-            for _ in range(30):
-                pool.submit(_post_and_hang_up, url, {"prompt": "the dog", "max_tokens": 4}, 8.0)
-            assert wait_until(lambda: slots.waiting == 30), slots.waiting
+            _occupy(pool, url, slots, 30, 12.0, 8.0)
             for _ in range(5):
                 t0 = time.perf_counter()
                 health = httpx.get(url + "/health", timeout=5).json()
@@ -270,11 +276,7 @@ def test_too_many_waiting_requests_get_a_503(lm):
     with serve(lm, concurrency=1, limits=Limits(**{**ROOMY.__dict__, "max_waiting": 2})) as (url, fastapi_app):
         slots = fastapi_app.state.explorer.slots
         with ThreadPoolExecutor(3) as pool:
-            pool.submit(_post_and_hang_up, url, LONG_MCTS, 6.0)
-            assert wait_until(lambda: slots.active == 1)
-            for _ in range(2):
-                pool.submit(_post_and_hang_up, url, {"prompt": "the dog", "max_tokens": 4}, 4.0)
-            assert wait_until(lambda: slots.waiting == 2)
+            _occupy(pool, url, slots, 2, 6.0, 4.0)
             r = httpx.post(url + "/api/generate", json={"prompt": "the dog", "max_tokens": 4}, timeout=10)
             assert r.status_code == 503 and "retry later" in r.json()["detail"] and r.headers["retry-after"]
             assert wait_until(lambda: slots.active == 0 and slots.waiting == 0, 30)
@@ -407,11 +409,11 @@ def test_a_stop_pressed_while_the_run_is_queued_is_kept_for_that_run():
     flags = StopFlags()
     flags.arm("s")
     assert flags.stop("s")  # queued: remembered
-    assert flags.start("s", None).is_set()
+    assert flags.start("s").is_set()
     flags.stop("s")  # nothing running or queued now: ignored ...
     flags.finish("s", RunStop())
     flags.arm("s")  # ... and a new Generate starts clean
-    running = flags.start("s", None)
+    running = flags.start("s")
     assert not running.is_set()
     assert flags.stop("s") and running.is_set() and running.reason == "stopped"
 
