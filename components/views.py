@@ -26,6 +26,9 @@ UIREVISION = "tempo"
 WINDOW = 25  # steps in view at once (the newest; the range slider under the tree shows them all)
 COLLAPSE_MIN = 3  # this many single-candidate steps in a row become one node
 LABEL_PROB = 0.15  # below this (and off the main path) a candidate's label is on hover only
+# light (little attention) to dark (much), spelled out: plotly.js's own "Blues" runs the other way, and these
+# dicts reach plotly.js unvalidated (Python's go.Figure would have swapped in its own light-to-dark "Blues")
+BLUES = [[0.0, "#f7fbff"], [0.25, "#c6dbef"], [0.5, "#6baed6"], [0.75, "#2171b5"], [1.0, "#08306b"]]
 # Viridis at 0, 0.1, ..., 1
 _VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b",
             "#fde725", "#fde725"]
@@ -272,7 +275,7 @@ def heatmap_view(trace: Trace) -> dict:
                 below_y.append(label)
     crosses = [(c.pruned_at - st, label, f"{st}:{i}") for (st, i, c), label in zip(rows, labels)
                if c.pruned_at is not None]
-    data = [{"type": "heatmap", "x": cols, "y": labels, "z": z, "colorscale": "Blues", "zmin": 0,
+    data = [{"type": "heatmap", "x": cols, "y": labels, "z": z, "colorscale": BLUES, "zmin": 0,
              "hovertext": hover, "hoverinfo": "text", "xgap": 2, "ygap": 2, "name": "attention paid",
              "customdata": [[f"{st}:{i}"] * len(cols) for st, i, _ in rows],
              "colorbar": {"title": {"text": "attention"}, "thickness": 10, "len": min(1.0, 300 / (80 + 20 * len(rows)))}},

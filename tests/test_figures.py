@@ -59,6 +59,8 @@ def test_attention_figure_shows_candidates_at_risk_and_the_threshold():
     # " a" (score 0.15) was never near the thresholds (0.04, 0.07); " c" (0.045) and " d" (pruned) were
     assert [row[0] for row in heat.customdata] == ["0:1", "0:2"]
     assert list(heat.x) == [1, 2] and [list(r) for r in heat.z] == [[0.05, 0.04], [0.001, 0.002]]
+    scale = heat.colorscale  # light for little attention, dark for much, whatever plotly.js calls "Blues"
+    assert scale[0][1] == "#f7fbff" and scale[-1][1] == "#08306b"
     below = next(tr for tr in fig.data if tr.name == "below the threshold then")
     assert list(below.x) == [2, 1, 2]  # c at 2 steps later (0.04 < 0.07); d both times
     marks = next(tr for tr in fig.data if tr.name.startswith("pruned here"))
