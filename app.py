@@ -29,7 +29,7 @@ from components.live import live_traces
 from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
-from components.views import curve_view, heatmap_view, text_view, tree_view
+from components.views import curve_view, heatmap_view, text_view, tree_view, units
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
@@ -290,11 +290,10 @@ def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
     trace = Trace.from_dict(data)
     opened = frozenset(expanded or ())
     if node.startswith("run:"):
-        try:
-            first = int(node[4:].split("-")[0])
-        except ValueError:
+        stretch = next((u for u in units(trace, opened) if u.collapsed and u.id == node), None)
+        if stretch is None:  # only a stretch this tree really shows (the browser's id is not trusted)
             return skip
-        opened = opened | {first}
+        opened = opened | {stretch.first}
         return (tree_view(trace, expanded=opened), *[gr.skip()] * 5, sorted(opened))
     found = find_node(trace, node)
     if found is None:

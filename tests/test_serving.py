@@ -470,3 +470,31 @@ def test_no_route_parses_a_huge_body(lm):
     assert r.status_code == 413 and "request body over" in r.json()["detail"]
     r = client.post("/gradio_api/queue/join", content=iter([b"a" * 100_000] * 10))  # chunked, no length
     assert r.status_code == 413
+
+
+def test_the_servers_knobs_come_from_the_environment(lm, monkeypatch):
+    env = {"TEMPO_APP_MAX_TOKENS": "50", "TEMPO_APP_MAX_SECONDS": "7.5", "TEMPO_API_MAX_WAITING": "3",
+           "TEMPO_QUEUE_SIZE": "9", "TEMPO_MAX_SESSIONS": "11", "TEMPO_VIEW_CONCURRENCY": "3",
+           "TEMPO_RESEARCH_CONCURRENCY": "2", "TEMPO_CONCURRENCY": "2"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fastapi_app = tempo_app.build_app(lm)
+    explorer, demo = fastapi_app.state.explorer, fastapi_app.state.demo
+    assert explorer.limits.max_tokens == 50 and explorer.limits.max_seconds == 7.5
+    assert explorer.limits.max_waiting == 3 and explorer.slots.limit == 2 and explorer.research_slots.limit == 2
+    assert explorer.view_concurrency == 3 and demo._queue.max_size == 9 and demo.state_session_capacity == 11
+    r = TestClient(fastapi_app).post("/api/generate", json={"prompt": "x", "max_tokens": 60})
+    assert "[1, 50] on this server" in r.json()["detail"][0]["msg"]
+    monkeypatch.setenv("TEMPO_APP_MAX_SECONDS", "soon")
+    with pytest.raises(ValueError, match="TEMPO_APP_MAX_SECONDS: must be a positive number, got 'soon'"):
+        Limits.from_env()
+
+
+def test_the_faithfulness_phase_reports_progress_before_the_last_event(lm):
+    from tempo_core import generate
+    s = build_settings({"prompt": "the cat", "max_tokens": 4, "selection_threshold": 0.05, "faithfulness": True})
+    events = list(generate(lm, s))
+    progress = [e.progress for e in events if e.progress]
+    assert progress and progress[0] == "measuring faithfulness 0%" and all("%" in p for p in progress)
+    assert events[-1].done and events[-1].progress is None and events[-1].trace.faithfulness is not None
+    assert sum(1 for e in events if not e.progress and not e.done) == 4  # one event per step, as before

@@ -199,6 +199,10 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     out = tempo_app.clicked(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": stretch.id}))
     nodes = next(t for t in out[0]["data"] if t["name"] == "candidate")
     assert f"{stretch.first}:0" in nodes["customdata"] and out[-1] == [stretch.first]
+    import gradio as gr
+    for bogus in ("run:999999-1000000", "run:x", f"run:{stretch.first}-{stretch.last + 5}"):  # not on the page
+        out = tempo_app.clicked(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": bogus}))
+        assert all(v == gr.skip() for v in out)  # nothing changes, the expanded list does not grow
     trace = run(lm, build_settings(LONG))
     data = trace.to_dict()
     pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
