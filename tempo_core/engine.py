@@ -25,7 +25,7 @@ from .limits import stop_reason
 from .model import LoadedModel
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
-from .selection import mixture, select_with_near_misses, to_probs
+from .selection import mixture, select_forced, select_with_near_misses, to_probs
 from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summarise
 
 THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
@@ -173,11 +173,13 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
 
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-                 prefix: list[Step] | None = None) -> Iterator[StepEvent]:
+                 prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None) -> Iterator[StepEvent]:
     """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
 
     `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
     one forward instead of one per step, and the loop continues after them.
+    `force`: {step: token ids} that step's set is, instead of what the threshold selects ("continue from here");
+    recorded in `trace.stats` as `forced_step` / `forced_token`.
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
@@ -200,7 +202,11 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
             trace.stop_reason = stop_reason(stop)
             break
         ts = time.perf_counter()
-        ids, ps, missed = select_with_near_misses(probs, s.selection_threshold, s.max_parallel_tokens)
+        if force and step in force:
+            ids, ps, missed = select_forced(probs, force[step])
+            trace.stats.update(forced_step=step, forced_token="/".join(lm.decode([i]) for i in force[step]))
+        else:
+            ids, ps, missed = select_with_near_misses(probs, s.selection_threshold, s.max_parallel_tokens)
         ids, ps, is_end, dropped = split_eos(ids, ps, eos, step >= s.min_steps, probs)
         if is_end:
             trace.stop_reason = "eos"

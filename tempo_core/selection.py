@@ -26,6 +26,15 @@ def select_with_near_misses(probs: torch.Tensor, threshold: float, max_candidate
     return top_i[:n], top_p[:n], list(zip(top_i[n:n + misses], top_p[n:n + misses]))
 
 
+def select_forced(probs: torch.Tensor, token_ids: list[int], misses: int = 3
+                  ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
+    """A set chosen by the user ("continue from here"): `token_ids` with their probabilities, and the `misses`
+    most probable tokens besides them (what the threshold would have offered)."""
+    top_p, top_i = probs.topk(min(len(token_ids) + misses, probs.numel()))
+    others = [(i, p) for i, p in zip(top_i.tolist(), top_p.tolist()) if i not in token_ids][:misses]
+    return list(token_ids), [float(probs[i]) for i in token_ids], others
+
+
 def mixture(probs_per_sibling: torch.Tensor, weights: list[float]) -> torch.Tensor:
     """Probability-weighted mixture sum_i w_i p_i(x) with weights renormalised over live siblings.
 

@@ -1,0 +1,116 @@
+"""Steering: a forced branch against a run from scratch and against plain transformers greedy decoding."""
+
+import pytest
+import torch
+
+from tempo_core import build_settings, run
+from tempo_core.config import SettingsError
+from tempo_core.engine import tempo_events
+from tempo_core.steer import continue_from, lower_threshold_preview
+from tiny import tiny_llama
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=0)
+
+
+def last(events):
+    event = None
+    for event in events:
+        pass
+    return event.trace
+
+
+def greedy(lm, ids, n):
+    ids = torch.tensor([ids])
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                            temperature=None, top_p=None, top_k=None)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def branching_node(trace):
+    """A step with several candidates, and the index of a candidate other than the most probable."""
+    for st in trace.steps[1:]:
+        if len(st.candidates) > 1:
+            return st.step, len(st.candidates) - 1
+    raise AssertionError("the run never branched")
+
+
+@pytest.mark.parametrize("pruning", [False, True])
+def test_continue_from_equals_a_run_from_scratch_forced_at_that_step(lm, pruning):
+    s = build_settings(dict(prompt="once upon a time", max_tokens=14, selection_threshold=0.08,
+                            use_retroactive_pruning=pruning, attention_threshold=0.05))
+    original = run(lm, s)
+    step, index = branching_node(original)
+    token = original.steps[step].candidates[index].token_id
+
+    resumed = last(continue_from(lm, original, step, index))
+    scratch = last(tempo_events(lm, s, force={step: [token]}))
+
+    assert resumed.stats["reused_steps"] == step  # the shared prefix was fed in one forward, not re-decoded
+    assert resumed.stats["forward_passes"] < scratch.stats["forward_passes"]
+    assert resumed.stats["forced_step"] == step == scratch.stats["forced_step"]
+    assert [c.token_id for c in resumed.steps[step].candidates] == [token]
+    assert len(resumed.steps) == len(scratch.steps)
+    for a, b in zip(resumed.steps, scratch.steps):
+        assert [c.token_id for c in a.candidates] == [c.token_id for c in b.candidates]
+        assert [c.pruned_at for c in a.candidates] == [c.pruned_at for c in b.candidates]
+        for ca, cb in zip(a.candidates, b.candidates):
+            assert abs(ca.prob - cb.prob) < TOL
+    # the earlier steps are the original's (before any pruning decided after the fork)
+    for a, b in zip(resumed.steps[:step], original.steps[:step]):
+        assert [c.token_id for c in a.candidates] == [c.token_id for c in b.candidates]
+    assert original.steps[step].candidates[index].token_id == token  # the original run is untouched
+
+
+def test_forced_run_at_threshold_one_is_greedy_decoding_of_prompt_plus_forced_token(lm):
+    s = build_settings(dict(prompt="the cat sat on the mat", max_tokens=16, selection_threshold=1.0,
+                            raw_prompt=True, use_retroactive_pruning=True))
+    plain = run(lm, s)
+    step = 4
+    forced = plain.steps[step].alternatives[1]["token_id"]  # a token greedy would not pick
+    trace = last(tempo_events(lm, s, force={step: [forced]}))
+    ours = [st.candidates[0].token_id for st in trace.steps]
+    assert all(len(st.candidates) == 1 for st in trace.steps)
+    head = [st.candidates[0].token_id for st in plain.steps[:step]]
+    assert ours[:step + 1] == head + [forced]
+    expected = greedy(lm, trace.prompt_token_ids + head + [forced], s.max_tokens - step - 1)
+    rest = ours[step + 1:]
+    if trace.stop_reason == "eos":
+        assert expected[len(rest)] in lm.eos_ids
+        expected = expected[:len(rest)]
+    assert rest == expected and rest
+
+
+def test_forced_probability_is_the_models_probability_for_that_token(lm):
+    s = build_settings(dict(prompt="once upon a time", max_tokens=6, selection_threshold=1.0))
+    plain = run(lm, s)
+    alt = plain.steps[2].alternatives[0]
+    trace = last(tempo_events(lm, s, force={2: [alt["token_id"]]}))
+    assert abs(trace.steps[2].candidates[0].prob - alt["prob"]) < TOL
+    assert trace.steps[2].candidates[0].token_id not in [a["token_id"] for a in trace.steps[2].alternatives]
+
+
+def test_continue_from_refuses_a_missing_node_and_other_modes(lm):
+    s = build_settings(dict(prompt="once upon a time", max_tokens=4, selection_threshold=0.1))
+    trace = run(lm, s)
+    with pytest.raises(SettingsError, match="node"):
+        continue_from(lm, trace, 9, 0)
+    with pytest.raises(SettingsError, match="node"):
+        continue_from(lm, trace, 0, 7)
+    baseline = run(lm, s.replace(default_mode=True))
+    with pytest.raises(SettingsError, match="mode"):
+        continue_from(lm, baseline, 0, 0)
+
+
+def test_lower_threshold_preview_lists_the_set_and_its_near_misses_by_probability(lm):
+    s = build_settings(dict(prompt="once upon a time", max_tokens=3, selection_threshold=0.3))
+    trace = run(lm, s)
+    rows = lower_threshold_preview(trace, 1)
+    probs = [r["prob"] for r in rows]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(r["kept"] for r in rows) == len(trace.steps[1].candidates)
+    assert len(rows) == len(trace.steps[1].candidates) + len(trace.steps[1].alternatives)
