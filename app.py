@@ -25,6 +25,7 @@ from components.api import BodyLimit, add_routes, admit
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
                                  settings_from_form)
 from components.compare_tab import add_run, build_compare_tab
+from components import frame_diff
 from components.live import live_traces
 from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
@@ -124,7 +125,7 @@ class Explorer:
     """What the page's handlers share: the model, this server's limits and its per-session bookkeeping."""
     lm: LoadedModel
     limits: Limits = field(default_factory=Limits.from_env)
-    concurrency: int = 1
+    concurrency: int = 32  # runs at once; the model thread serves them a step at a time (components/live.py)
     research_concurrency: int = 1
     view_concurrency: int = 2  # figure rebuilds from stored traces (replay, uploads, clicks) at once
     slots: Slots = field(init=False)
@@ -138,7 +139,7 @@ class Explorer:
     def __post_init__(self) -> None:
         self.slots = Slots(self.concurrency)
         self.research_slots = Slots(self.research_concurrency)
-        self.executor = self.executor or model_executor(self.concurrency)
+        self.executor = self.executor or model_executor(1)
         self.research_executor = model_executor(self.research_concurrency, "tempo-research")
         self.decode = on_gpu(self._decode, self._gpu_seconds)
 
@@ -199,7 +200,8 @@ class Explorer:
     def _frames(self, s: TempoSettings, flag: RunStop, history: list | None) -> Iterator[tuple]:
         window = s.pruning_window
         try:
-            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S, self.executor):
+            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S, self.executor,
+                                           waited=flag.extend):
                 frame = (*views(trace, live=not done), status_line(trace, not done))
                 if done:
                     data = trace.to_dict()
@@ -435,7 +437,7 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
               executor: ThreadPoolExecutor | None = None) -> FastAPI:
     """FastAPI app: /health, /api/generate, /api/v2/generate, /download/..., /docs, and the Gradio UI at /.
     `executor`: the threads the model was loaded on (model_executor), which then make every run."""
-    app = Explorer(lm, limits or Limits.from_env(), concurrency or _env_int("TEMPO_CONCURRENCY", 1),
+    app = Explorer(lm, limits or Limits.from_env(), concurrency or _env_int("TEMPO_CONCURRENCY", 32),
                    _env_int("TEMPO_RESEARCH_CONCURRENCY", 1), _env_int("TEMPO_VIEW_CONCURRENCY", 2),
                    executor=executor)
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
@@ -443,8 +445,10 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     add_routes(api, lm, app.slots, app.store, app.limits, app.executor)
     api.add_api_route("/assets/plotly.min.js", lambda: FileResponse(PLOTLY_JS, headers={
         "Cache-Control": "public, max-age=86400"}), methods=["GET"], include_in_schema=False)
+    frame_diff.install()  # Gradio's own frame diff corrupts figures whose lists shrink (components/frame_diff.py)
     demo = build_demo(app)
     demo.queue(max_size=_env_int("TEMPO_QUEUE_SIZE", 64))
+    demo.max_threads = app.concurrency + 40  # a streaming run waits for its steps in a worker thread
     demo.state_session_capacity = _env_int("TEMPO_MAX_SESSIONS", 200)
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
                               head=RANGE_NOTE_HEAD, max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
@@ -459,7 +463,7 @@ def main() -> None:
     from tempo_core import load_model
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        executor = model_executor(_env_int("TEMPO_CONCURRENCY", 1))
+        executor = model_executor(_env_int("TEMPO_MODEL_THREADS", 1))
         lm = executor.submit(load_model, os.environ.get("TEMPO_MODEL"), os.environ.get("TEMPO_DEVICE"),
                              os.environ.get("TEMPO_DTYPE")).result()
         fastapi_app = build_app(lm, executor=executor)

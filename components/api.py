@@ -11,19 +11,20 @@ import asyncio
 import json
 import os
 import re
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings, run
+from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.engine import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
 from .figures import report_html
+from .live import step_by_step
 from .sessions import Slots, TraceStore
 
 MAX_BODY_BYTES = int(os.environ.get("TEMPO_API_MAX_BODY_BYTES", str(256 * 1024)))
@@ -150,7 +151,16 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         try:
             stop = RunStop(limits.max_seconds)
-            work = asyncio.wrap_future(executor.submit(run, lm, s, stop))
+            finished: Future[Trace] = Future()
+
+            def on_event(trace: Trace | None, done: bool, exc: BaseException | None) -> None:
+                if exc is not None:
+                    finished.set_exception(exc)
+                elif done:
+                    finished.set_result(trace)
+            events = lambda: ((e.trace, e.done) for e in generate(lm, s, stop))  # noqa: E731
+            step_by_step(executor, events, on_event, stop.extend)  # a step at a time, fair to the page's runs
+            work = asyncio.wrap_future(finished)
             while not work.done():
                 await asyncio.wait({work}, timeout=0.2)
                 if not work.done() and await request.is_disconnected():

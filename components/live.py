@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import copy
 import queue
-import threading
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -47,34 +46,58 @@ def apply_delta(replica: Trace, delta: StepDelta) -> None:
         setattr(replica, k, v)
 
 
+def step_by_step(executor: Executor, events: Callable[[], Iterator[tuple[Trace, bool]]],
+                 on_event: Callable[[Trace | None, bool, BaseException | None], None],
+                 waited: Callable[[float], None] | None = None) -> None:
+    """Advance `events()` one step per task on `executor`, each task queued behind the steps of every other run:
+    one model thread serves all runs a step at a time, so a class that presses Generate together all see their
+    first steps within seconds, and a long run never holds the model for its whole length.
+
+    `on_event(trace, done, error)` is called on the executor's thread after each step (once with an error if the
+    run fails); `waited(seconds)` with the time each step queued behind other runs (its clock stands still)."""
+
+    def work(it: Iterator[tuple[Trace, bool]] | None, queued_at: float) -> None:
+        if waited is not None:
+            waited(time.monotonic() - queued_at)
+        try:
+            it = events() if it is None else it
+            trace, done = next(it)
+        except StopIteration:
+            on_event(None, True, RuntimeError("the run produced no events"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
+            on_event(None, True, exc)
+        else:
+            on_event(trace, done, None)
+            if not done:
+                executor.submit(work, it, time.monotonic())
+
+    executor.submit(work, None, time.monotonic())
+
+
 def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int, min_frame_s: float = 0.1,
-                executor: Executor | None = None) -> Iterator[tuple[Trace, bool]]:
-    """Run `events()` (yielding (trace, done) per step) on `executor` (the model's own thread: see
-    `app.model_executor`) or a new thread; yield (replica, done) at most every `min_frame_s` seconds (and at
-    least 3x the last frame's consumer time apart), always the last state.
+                executor: Executor | None = None, waited: Callable[[float], None] | None = None
+                ) -> Iterator[tuple[Trace, bool]]:
+    """Run `events()` (yielding (trace, done) per step) step by step on `executor` (the model's own thread: see
+    `app.model_executor`) or a thread of its own; yield (replica, done) at most every `min_frame_s` seconds (and
+    at least 3x the last frame's consumer time apart), always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
     frames rarer, never the decoding slower."""
     q: queue.SimpleQueue[StepDelta] = queue.SimpleQueue()
 
-    def work() -> None:
-        trace = None
-        try:
-            for trace, done in events():
-                q.put(delta_of(trace, window, done))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
-            q.put(StepDelta(0, [], {}, True, exc))
-            return
-        if trace is None:
-            q.put(StepDelta(0, [], {}, True, RuntimeError("the run produced no events")))
+    def on_event(trace: Trace | None, done: bool, error: BaseException | None) -> None:
+        q.put(StepDelta(0, [], {}, True, error) if error is not None else delta_of(trace, window, done))
 
-    if executor is not None:
-        worker = executor.submit(work)
-        join = worker.result
-    else:
-        thread = threading.Thread(target=work, name="tempo-decode", daemon=True)
-        thread.start()
-        join = thread.join
+    own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if executor is None else None
+    step_by_step(executor or own, events, on_event, waited)
+    try:
+        yield from _frames(q, min_frame_s)
+    finally:
+        if own is not None:
+            own.shutdown(wait=False)
+
+
+def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[tuple[Trace, bool]]:
     replica = Trace("", "", {}, "", "", [])
     next_frame, pending = 0.0, False
     while True:
@@ -93,7 +116,6 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
         t0 = time.perf_counter()
         yield replica, done
         if done:
-            join()
             return
         pending = False
         next_frame = time.perf_counter() + max(min_frame_s, 3 * (time.perf_counter() - t0))

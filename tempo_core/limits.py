@@ -125,6 +125,11 @@ class RunStop(threading.Event):
         """(Re)start the deadline: a run queued for the model is timed from when it starts."""
         self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
+    def extend(self, seconds: float) -> None:
+        """Time the run spent waiting behind other runs' steps does not count against its limit."""
+        if self.deadline is not None:
+            self.deadline += seconds
+
     def is_set(self) -> bool:
         if not super().is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
             self.reason = "time_limit"
