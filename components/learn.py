@@ -1,0 +1,240 @@
+"""The Learn tab: a guided walkthrough of TEMPO on runs recorded by the engine and shipped in assets/learn/.
+
+Every lesson is a few sentences next to a real figure with the part it talks about outlined. The recorded traces
+make it instant for every student even while the model is busy; `scripts/record_walkthrough.py` makes them again
+(tests/test_learn.py checks that they still equal what the engine produces). Each lesson offers "try it live"
+with its settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tempo_core import Trace
+
+from .research import faithfulness_figure, positions_figure
+from .views import curve_view, heatmap_view, show_token, tree_view
+
+LEARN_DIR = Path(__file__).resolve().parents[1] / "assets" / "learn"
+PROMPT = "Write one sentence about the sea."
+# the recorded runs (embedded model): name -> settings. scripts/record_walkthrough.py writes assets/learn/<name>.json
+RECORDINGS: dict[str, dict[str, Any]] = {
+    "greedy": {"prompt": PROMPT, "max_tokens": 20, "selection_threshold": 1.0},
+    "tempo": {"prompt": PROMPT, "max_tokens": 20, "selection_threshold": 0.1, "use_retroactive_pruning": True,
+              "attention_threshold": 0.02, "faithfulness": True, "faithfulness_paths": 8},
+    "curve": {"prompt": PROMPT, "max_tokens": 32, "selection_threshold": 0.1, "use_retroactive_pruning": True,
+              "attention_threshold": 0.02, "dynamic_threshold": True, "final_threshold": 0.3},
+}
+HIGHLIGHT = "#f5a623"
+
+
+@functools.lru_cache(maxsize=None)
+def recorded(name: str) -> Trace:
+    """A recorded run (read once per process; callers must not change it)."""
+    return Trace.from_json((LEARN_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def first_branch(trace: Trace) -> int:
+    return next((st.step for st in trace.steps if len(st.candidates) > 1), 0)
+
+
+def first_pruned(trace: Trace) -> tuple[int, int] | None:
+    """(step, index) of the first candidate pruning removed."""
+    return next(((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None),
+                None)
+
+
+def outline_step(fig: dict, step: int, label: str) -> dict:
+    """Outline one column (a logical step) of a figure whose x axis is the step."""
+    layout = fig["layout"]
+    layout["shapes"] = [*layout.get("shapes", []), {
+        "type": "rect", "xref": "x", "yref": "paper", "x0": step - 0.45, "x1": step + 0.45, "y0": 0, "y1": 1,
+        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(245,166,35,0.12)", "layer": "below"}]
+    layout["annotations"] = [*layout.get("annotations", []), {
+        "x": step, "y": 1.0, "xref": "x", "yref": "paper", "text": f"<b>{label}</b>", "showarrow": False,
+        "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12}, "bgcolor": "rgba(255,255,255,0.8)"}]
+    xaxis = layout.setdefault("xaxis", {})
+    if "range" in xaxis:  # keep the outlined step in view
+        lo, hi = xaxis["range"]
+        if not lo <= step <= hi:
+            xaxis["range"] = [max(-0.6, step - 6), step + 6]
+    return fig
+
+
+def outline_row(fig: dict, row: int, label: str) -> dict:
+    """Outline one row of a heatmap (rows are categories, numbered from 0)."""
+    layout = fig["layout"]
+    layout["shapes"] = [*layout.get("shapes", []), {
+        "type": "rect", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": row - 0.5, "y1": row + 0.5,
+        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(0,0,0,0)"}]
+    layout["annotations"] = [*layout.get("annotations", []), {
+        "x": 1, "y": row, "xref": "paper", "yref": "y", "text": f"<b>{label}</b>", "showarrow": False,
+        "xanchor": "right", "font": {"color": "#b36b00", "size": 12}, "bgcolor": "rgba(255,255,255,0.85)"}]
+    return fig
+
+
+def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tuple[float, float], label: str) -> dict:
+    layout = fig["layout"]
+    layout["shapes"] = [*layout.get("shapes", []), {
+        "type": "rect", "xref": xref, "yref": yref, "x0": x[0], "x1": x[1], "y0": y[0], "y1": y[1],
+        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(245,166,35,0.15)"}]
+    layout["annotations"] = [*layout.get("annotations", []), {
+        "x": x[1], "y": y[1], "xref": xref, "yref": yref, "text": f"<b>{label}</b>", "showarrow": False,
+        "xanchor": "left", "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12},
+        "bgcolor": "rgba(255,255,255,0.85)"}]
+    return fig
+
+
+def _positions(t: Trace, part: str) -> dict:
+    """The positions & mask figure of the first set, its rows (left) or its siblings' mask cells (right) outlined."""
+    b = first_branch(t)
+    st = t.steps[b]
+    fig = positions_figure(t, b).to_dict()
+    first, k = st.candidates[0].row, len(st.candidates)
+    if part == "positions":
+        return outline_box(fig, "x", "y", (first - 0.6, first + k - 0.4), (st.position - 0.8, st.position + 0.8),
+                           f"{k} rows, one position")
+    return outline_box(fig, "x2", "y2", (first - 0.5, first + k - 0.5), (-0.5, k - 0.5), "siblings hidden")
+
+
+@dataclass
+class Lesson:
+    title: str
+    body: Callable[[Trace], str]  # markdown about the recorded run (so it names the run's real tokens)
+    recording: str
+    figure: Callable[[Trace], dict]
+    try_live: dict[str, Any] = field(default_factory=dict)  # settings "try it live" fills in
+
+    @property
+    def trace(self) -> Trace:
+        return recorded(self.recording)
+
+    def settings(self) -> dict[str, Any]:
+        return {**RECORDINGS[self.recording], "faithfulness": False, **self.try_live}
+
+
+def _set_words(trace: Trace, step: int) -> str:
+    return " / ".join(f"`{show_token(c.shown)}` ({c.prob:.2f})" for c in trace.steps[step].candidates)
+
+
+def _greedy_body(t: Trace) -> str:
+    first = t.steps[0]
+    return (f"A language model reads the prompt (*“{t.prompt}”*) and gives **every** token of its vocabulary a "
+            f"probability of coming next. **Greedy decoding** takes the single most probable one, here "
+            f"`{show_token(first.candidates[0].shown)}` (p = {first.candidates[0].prob:.2f}), appends it and asks "
+            f"again: one token per step, one path. In the tree each column is a step; the grey open circles under "
+            f"a token are the **near misses**, the next most probable tokens greedy throws away.")
+
+
+def _threshold_body(t: Trace) -> str:
+    b = first_branch(t)
+    return (f"TEMPO keeps **every** token whose probability is at least the **selection threshold** "
+            f"(here {t.settings['selection_threshold']}). At step {b} (outlined) more than one passes: "
+            f"{_set_words(t, b)}. They form a **set**, stacked in one column of the tree and written "
+            f"`[a/b]` in the text. Bigger, brighter circles are more probable.")
+
+
+def _position_body(t: Trace) -> str:
+    b = first_branch(t)
+    st = t.steps[b]
+    return (f"All tokens of a set go into the **same** sequence, one after another (left: physical rows), but "
+            f"they get the **same position id**, {st.position}, so the model's rotary position encoding (RoPE) "
+            f"sees them all as “the token at position {st.position}”. One sequence and one KV cache hold every "
+            f"branch at once; no copies of the prompt.")
+
+
+def _mask_body(t: Trace) -> str:
+    b = first_branch(t)
+    return (f"Right: the **mask** of step {b}'s queries. A row is one candidate, a column a token it might look at "
+            f"(dark = allowed). Every candidate sees the whole prompt and the earlier steps, but **not its "
+            f"siblings**: they are alternatives, not a phrase, so none of them may read the others. Rows pruned "
+            f"earlier are hidden the same way.")
+
+
+def _merge_body(t: Trace) -> str:
+    b = first_branch(t)
+    return (f"Step {b + 1} (outlined) must continue *all* of step {b}'s siblings. Each sibling predicts its own next "
+            f"token; TEMPO mixes those predictions, weighted by the siblings' probabilities, into one distribution "
+            f"and applies the threshold to that. The grey edges show which tokens each step was built on; the "
+            f"orange line is the most probable surviving path.")
+
+
+def _pruning_body(t: Trace) -> str:
+    hit = first_pruned(t)
+    if hit is None:
+        return "Nothing was pruned in this run."
+    st = t.steps[hit[0]]
+    c = st.candidates[hit[1]]
+    return (f"Later tokens **attend** to earlier ones. **Retroactive pruning** scores each candidate by the "
+            f"attention later steps pay it and removes those below the **attention threshold** "
+            f"({t.settings['attention_threshold']}): `{show_token(c.shown)}` from step {st.step} (outlined row) "
+            f"was pruned at step {c.pruned_at}. Its row is masked from then on, and in the text it is struck "
+            f"through. Darker cells = more attention; red outlines: below the threshold then.")
+
+
+def _curve_body(t: Trace) -> str:
+    return (f"The pruning threshold need not be constant. Here it follows a **Bezier curve** from "
+            f"{t.settings['attention_threshold']} to {t.settings['final_threshold']} over the run, so early steps "
+            f"keep their options and later steps are pruned harder. The bars are each step's set size and the "
+            f"candidates pruned at it. A **ReLU** curve (flat, then rising) is the other shape on offer.")
+
+
+def _faithfulness_body(t: Trace) -> str:
+    f = t.faithfulness or {}
+    return (f"Does one superposed sequence really stand for its branches? The **faithfulness meter** runs each "
+            f"branch path as an ordinary sequence, mixes their predictions, and compares that with TEMPO's own "
+            f"distribution at each step. Low KL (here a mean of {f.get('mean_kl', 0):.3f} nats) and the same top "
+            f"token ({f.get('top_agreement', 0):.0%} of steps) mean the shortcut holds; red bars mark steps where "
+            f"it does not. Now try it yourself: **Explore** and press Generate.")
+
+
+def _tree(t: Trace, step: int | None = None, label: str = "") -> dict:
+    fig = tree_view(t, height=420)
+    return outline_step(fig, step, label) if step is not None else fig
+
+
+def _heatmap(t: Trace) -> dict:
+    fig = heatmap_view(t)
+    hit = first_pruned(t)
+    if hit is None:
+        return fig
+    labels = fig["layout"]["yaxis"].get("categoryarray", [])
+    row = next((i for i, lab in enumerate(labels) if f"({hit[0]}:{hit[1]})" in lab or lab.endswith(f"{hit[0]}:{hit[1]}")),
+               None)
+    return outline_row(fig, row, "pruned") if row is not None else fig
+
+
+LESSONS: list[Lesson] = [
+    Lesson("1 · Greedy decoding: one token per step", _greedy_body, "greedy", _tree,
+           {"selection_threshold": 1.0}),
+    Lesson("2 · A threshold keeps several tokens", _threshold_body, "tempo",
+           lambda t: _tree(t, first_branch(t), "a set")),
+    Lesson("3 · The set shares one position", _position_body, "tempo", lambda t: _positions(t, "positions")),
+    Lesson("4 · A mask keeps siblings apart", _mask_body, "tempo", lambda t: _positions(t, "mask")),
+    Lesson("5 · The next step merges them", _merge_body, "tempo",
+           lambda t: _tree(t, first_branch(t) + 1, "merged")),
+    Lesson("6 · Attention prunes what nobody looks at", _pruning_body, "tempo", _heatmap),
+    Lesson("7 · Thresholds can follow a curve", _curve_body, "curve", curve_view),
+    Lesson("8 · Is the superposition faithful?", _faithfulness_body, "tempo",
+           lambda t: faithfulness_figure(t).to_dict(), {"faithfulness": True}),
+]
+
+
+def lesson_view(index: int) -> tuple[str, dict, str]:
+    """(markdown, figure, position line) of lesson `index` (clamped to the walkthrough)."""
+    index = max(0, min(index, len(LESSONS) - 1))
+    lesson = LESSONS[index]
+    trace = lesson.trace
+    fig = json.loads(json.dumps(lesson.figure(trace), default=_plain))  # plain JSON (numpy arrays -> lists)
+    return f"### {lesson.title}\n\n{lesson.body(trace)}", fig, f"Lesson {index + 1} of {len(LESSONS)}"
+
+
+def _plain(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"not JSON: {type(obj).__name__}")

@@ -1,0 +1,87 @@
+"""Step mode and predict-then-reveal."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from components.classroom import (SteppedRuns, prediction_choices, reflection_question, reveal_markdown,
+                                  score_prediction)
+from tempo_core import build_settings, generate, run
+from tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture()
+def runs():
+    pool = ThreadPoolExecutor(1)
+    yield SteppedRuns(pool, max_runs=3, idle_s=60)
+    pool.shutdown()
+
+
+def settings(**kw):
+    return build_settings({"prompt": "once upon a time", "max_tokens": 10, "selection_threshold": 0.08,
+                           "use_retroactive_pruning": True, "attention_threshold": 0.05, **kw})
+
+
+def test_stepping_one_step_at_a_time_makes_the_trace_generate_makes(lm, runs):
+    s = settings()
+    stepped = runs.start("a", lambda: generate(lm, s))
+    seen = []
+    while not stepped.done:
+        trace = runs.advance(stepped)
+        seen.append(len(trace.steps))
+    whole = run(lm, s)
+    assert seen[:len(whole.steps)] == list(range(1, len(whole.steps) + 1))  # one step per press
+    assert [[(c.token_id, c.pruned_at) for c in st.candidates] for st in trace.steps] == \
+           [[(c.token_id, c.pruned_at) for c in st.candidates] for st in whole.steps]
+    assert [c.prob for st in trace.steps for c in st.candidates] == \
+           pytest.approx([c.prob for st in whole.steps for c in st.candidates], abs=1e-6)
+    assert trace.stop_reason == whole.stop_reason
+    assert runs.advance(stepped) is trace  # past the end nothing more happens
+
+
+def test_runs_are_per_session_bounded_and_freed_when_idle(lm, runs):
+    s = settings(max_tokens=4)
+    for key in "abcd":
+        runs.start(key, lambda: generate(lm, s))
+    assert len(runs) == 3 and runs.get("a") is None  # the least recently used went first
+    first = runs.get("b")
+    runs.advance(first)
+    assert runs.start("b", lambda: generate(lm, s)) is not first  # a new run replaces the session's old one
+    runs.idle_s = 0.05
+    time.sleep(0.1)
+    assert len(runs) == 0 and runs.get("c") is None
+    runs.drop("nobody")  # no error
+
+
+def test_prediction_choices_hide_the_order_and_scoring_marks_each_choice(lm):
+    trace = run(lm, settings(max_tokens=6))
+    st = next(st for st in trace.steps if len(st.candidates) > 1)
+    choices = prediction_choices(st)
+    assert choices == sorted(choices)
+    assert len(choices) == len(st.candidates) + len(st.alternatives) == len(set(choices))
+    kept = [c for c in choices if c in {m[0] for m in score_prediction(st, []).marks if m[2]}]
+    perfect = score_prediction(st, kept)
+    assert perfect.right == perfect.total == len(choices)
+    nothing = score_prediction(st, [])
+    assert nothing.right == len(st.alternatives)  # every near miss correctly left out, every candidate missed
+    everything = score_prediction(st, choices)
+    assert everything.right == len(st.candidates)
+    probs = [m[1] for m in everything.marks]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_reveal_and_reflection_say_what_happened(lm):
+    from components.classroom import Score
+    trace = run(lm, settings(max_tokens=6))
+    i = next(i for i, st in enumerate(trace.steps) if len(st.candidates) > 1)
+    st = trace.steps[i]
+    text = reveal_markdown(st, score_prediction(st, []), Score(3, 8))
+    assert f"Step {st.step}" in text and "3/8" in text and "not kept" in text
+    question = reflection_question(trace, i)
+    assert "share position" in question or "pruned" in question
