@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -26,16 +27,21 @@ from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, b
                                  settings_from_form)
 from components.compare_tab import add_run, build_compare_tab
 from components import frame_diff
+from components.classroom import (SteppedRun, SteppedRuns, prediction_choices, reflection_question, reveal_markdown,
+                                  score_prediction)
+from components.learn import GLOSSARY, LESSONS, RECORDINGS, lesson_view, recorded
 from components.live import live_traces
 from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
 from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
-from components.views import curve_view, heatmap_view, text_view, tree_view, units
+from components.views import curve_view, heatmap_view, show_token, text_view, tree_view, units
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
 from tempo_core.config import FIELDS, TempoSettings
 from tempo_core.limits import Limits, RunStop
+from tempo_core.steer import continue_from, lower_threshold_preview
+from tempo_core.trace import rewind
 
 log = logging.getLogger("tempo.app")
 MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
@@ -135,6 +141,7 @@ class Explorer:
     executor: ThreadPoolExecutor | None = None  # the model's threads (model_executor); made here if not given
     research_executor: ThreadPoolExecutor = field(init=False)
     form_names: tuple[str, ...] = ()  # the form's settings, in order (build_demo fills it when it lays them out)
+    stepped: SteppedRuns = field(init=False)  # step mode: each session's paused run
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.concurrency)
@@ -142,6 +149,8 @@ class Explorer:
         self.executor = self.executor or model_executor(1)
         self.research_executor = model_executor(self.research_concurrency, "tempo-research")
         self.decode = on_gpu(self._decode, self._gpu_seconds)
+        self.stepped = SteppedRuns(self.executor, max_runs=_env_int("TEMPO_STEP_RUNS", 40),
+                                   idle_s=_env_int("TEMPO_STEP_IDLE_S", 300))
 
     # --- requests -> settings -------------------------------------------------------------------------------
     def settings(self, form: dict[str, Any], runs: int = 1) -> TempoSettings:
@@ -173,22 +182,49 @@ class Explorer:
         key = session_key(request)
         self.stops.forget(key)
         self.store.forget(key)
+        self.stepped.drop(key)
 
     def run_stream(self, request: gr.Request, history: list | None, **form: Any) -> Iterator[tuple]:
         """Generate: (tree, heatmap, curve, text, status, trace state, history), streamed while the run goes on.
-        Decoding runs in its own thread at full speed; frames show its latest state (components/live.py)."""
+        Decoding runs on the model's thread at full speed; frames show its latest state (components/live.py)."""
+        self.stepped.drop(session_key(request))  # a new run replaces a stepped one
+        yield from self._stream(request, history, lambda: self.settings(form),
+                                lambda s, flag: (self.decode(s, flag)))
+
+    def continue_here(self, request: gr.Request, history: list | None, data: dict | None, node: str | None
+                      ) -> Iterator[tuple]:
+        """Steer: the run up to the chosen candidate, that candidate alone in its set, then onward (the original
+        stays in the history: the Compare tab shows both)."""
+        if not data or not node or find_node(Trace.from_dict(data), node) is None:
+            yield (*[gr.skip()] * 4, "**Error:** pick a candidate in the tree first (click a node)", gr.skip(), gr.skip())
+            return
+        original = Trace.from_dict(data)
+        step, index = (int(x) for x in node.split(":"))
+
+        def settings() -> TempoSettings:
+            if original.model != self.lm.name:
+                raise SettingsError("trace", f"made with {original.model}; this server runs {self.lm.name}")
+            return admit(self.lm, build_settings(original.settings, caps=self.limits.caps), self.limits)
+
+        def events(s: TempoSettings, flag: RunStop) -> Iterator[tuple[Trace, bool]]:
+            for event in continue_from(self.lm, original, step, index, flag):
+                yield event.trace, event.done
+        yield from self._stream(request, history, settings, events)
+
+    def _stream(self, request: gr.Request, history: list | None, settings: Callable[[], TempoSettings],
+                events: Callable[[TempoSettings, RunStop], Iterator[tuple[Trace, bool]]]) -> Iterator[tuple]:
         key = session_key(request)
         flag = self.stops.start(key)
         try:
             try:
-                s = self.settings(form)
+                s = settings()
             except SettingsError as exc:
                 yield (*[gr.skip()] * 4, f"**Error:** {exc}", gr.skip(), gr.skip())
                 return
             yield (*[gr.skip()] * 4, self._queue_line(), gr.skip(), gr.skip())
             with self.slots.hold():
                 flag.start_clock(self.limits.max_seconds)
-                yield from self._frames(s, flag, history)
+                yield from self._frames(s, flag, history, events)
         finally:
             flag.stop()  # the page went away mid-run (generator closed): the worker ends within a step
             self.stops.finish(key, flag)
@@ -197,15 +233,16 @@ class Explorer:
         ahead = self.slots.waiting
         return "Starting…" if self.slots.active < self.slots.limit else f"Waiting for the model ({ahead} ahead)…"
 
-    def _frames(self, s: TempoSettings, flag: RunStop, history: list | None) -> Iterator[tuple]:
+    def _frames(self, s: TempoSettings, flag: RunStop, history: list | None,
+                events: Callable[[TempoSettings, RunStop], Iterator[tuple[Trace, bool]]]) -> Iterator[tuple]:
         window = s.pruning_window
         try:
-            for trace, done in live_traces(lambda: self.decode(s, flag), window, MIN_FRAME_S, self.executor,
+            for trace, done in live_traces(lambda: events(s, flag), window, MIN_FRAME_S, self.executor,
                                            waited=flag.extend):
                 frame = (*views(trace, live=not done), status_line(trace, not done))
                 if done:
                     data = trace.to_dict()
-                    yield (*frame, data, add_run(history, data))
+                    yield (*frame, data, add_run(history, data, "continued" if "forced_step" in trace.stats else "run"))
                 else:
                     yield (*frame, gr.skip(), gr.skip())
         except SettingsError as exc:
@@ -213,6 +250,59 @@ class Explorer:
         except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
             log.exception("run failed")
             yield (*[gr.skip()] * 4, f"**Error:** run failed: {html.escape(str(exc))}", gr.skip(), gr.skip())
+
+    # --- step mode and predict-then-reveal (components/classroom.py) ------------------------------------------
+    def _stepped_run(self, request: gr.Request, form: dict[str, Any]) -> SteppedRun:
+        """The session's stepped run; a new one (from the form) when it has none or its run has ended."""
+        key = session_key(request)
+        run = self.stepped.get(key)
+        if run is None or run.done:
+            s = self.settings(form)
+            run = self.stepped.start(key, lambda: generate(self.lm, s))
+        return run
+
+    def step(self, request: gr.Request, predict: bool, **form: Any) -> tuple:
+        """Step: one logical step of the session's stepped run. With `predict`, the new step stays hidden and the
+        student picks the tokens they think pass the threshold first."""
+        try:
+            run = self._stepped_run(request, form)
+        except SettingsError as exc:
+            return (*[gr.skip()] * 4, f"**Error:** {exc}", *[gr.skip()] * 4)
+        run.playing = False
+        self.stepped.advance(run)
+        return step_frame(run, predict)
+
+    def play(self, request: gr.Request, speed: float, **form: Any) -> Iterator[tuple]:
+        """Play: step on at `speed` steps a second until Pause, the end, or the session leaves."""
+        try:
+            run = self._stepped_run(request, form)
+        except SettingsError as exc:
+            yield (*[gr.skip()] * 4, f"**Error:** {exc}", *[gr.skip()] * 4)
+            return
+        run.playing = True
+        while run.playing and not run.done:
+            t0 = time.monotonic()
+            self.stepped.advance(run)
+            yield step_frame(run, False)
+            time.sleep(max(0.0, 1.0 / max(0.1, float(speed or 1)) - (time.monotonic() - t0)))
+        run.playing = False
+
+    def pause(self, request: gr.Request) -> None:
+        run = self.stepped.get(session_key(request))
+        if run is not None:
+            run.playing = False
+
+    def reveal(self, request: gr.Request, picked: list[str] | None) -> tuple:
+        """Reveal the hidden step: the picks marked right or wrong, the running score, then a question."""
+        run = self.stepped.get(session_key(request))
+        if run is None or not run.hidden or run.trace is None:
+            return (*[gr.skip()] * 4, "Press **Step** (with *Predict* ticked) for a step to predict.", *[gr.skip()] * 4)
+        st = run.trace.steps[-1]
+        result = score_prediction(st, list(picked or []))
+        run.score.right += result.right
+        run.score.total += result.total
+        frame = step_frame(run, False)
+        return (*frame[:7], reveal_markdown(st, result, run.score), reflection_question(run.trace, st.step))
 
     def after_run(self, request: gr.Request, data: dict | None):
         """A finished (or loaded) trace: replay range, candidate list, download links, share link."""
@@ -248,6 +338,22 @@ class Explorer:
         return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {html.escape(trace.model)}", data,
                 add_run(history, data, source="uploaded"), *values)
 
+    def show_recorded(self, history: list | None, name: str):
+        """A recorded run (assets/learn): its figures at once, its settings in the form (no model needed)."""
+        trace = recorded(name)
+        data = trace.to_dict()
+        values = form_values(build_settings(RECORDINGS[name]), list(self.form_names))
+        return (*views(trace), f"Recorded run: {len(trace.steps)} steps of “{html.escape(trace.prompt)}” "
+                f"({html.escape(trace.model)}); press Generate to run it live", data,
+                add_run(history, data, source="recorded"), *values)
+
+    def try_lesson(self, index: int):
+        """A lesson's "try it live": its settings in the form (within this server's caps), then the Explore tab."""
+        lesson = LESSONS[max(0, min(len(LESSONS) - 1, int(index or 0)))]
+        s = build_settings({k: min(v, self.limits.caps[k]) if k in self.limits.caps and not isinstance(v, bool) else v
+                            for k, v in lesson.settings().items()})
+        return (*form_values(s, list(self.form_names)), gr.Tabs(selected="explore"))
+
     def fill_from_link(self, request: gr.Request, **form: Any):
         """Opening a shared link fills the form with its settings (a plain visit keeps the defaults)."""
         names = list(form)
@@ -271,6 +377,48 @@ def views(trace: Trace, selected: str | None = None, current: int | None = None,
     """(tree, heatmap, curve, text) of a trace; `live`: a run still growing."""
     return (tree_view(trace, selected, expanded, live=live), heatmap_view(trace),
             curve_view(trace, len(trace.steps) - 1 if current is None else current), text_view(trace))
+
+
+def step_frame(run: SteppedRun, predict: bool) -> tuple:
+    """Step mode's outputs: (4 figures, status, finished trace, prediction choices, reveal, question). With
+    `predict`, the newest step is made but not shown: the figures show the run just before it."""
+    trace = run.trace
+    finished = trace.to_dict() if run.done and trace is not None else gr.skip()
+    hide_choices = gr.update(choices=[], value=[], visible=False)
+    if trace is None or not trace.steps:
+        return (*[gr.skip()] * 4, f"no steps ({trace.stop_reason if trace else 'nothing to run'})", finished,
+                hide_choices, "", "")
+    n = len(trace.steps)
+    st = trace.steps[-1]
+    if predict and not run.done:
+        run.hidden = True
+        ask = (f"**Step {st.step}: which tokens pass the selection threshold {st.selection_threshold:g}?** Tick them, "
+               f"then press **Reveal**. (Score so far: {run.score})")
+        return (*views(rewind(trace, n - 2), live=True), ask, finished,
+                gr.update(choices=prediction_choices(st), value=[], visible=True), "", "")
+    run.hidden = False
+    status = status_line(trace, not run.done)
+    if run.done:
+        status += f" · prediction score {run.score}" if run.score.total else ""
+    return (*views(trace, live=not run.done), status, finished, hide_choices, gr.skip(), gr.skip())
+
+
+def what_if_lower(data: dict | None, node: str | None) -> str:
+    """The set of the chosen candidate's step, with what a lower threshold would have added."""
+    if not data or not node:
+        return "Pick a candidate in the tree first (click a node)."
+    trace = Trace.from_dict(data)
+    found = find_node(trace, node)
+    if found is None or trace.mode != "tempo":
+        return "Pick a candidate of a TEMPO run."
+    step = found[0]
+    lines = []
+    for r in lower_threshold_preview(trace, step):
+        fate = "kept" if r["kept"] else f"joins at a threshold ≤ {r['prob']:.3f}"
+        lines.append(f"| `{html.escape(show_token(r['text']))}` | {r['prob']:.3f} | {fate} |")
+    return (f"**Step {step} at lower thresholds** (this run: {trace.steps[step].selection_threshold:g}). A token joins "
+            f"the set once the threshold is at or below its probability.\n\n| token | probability | |\n|---|---|---|\n"
+            + "\n".join(lines))
 
 
 def preview_curve(limits: Limits, **form: Any):
@@ -328,79 +476,136 @@ def _parse_param(v: str) -> Any:
         return v
 
 
+def build_learn_tab() -> dict[str, Any]:
+    """The guided walkthrough (components/learn.py): a lesson's text beside its figure, Prev / Next, try it live."""
+    text, figure, where = lesson_view(0)
+    with gr.Tab("Learn", id="learn"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                lesson_text = gr.Markdown(text, elem_id="lesson-text")
+                with gr.Row():
+                    prev = gr.Button("◀ Prev", elem_id="lesson-prev", min_width=70)
+                    nxt = gr.Button("Next ▶", elem_id="lesson-next", variant="primary", min_width=70)
+                where_line = gr.Markdown(where, elem_id="lesson-where")
+                try_live = gr.Button("Try it live with these settings", elem_id="lesson-try", size="sm")
+            with gr.Column(scale=3, min_width=320):
+                lesson_plot = plotly_view(figure, elem_id="lesson-figure")
+        with gr.Accordion("Glossary", open=False):
+            gr.Markdown(GLOSSARY)
+    return {"text": lesson_text, "plot": lesson_plot, "where": where_line, "prev": prev, "next": nxt,
+            "try": try_live}
+
+
 def build_demo(app: Explorer) -> gr.Blocks:
     limits = app.limits
     with gr.Blocks(title="TEMPO Explorer", delete_cache=(3600, 3600)) as demo:
         trace_state = gr.State(None)  # the finished (or loaded) trace, as a JSON dict
         history = gr.State([])  # the session's recent runs (compare_tab.add_run)
         expanded = gr.State([])  # collapsed stretches of the tree the user opened (their first steps)
+        stepped_trace = gr.State(None)  # a stepped run's trace once it has finished
+        lesson = gr.State(0)
         gr.Markdown(INTRO)
-        with gr.Accordion("What am I looking at? (how to read the page)", open=False):
-            gr.Markdown(ABOUT)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=330):
-                buttons: dict[str, gr.Button] = {}
+        with gr.Tabs(selected="learn" if limits.demo else "explore") as top:
+            learn = build_learn_tab() if limits.demo else None  # a classroom server opens on the walkthrough
+            with gr.Tab("Explore", id="explore"):
+                with gr.Accordion("What am I looking at? (how to read the page, glossary)", open=False):
+                    gr.Markdown(ABOUT + "\n\n" + GLOSSARY)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=330):
+                        ui: dict[str, Any] = {}
 
-                def action_buttons() -> None:  # right under the prompt, above the fold on a laptop and a phone
-                    with gr.Row(elem_id="run-buttons"):
-                        buttons["run"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=2,
-                                                   min_width=80)
-                        buttons["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=60)
-                controls = build_controls(limits, after_prompt=action_buttons)
-                run_btn, stop_btn = buttons["run"], buttons["stop"]
-            with gr.Column(scale=3, min_width=340):
-                status = gr.Markdown("Ready: model **%s** on %s." % (app.lm.name, app.lm.device), elem_id="status")
-                text_box = branching_text()
-                with gr.Tabs() as outer:
-                    with gr.Tab("Tree", id="tree"):
-                        gr.Markdown("*One column per logical step (its candidates share one position); size and "
-                                    "colour: probability; ✕ pruned; grey open circles: near misses; a long orange "
-                                    "bar: steps with one candidate each (click to expand). Drag the slider under "
-                                    "the tree to see the whole run.*", elem_classes="legend-line")
-                        tree_plot = plotly_view(elem_id="tempo-tree")
+                        def under_prompt() -> None:  # right under the prompt, above the fold on a laptop and a phone
+                            with gr.Row(elem_id="run-buttons"):
+                                ui["run"] = gr.Button("Generate", variant="primary", elem_id="generate", scale=2,
+                                                      min_width=80)
+                                ui["stop"] = gr.Button("Stop", variant="stop", elem_id="stop", scale=1, min_width=60)
+                            with gr.Accordion("Step by step · predict first", open=limits.demo, elem_id="step-mode"):
+                                with gr.Row():
+                                    ui["step"] = gr.Button("Step", elem_id="step", min_width=60)
+                                    ui["play"] = gr.Button("Play", elem_id="play", min_width=60)
+                                    ui["pause"] = gr.Button("Pause", elem_id="pause", min_width=60)
+                                ui["speed"] = gr.Slider(0.5, 5, value=1, step=0.5, label="Play speed (steps a second)")
+                                ui["predict"] = gr.Checkbox(value=limits.demo, label="Predict before each step",
+                                                            elem_id="predict")
+                                ui["choices"] = gr.CheckboxGroup([], label="Which tokens pass the threshold?",
+                                                                 visible=False, elem_id="predict-choices")
+                                ui["reveal"] = gr.Button("Reveal", elem_id="reveal", size="sm")
+                                ui["reveal_md"] = gr.Markdown("", elem_id="reveal-result")
+                                ui["question"] = gr.Markdown("", elem_id="reflection")
+                        controls, expert = build_controls(limits, after_prompt=under_prompt,
+                                                          expert_visible=not limits.demo)
+                        advanced = gr.Checkbox(value=False, label="Advanced settings", visible=limits.demo)
                         with gr.Row():
-                            node_pick = gr.Dropdown([], label="Inspect candidate", scale=1)
-                            details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
-                    with gr.Tab("Pruning heatmap", id="heatmap"):
-                        gr.Markdown("*Rows: candidates that came near the pruning threshold; columns: the steps "
-                                    "after theirs; colour: the attention those steps paid them (darker = more); red "
-                                    "outline: below the threshold then; ✕ where one was pruned (click it for its "
-                                    "rewind).*", elem_classes="legend-line")
-                        heat_plot = plotly_view(elem_id="tempo-heatmap", max_height=620)
-                    with gr.Tab("Threshold curve", id="curve"):
-                        gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU curve), "
-                                    "with each step's set size and the candidates pruned at it.*",
+                            recorded_buttons = {name: gr.Button(label, size="sm", elem_id=f"recorded-{name}")
+                                                for name, label in (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"),
+                                                                    ("curve", "Threshold curve"))}
+                        gr.Markdown("*Recorded examples: instant, even while the model is busy.*",
                                     elem_classes="legend-line")
-                        curve_plot = plotly_view(elem_id="tempo-curve")
-                    compare = build_compare_tab(app, history)
-                    research = build_research_tab(app, trace_state, controls)
-                    with gr.Tab("Replay & export", id="export"):
-                        replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
-                        with gr.Row():
-                            upload = gr.File(label="Replay an uploaded JSON trace (fills the form)",
-                                             file_types=[".json"], elem_id="trace-upload")
-                            with gr.Column():
-                                downloads = gr.HTML("", elem_id="downloads")
-                                share = gr.Textbox(label="Link with these settings", interactive=False,
-                                                   buttons=["copy"])
-        gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
-                               controls["mode"]], label="Examples")
-        gr.Examples([v for _, v in RESEARCH_EXAMPLES], [controls[n] for n in RESEARCH_FIELDS],
-                    example_labels=[label for label, _ in RESEARCH_EXAMPLES],
-                    label="Research presets (then open the Research tab)")
+                    with gr.Column(scale=3, min_width=340):
+                        status = gr.Markdown("Ready: model **%s** on %s." % (app.lm.name, app.lm.device),
+                                             elem_id="status")
+                        text_box = branching_text()
+                        gr.Markdown("*Each step's set in [ ]; underline colour: probability (yellow high, purple "
+                                    "low); struck through: pruned; ⏎ newline, · space.*", elem_classes="legend-line")
+                        with gr.Tabs() as outer:
+                            with gr.Tab("Tree", id="tree"):
+                                gr.Markdown("*One column per logical step (its candidates share one position); size "
+                                            "and colour: probability; ✕ pruned; grey open circles: near misses; a "
+                                            "long orange bar: steps with one candidate each (click to expand). Drag "
+                                            "the slider under the tree to see the whole run.*",
+                                            elem_classes="legend-line")
+                                tree_plot = plotly_view(elem_id="tempo-tree")
+                                with gr.Row():
+                                    node_pick = gr.Dropdown([], label="Inspect candidate", scale=1)
+                                    details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
+                                with gr.Row():
+                                    continue_btn = gr.Button("Continue from here (only this candidate)",
+                                                             elem_id="continue-here", size="sm")
+                                    what_if_btn = gr.Button("What if the threshold were lower here?",
+                                                            elem_id="what-if", size="sm")
+                                what_if = gr.Markdown("", elem_id="what-if-result")
+                            with gr.Tab("Pruning heatmap", id="heatmap"):
+                                gr.Markdown("*Rows: candidates that came near the pruning threshold; columns: the "
+                                            "steps after theirs; colour: the attention those steps paid them (darker "
+                                            "= more); red outline: below the threshold then; ✕ where one was pruned "
+                                            "(click it for its rewind).*", elem_classes="legend-line")
+                                heat_plot = plotly_view(elem_id="tempo-heatmap", max_height=620)
+                            with gr.Tab("Threshold curve", id="curve"):
+                                gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU "
+                                            "curve), with each step's set size and the candidates pruned at it.*",
+                                            elem_classes="legend-line")
+                                curve_plot = plotly_view(elem_id="tempo-curve")
+                            compare = build_compare_tab(app, history)
+                            research = build_research_tab(app, trace_state, controls)
+                            with gr.Tab("Replay & export", id="export"):
+                                replay = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
+                                with gr.Row():
+                                    upload = gr.File(label="Replay an uploaded JSON trace (fills the form)",
+                                                     file_types=[".json"], elem_id="trace-upload")
+                                    with gr.Column():
+                                        downloads = gr.HTML("", elem_id="downloads")
+                                        share = gr.Textbox(label="Link with these settings", interactive=False,
+                                                           buttons=["copy"])
+                gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
+                                       controls["mode"]], label="Examples")
+                gr.Examples([v for _, v in RESEARCH_EXAMPLES], [controls[n] for n in RESEARCH_FIELDS],
+                            example_labels=[label for label, _ in RESEARCH_EXAMPLES],
+                            label="Research presets (then open the Research tab)")
+            learn = learn or build_learn_tab()
 
         # --- wiring ----------------------------------------------------------------------------------------
         # figures from a stored trace (replay, uploads, clicks) share one bounded group: never unlimited
         view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency, "show_progress": "hidden"}
+        model = {"concurrency_id": "model", "concurrency_limit": app.concurrency, "show_progress": "hidden"}
         app.form_names = tuple(controls)
         inputs = list(controls.values())
         figures = [tree_plot, heat_plot, curve_plot, text_box]
         outputs = [*figures, status, trace_state, history]
         finished = [replay, node_pick, downloads, share]
-        run_btn.click(app.arm, None, None, queue=False, api_visibility="private")
-        run_btn.click(lambda: [], None, expanded, queue=False, api_visibility="private")
-        run_evt = run_btn.click(app.run_stream, [history], outputs, inputs_kwargs=controls, api_name="generate",
-                                concurrency_limit=app.concurrency, concurrency_id="model", show_progress="hidden")
+        ui["run"].click(app.arm, None, None, queue=False, api_visibility="private")
+        ui["run"].click(lambda: [], None, expanded, queue=False, api_visibility="private")
+        run_evt = ui["run"].click(app.run_stream, [history], outputs, inputs_kwargs=controls, api_name="generate",
+                                  **model)
 
         def after_trace(event: Any) -> None:
             """A trace arrived (a run ended, a file was loaded): downloads and links, then the research and
@@ -411,7 +616,22 @@ def build_demo(app: Explorer) -> gr.Blocks:
             done.then(compare["refresh"], [history], compare["refresh_outputs"], api_visibility="private", **view)
 
         after_trace(run_evt)
-        stop_btn.click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
+        ui["stop"].click(app.stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
+
+        # step mode: Step / Play / Pause, and predict-then-reveal
+        step_outputs = [*figures, status, stepped_trace, ui["choices"], ui["reveal_md"], ui["question"]]
+        ui["step"].click(app.step, [ui["predict"]], step_outputs, inputs_kwargs=controls, api_name="step", **model)
+        ui["play"].click(app.play, [ui["speed"]], step_outputs, inputs_kwargs=controls, api_visibility="private",
+                         **model)
+        ui["pause"].click(app.pause, None, None, queue=False, api_visibility="private")
+        ui["reveal"].click(app.reveal, [ui["choices"]], step_outputs, api_visibility="private", **view)
+        after_trace(stepped_trace.change(lambda data, runs: (data, add_run(runs, data)) if data else (gr.skip(),) * 2,
+                                         [stepped_trace, history], [trace_state, history], api_visibility="private"))
+
+        # steering from a tree node
+        after_trace(continue_btn.click(app.continue_here, [history, trace_state, node_pick], outputs,
+                                       api_name="continue_from", **model))
+        what_if_btn.click(what_if_lower, [trace_state, node_pick], what_if, api_visibility="private", **view)
 
         node_pick.change(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
                          api_visibility="private", **view)
@@ -421,6 +641,19 @@ def build_demo(app: Explorer) -> gr.Blocks:
         replay.input(replay_to, [trace_state, replay], [*figures, status], api_name="replay", **view)
         after_trace(upload.upload(app.load_trace, [history, upload], [*outputs, *inputs], api_visibility="private",
                                   **view))
+        for name, button in recorded_buttons.items():
+            after_trace(button.click(lambda runs, name=name: app.show_recorded(runs, name), [history],
+                                     [*outputs, *inputs], api_visibility="private", **view))
+        advanced.change(lambda on: gr.Column(visible=on), advanced, expert, queue=False, api_visibility="private")
+
+        # the Learn tab: lessons from recorded runs; "try it live" fills the form and opens Explore
+        def go(i: int, delta: int):
+            i = max(0, min(len(LESSONS) - 1, int(i or 0) + delta))
+            return (i, *lesson_view(i))
+        lesson_outputs = [lesson, learn["text"], learn["plot"], learn["where"]]
+        learn["prev"].click(lambda i: go(i, -1), lesson, lesson_outputs, queue=False, api_visibility="private")
+        learn["next"].click(lambda i: go(i, 1), lesson, lesson_outputs, queue=False, api_visibility="private")
+        learn["try"].click(app.try_lesson, lesson, [*inputs, top], queue=False, api_visibility="private")
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731

@@ -18,7 +18,8 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings, generate
+from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings
+from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.engine import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
@@ -158,7 +159,7 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                     finished.set_exception(exc)
                 elif done:
                     finished.set_result(trace)
-            events = lambda: ((e.trace, e.done) for e in generate(lm, s, stop))  # noqa: E731
+            events = lambda: ((e.trace, e.done) for e in tempo_generate(lm, s, stop))  # noqa: E731
             step_by_step(executor, events, on_event, stop.extend)  # a step at a time, fair to the page's runs
             work = asyncio.wrap_future(finished)
             while not work.done():

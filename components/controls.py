@@ -46,10 +46,11 @@ def _help(name: str) -> str:
     return FIELDS[name].metadata["help"]
 
 
-def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = None
-                   ) -> dict[str, gr.components.Component]:
-    """Creates the form in the current Blocks context; returns {setting name: component} (plus 'mode').
-    Sliders end at this server's caps (`limits`); `after_prompt` lays out what goes right under the prompt."""
+def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = None, expert_visible: bool = True
+                   ) -> tuple[dict[str, gr.components.Component], gr.Column]:
+    """Creates the form in the current Blocks context; returns ({setting name: component} (plus 'mode'), the column
+    of expert settings). Sliders end at this server's caps (`limits`); `after_prompt` lays out what goes right under
+    the prompt; `expert_visible`: show the expert groups (demo mode hides them behind one switch)."""
     d = TempoSettings()
     max_tokens, max_parallel = limits.max_tokens, limits.max_parallel_tokens
     c: dict[str, Any] = {}
@@ -61,63 +62,64 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
                                          label="Selection threshold", info=_help("selection_threshold"))
     c["max_tokens"] = setting_slider(1, max_tokens, value=min(40, max_tokens), step=1, label="Max tokens")
     c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
-    with gr.Accordion("Retroactive pruning", open=False):
-        # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
-        c["use_retroactive_pruning"] = gr.Checkbox(value=True, label="Prune by later attention")
-        c["attention_threshold"] = setting_slider(0.0, 0.2, value=APP_ATTENTION_THRESHOLD, step=0.001,
-                                             label="Attention threshold")
-        c["pruning_window"] = setting_slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
-        c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,
-                                                 label="When a whole set fails")
-        with gr.Row():
-            c["use_relative_attention"] = gr.Checkbox(value=False, label="Relative attention")
-            c["relative_threshold"] = setting_slider(0.0, 1.0, value=d.relative_threshold, step=0.05,
-                                                label="Relative threshold")
-        with gr.Row():
-            c["use_multi_scale_attention"] = gr.Checkbox(value=False, label="Multi-scale layer weights")
-            c["num_layers_to_use"] = gr.Number(value=0, precision=0, label="Last N layers (0 = all)")
-        with gr.Row():
-            c["use_sigmoid_threshold"] = gr.Checkbox(value=False, label="Sigmoid (probabilistic) decision")
-            c["sigmoid_steepness"] = setting_slider(0.5, 50, value=d.sigmoid_steepness, step=0.5, label="Steepness")
-        c["preserve_isolated_tokens"] = gr.Checkbox(value=True, label="Never prune single-candidate steps")
-    with gr.Accordion("Dynamic threshold (Bezier / ReLU)", open=False):
-        c["dynamic_threshold"] = gr.Checkbox(value=False, label="Threshold follows a curve over the run")
-        c["final_threshold"] = setting_slider(0.0, 0.5, value=d.final_threshold, step=0.005, label="Final threshold")
-        with gr.Row():
-            c["bezier_p1"] = setting_slider(0.0, 1.0, value=d.bezier_p1, step=0.05, label="Bezier p1")
-            c["bezier_p2"] = setting_slider(0.0, 1.0, value=d.bezier_p2, step=0.05, label="Bezier p2")
-        with gr.Row():
-            c["use_relu"] = gr.Checkbox(value=False, label="ReLU instead of Bezier")
-            c["relu_activation_point"] = setting_slider(0.0, 0.95, value=d.relu_activation_point, step=0.05,
-                                                   label="ReLU starts at")
-    with gr.Accordion("Parallel sets, cache and prompt", open=False):
-        c["max_parallel_tokens"] = setting_slider(1, max_parallel, value=min(d.max_parallel_tokens, max_parallel),
-                                             step=1, label="Max parallel tokens per step")
-        c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
-        c["disable_kv_cache"] = gr.Checkbox(value=False, label="Disable KV cache (recompute every step)")
-        c["min_steps"] = setting_slider(0, max_tokens, value=0, step=1, label="Min steps before EOS")
-        c["temperature"] = setting_slider(0.05, 3.0, value=d.temperature, step=0.05, label="Temperature")
-        c["enable_thinking"] = gr.Checkbox(value=False, label="Thinking system prompt (Cogito)")
-        c["raw_prompt"] = gr.Checkbox(value=False, label="Raw prompt (no chat template)")
-        c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
-    with gr.Accordion("MCTS and sampling", open=False):
-        with gr.Row():
-            c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=min(d.mcts_simulations,
-                                              limits.mcts_simulations), step=1, label="MCTS simulations")
-            c["mcts_depth"] = setting_slider(1, limits.mcts_depth, value=min(d.mcts_depth, limits.mcts_depth), step=1,
-                                        label="MCTS depth")
-        c["mcts_c_puct"] = setting_slider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")
-        c["do_sample"] = gr.Checkbox(value=False, label="Sample (greedy mode only)")
-        with gr.Row():
-            c["top_p"] = setting_slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            c["top_k"] = gr.Number(value=0, precision=0, label="Top-k (0 = off)")
-        c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
-    with gr.Accordion("Research options", open=False):
-        c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
-        c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=min(d.faithfulness_paths,
-                                            limits.faithfulness_paths), step=1,
-                                            label="Explicit paths per step (most probable)")
-    return c
+    with gr.Column(visible=expert_visible, elem_id="expert-settings") as expert:
+        with gr.Accordion("Retroactive pruning", open=False):
+            # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
+            c["use_retroactive_pruning"] = gr.Checkbox(value=True, label="Prune by later attention")
+            c["attention_threshold"] = setting_slider(0.0, 0.2, value=APP_ATTENTION_THRESHOLD, step=0.001,
+                                                 label="Attention threshold")
+            c["pruning_window"] = setting_slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
+            c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,
+                                                     label="When a whole set fails")
+            with gr.Row():
+                c["use_relative_attention"] = gr.Checkbox(value=False, label="Relative attention")
+                c["relative_threshold"] = setting_slider(0.0, 1.0, value=d.relative_threshold, step=0.05,
+                                                    label="Relative threshold")
+            with gr.Row():
+                c["use_multi_scale_attention"] = gr.Checkbox(value=False, label="Multi-scale layer weights")
+                c["num_layers_to_use"] = gr.Number(value=0, precision=0, label="Last N layers (0 = all)")
+            with gr.Row():
+                c["use_sigmoid_threshold"] = gr.Checkbox(value=False, label="Sigmoid (probabilistic) decision")
+                c["sigmoid_steepness"] = setting_slider(0.5, 50, value=d.sigmoid_steepness, step=0.5, label="Steepness")
+            c["preserve_isolated_tokens"] = gr.Checkbox(value=True, label="Never prune single-candidate steps")
+        with gr.Accordion("Dynamic threshold (Bezier / ReLU)", open=False):
+            c["dynamic_threshold"] = gr.Checkbox(value=False, label="Threshold follows a curve over the run")
+            c["final_threshold"] = setting_slider(0.0, 0.5, value=d.final_threshold, step=0.005, label="Final threshold")
+            with gr.Row():
+                c["bezier_p1"] = setting_slider(0.0, 1.0, value=d.bezier_p1, step=0.05, label="Bezier p1")
+                c["bezier_p2"] = setting_slider(0.0, 1.0, value=d.bezier_p2, step=0.05, label="Bezier p2")
+            with gr.Row():
+                c["use_relu"] = gr.Checkbox(value=False, label="ReLU instead of Bezier")
+                c["relu_activation_point"] = setting_slider(0.0, 0.95, value=d.relu_activation_point, step=0.05,
+                                                       label="ReLU starts at")
+        with gr.Accordion("Parallel sets, cache and prompt", open=False):
+            c["max_parallel_tokens"] = setting_slider(1, max_parallel, value=min(d.max_parallel_tokens, max_parallel),
+                                                 step=1, label="Max parallel tokens per step")
+            c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
+            c["disable_kv_cache"] = gr.Checkbox(value=False, label="Disable KV cache (recompute every step)")
+            c["min_steps"] = setting_slider(0, max_tokens, value=0, step=1, label="Min steps before EOS")
+            c["temperature"] = setting_slider(0.05, 3.0, value=d.temperature, step=0.05, label="Temperature")
+            c["enable_thinking"] = gr.Checkbox(value=False, label="Thinking system prompt (Cogito)")
+            c["raw_prompt"] = gr.Checkbox(value=False, label="Raw prompt (no chat template)")
+            c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
+        with gr.Accordion("MCTS and sampling", open=False):
+            with gr.Row():
+                c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=min(d.mcts_simulations,
+                                                  limits.mcts_simulations), step=1, label="MCTS simulations")
+                c["mcts_depth"] = setting_slider(1, limits.mcts_depth, value=min(d.mcts_depth, limits.mcts_depth), step=1,
+                                            label="MCTS depth")
+            c["mcts_c_puct"] = setting_slider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")
+            c["do_sample"] = gr.Checkbox(value=False, label="Sample (greedy mode only)")
+            with gr.Row():
+                c["top_p"] = setting_slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+                c["top_k"] = gr.Number(value=0, precision=0, label="Top-k (0 = off)")
+            c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
+        with gr.Accordion("Research options", open=False):
+            c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
+            c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=min(d.faithfulness_paths,
+                                                limits.faithfulness_paths), step=1,
+                                                label="Explicit paths per step (most probable)")
+    return c, expert
 
 
 def settings_from_form(form: dict[str, Any], limits: Limits) -> TempoSettings:

@@ -238,3 +238,18 @@ def _plain(obj: Any) -> Any:
     if tolist is not None:
         return tolist()
     raise TypeError(f"not JSON: {type(obj).__name__}")
+
+
+GLOSSARY = """
+**Token**: a piece of text the model reads or writes: a word, part of a word, a space or a newline (shown as `·` and
+`⏎`). **Probability**: how likely the model thinks a token comes next, from 0 to 1; all tokens together sum to 1.
+**Selection threshold**: TEMPO keeps every token at least this probable (1.0 keeps only the most probable one:
+greedy decoding). **Set**: the tokens kept at one step, written `[a/b]`. **Logical step / shared position**: one
+round of decoding; every token of its set gets the same position id, so the model sees them as alternatives for
+the same place in the text. **Mask**: which earlier tokens a token may look at; siblings of a set never see each
+other. **Attention**: how much a token looks at each earlier token while predicting the next one.
+**Retroactive pruning**: removing a candidate later, when the tokens after it pay it less attention than the
+**attention (pruning) threshold**. **Near miss**: a token just below the selection threshold (grey open circle).
+**Main path**: the most probable surviving token of every step (orange). **Faithfulness**: how closely TEMPO's
+one merged prediction matches running each branch separately (KL divergence: 0 means identical).
+"""

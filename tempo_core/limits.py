@@ -20,6 +20,11 @@ from .config import SettingsError, TempoSettings
 FAITHFULNESS_BATCH = 16  # paths per forward in faithfulness.path_distributions
 
 
+# TEMPO_DEMO=1 lowers these caps (explicit TEMPO_APP_* variables still win)
+DEMO_CAPS = {"max_tokens": 48, "max_parallel_tokens": 6, "mcts_simulations": 20, "mcts_depth": 8,
+             "faithfulness_paths": 8, "max_seconds": 60.0}
+
+
 @dataclass(frozen=True)
 class Limits:
     """A server's per-request limits (environment: TEMPO_APP_*)."""
@@ -32,6 +37,7 @@ class Limits:
     max_tokens_fed: int = 400_000
     max_seconds: float = 120.0
     max_waiting: int = 32  # API requests waiting for the model; more get a 503
+    demo: bool = False  # TEMPO_DEMO=1: a classroom server (Learn tab first, expert settings hidden, lower caps)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Limits":
@@ -41,7 +47,8 @@ class Limits:
                  "faithfulness_paths": "TEMPO_APP_MAX_FAITHFULNESS_PATHS",
                  "max_forward_passes": "TEMPO_APP_MAX_FORWARD_PASSES", "max_tokens_fed": "TEMPO_APP_MAX_TOKENS_FED",
                  "max_seconds": "TEMPO_APP_MAX_SECONDS", "max_waiting": "TEMPO_API_MAX_WAITING"}
-        values = {}
+        demo = env.get("TEMPO_DEMO", "0").strip().lower() in ("1", "true", "yes")
+        values: dict = dict(DEMO_CAPS, demo=True) if demo else {}
         for field_name, var in names.items():
             if var in env:
                 try:
