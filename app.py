@@ -556,7 +556,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                             elem_classes="legend-line")
                                 tree_plot = plotly_view(elem_id="tempo-tree")
                                 with gr.Row():
-                                    node_pick = gr.Dropdown([], label="Inspect candidate", scale=1)
+                                    # any value is accepted here and checked by find_node (API callers name a node)
+                                    node_pick = gr.Dropdown([], label="Inspect candidate", scale=1,
+                                                            allow_custom_value=True)
                                     details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
                                 with gr.Row():
                                     continue_btn = gr.Button("Continue from here (only this candidate)",

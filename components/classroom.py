@@ -153,11 +153,14 @@ def score_prediction(st: Step, picked: list[str]) -> Reveal:
 
 
 def reveal_markdown(st: Step, reveal: Reveal, score: Score) -> str:
-    rows = "\n".join(f"| {'✅' if ok == ticked else '❌'} | `{label}` | {p:.3f} | {'kept' if ok else 'not kept'} | "
-                     f"{'ticked' if ticked else '—'} |" for label, p, ok, ticked in reveal.marks)
+    """The reveal as a short list (it fits the narrow column of a phone or the form)."""
+    lines = []
+    for label, p, ok, ticked in reveal.marks:
+        verdict = "✓" if ok == ticked else "✗"
+        you = "you ticked it" if ticked else "you left it"
+        lines.append(f"- **{verdict}** `{label}` p = {p:.3f}: {'kept' if ok else 'not kept'} ({you})")
     return (f"**Step {st.step}: {reveal.right} of {reveal.total} right** · running score {score}\n\n"
-            f"Selection threshold {st.selection_threshold:g}: every token at or above it is kept.\n\n"
-            f"| | token | probability | result | your pick |\n|---|---|---|---|---|\n{rows}")
+            f"Threshold {st.selection_threshold:g}: every token at or above it is kept.\n\n" + "\n".join(lines))
 
 
 def reflection_question(trace: Trace, index: int) -> str:
@@ -165,14 +168,14 @@ def reflection_question(trace: Trace, index: int) -> str:
     st = trace.steps[index]
     pruned_now = [c for s in trace.steps for c in s.candidates if c.pruned_at == index]
     if pruned_now:
-        return (f"🤔 This step pruned {', '.join(repr(show_token(c.shown)) for c in pruned_now)}: later tokens paid "
+        return (f"**Think:** This step pruned {', '.join(repr(show_token(c.shown)) for c in pruned_now)}: later tokens paid "
                 "it too little attention. Would you have cut it? What would the text lose if it stayed?")
     if len(st.candidates) > 1:
         top = max(st.candidates, key=lambda c: c.prob)
-        return (f"🤔 {len(st.candidates)} tokens share position {st.position}. The next step sees all of them at "
+        return (f"**Think:** {len(st.candidates)} tokens share position {st.position}. The next step sees all of them at "
                 f"once: how much should it trust {show_token(top.shown)!r} over the others, and why?")
     if st.alternatives and st.alternatives[0]["prob"] > st.selection_threshold / 2:
         alt = st.alternatives[0]
-        return (f"🤔 {show_token(alt['text'])!r} missed the threshold with p = {alt['prob']:.2f}. At what threshold "
+        return (f"**Think:** {show_token(alt['text'])!r} missed the threshold with p = {alt['prob']:.2f}. At what threshold "
                 "would it have joined the set, and would the text still make sense?")
-    return "🤔 Only one token passed. Is the model sure here, or is the threshold too strict? Look at the near misses."
+    return "**Think:** Only one token passed. Is the model sure here, or is the threshold too strict? Look at the near misses."

@@ -77,14 +77,15 @@ def outline_row(fig: dict, row: int, label: str) -> dict:
     return fig
 
 
-def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tuple[float, float], label: str) -> dict:
+def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tuple[float, float], label: str,
+                label_left: bool = False) -> dict:
     layout = fig["layout"]
     layout["shapes"] = [*layout.get("shapes", []), {
         "type": "rect", "xref": xref, "yref": yref, "x0": x[0], "x1": x[1], "y0": y[0], "y1": y[1],
         "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(245,166,35,0.15)"}]
     layout["annotations"] = [*layout.get("annotations", []), {
-        "x": x[1], "y": y[1], "xref": xref, "yref": yref, "text": f"<b>{label}</b>", "showarrow": False,
-        "xanchor": "left", "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12},
+        "x": x[0] if label_left else x[1], "y": y[1], "xref": xref, "yref": yref, "text": f"<b>{label}</b>",
+        "showarrow": False, "xanchor": "right" if label_left else "left", "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12},
         "bgcolor": "rgba(255,255,255,0.85)"}]
     return fig
 
@@ -95,10 +96,15 @@ def _positions(t: Trace, part: str) -> dict:
     st = t.steps[b]
     fig = positions_figure(t, b).to_dict()
     first, k = st.candidates[0].row, len(st.candidates)
+    # zoom in on the set and the tokens just before it (the whole prompt stays a drag away)
+    fig["layout"].setdefault("xaxis", {})["range"] = [first - 10.5, first + k + 0.5]
+    fig["layout"].setdefault("yaxis", {})["range"] = [st.position - 10.5, st.position + 1.5]
+    fig["layout"].setdefault("xaxis2", {})["range"] = [first - 8.5, first + k - 0.5]
     if part == "positions":
         return outline_box(fig, "x", "y", (first - 0.6, first + k - 0.4), (st.position - 0.8, st.position + 0.8),
                            f"{k} rows, one position")
-    return outline_box(fig, "x2", "y2", (first - 0.5, first + k - 0.5), (-0.5, k - 0.5), "siblings hidden")
+    return outline_box(fig, "x2", "y2", (first - 0.5, first + k - 0.5), (-0.5, k - 0.5), "siblings hidden",
+                       label_left=True)
 
 
 @dataclass

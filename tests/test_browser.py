@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -214,6 +215,86 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
         phone.locator("#tempo-tree").scroll_into_view_if_needed()
         phone.screenshot(path=str(ARTIFACTS / "phone-tree-200.png"))
         # nothing wider than the screen: no sideways scrolling
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 392
+        browser.close()
+    assert errors == []
+
+
+def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
+    """The Learn tab start to end; a step-mode run with one prediction; "continue from here" on a tree node."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from components.learn import LESSONS
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(app_url + "/", wait_until="load")
+        page.get_by_role("tab", name="Learn").click()
+        for i, lesson in enumerate(LESSONS):
+            expect(page.locator("#lesson-text")).to_contain_text(lesson.title, timeout=20_000)
+            expect(page.locator("#lesson-where")).to_contain_text(f"Lesson {i + 1} of {len(LESSONS)}")
+            expect(page.locator("#lesson-figure .js-plotly-plot")).to_be_visible(timeout=20_000)
+            if i in (1, 3, 5):
+                page.wait_for_timeout(400)
+                page.screenshot(path=str(ARTIFACTS / f"learn-{i + 1}.png"))
+            if i < len(LESSONS) - 1:
+                page.locator("#lesson-next").click()
+        page.locator("#lesson-try").click()  # the last lesson's settings go into the form, and Explore opens
+        expect(page.locator("#generate")).to_be_visible(timeout=20_000)
+
+        # step mode with one prediction
+        page.locator("#prompt textarea").fill("Name three colours of the sea.")
+        box = page.locator("input[aria-label='number input for Max tokens']")
+        box.fill("12")
+        box.press("Enter")
+        page.get_by_text("Step by step · predict first").click()
+        page.locator("#predict input").check()
+        page.locator("#step").click()
+        choices = page.locator("#predict-choices label")
+        expect(choices.first).to_be_visible(timeout=60_000)
+        expect(page.locator("#status")).to_contain_text("which tokens pass")
+        choices.first.click()
+        page.locator("#reveal").click()
+        expect(page.locator("#reveal-result")).to_contain_text("right", timeout=20_000)
+        expect(page.locator("#reveal-result")).to_contain_text("running score")
+        expect(page.locator("#reflection")).to_contain_text("Think:")
+        page.locator("#step-mode").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "predict.png"))
+        page.locator("#predict input").uncheck()
+        page.locator("#step").click()
+        expect(page.locator("#status")).to_contain_text("step 2 ", timeout=30_000)
+
+        # a recorded run (instant), a node, and "continue from here"
+        page.locator("#recorded-tempo").click()
+        expect(page.locator("#status")).to_contain_text("Recorded run", timeout=20_000)
+        page.locator("#tempo-tree").scroll_into_view_if_needed()
+        points = page.locator("#tempo-tree .scatterlayer .trace .points path")
+        expect(points.first).to_be_visible(timeout=20_000)
+        box = points.nth(2).bounding_box()  # the second candidate of the first set (the recording branches early)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.get_by_text("token id").first).to_be_visible(timeout=20_000)
+        page.locator("#what-if").click()
+        expect(page.locator("#what-if-result")).to_contain_text("at lower thresholds", timeout=20_000)
+        page.locator("#continue-here").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "continued.png"))
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-a input")).to_have_value(re.compile("continued"), timeout=30_000)
+        expect(page.locator("#compare-b input")).to_have_value(re.compile("recorded"))
+        expect(page.locator("#compare-diff")).to_contain_text("only in", timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "compare-continued.png"))
+
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        phone.on("pageerror", lambda e: errors.append(str(e)))
+        phone.goto(app_url + "/", wait_until="load")
+        phone.get_by_role("tab", name="Learn").click()
+        phone.locator("#lesson-next").click()
+        expect(phone.locator("#lesson-where")).to_contain_text("Lesson 2 of", timeout=20_000)
+        phone.wait_for_timeout(400)
+        phone.screenshot(path=str(ARTIFACTS / "phone-learn.png"), full_page=True)
         assert phone.evaluate("document.documentElement.scrollWidth") <= 392
         browser.close()
     assert errors == []

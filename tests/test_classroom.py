@@ -85,3 +85,53 @@ def test_reveal_and_reflection_say_what_happened(lm):
     assert f"Step {st.step}" in text and "3/8" in text and "not kept" in text
     question = reflection_question(trace, i)
     assert "share position" in question or "pruned" in question
+
+
+# --- through the server, as the page and gradio_client call it --------------------------------------------------
+
+def test_step_api_advances_one_step_per_call_and_continue_from_forces_a_node(lm):
+    from gradio_client import Client
+
+    from test_serving import serve
+    with serve(lm) as (url, fastapi_app):
+        client = Client(url + "/", verbose=False)
+        form = dict(prompt="once upon a time", max_tokens=6, selection_threshold=0.08, use_retroactive_pruning=False)
+        for n in (1, 2, 3):
+            out = client.predict(predict=False, api_name="/step", **form)
+            assert f"step {n} " in out[4], out[4]
+        explorer = fastapi_app.state.explorer
+        assert len(explorer.stepped) == 1  # one paused run for this session
+        # with predict on, the new step is hidden: choices offered, figures one step behind
+        out = client.predict(predict=True, api_name="/step", **form)
+        assert "Step 3: which tokens pass" in out[4]
+        assert out[3]["n"] == 3  # the text (like every figure) still shows 3 steps of the 4 made
+        # continue from here, through the page's own event, on the session's finished run
+        *_, done = client.submit(api_name="/generate", **form)
+        step = next(i for i, piece in enumerate(done[3]["steps"]) if 'class="set"' in piece)
+        job = client.submit(f"{step}:1", api_name="/continue_from")
+        *_, final = [*job] or [job.result()]
+        assert final[4].startswith("Done"), final[4]
+        forced = final[3]["steps"][step]  # the text: that step holds the original's second candidate alone
+        assert 'class="set"' not in forced
+        second = done[3]["steps"][step].split('data-node="%d:1">' % step)[1].split("</span>")[0]
+        assert forced.split('data-node="%d:0">' % step)[1].split("</span>")[0] == second
+        assert final[3]["steps"][:step] == done[3]["steps"][:step]  # the earlier steps are the original's
+
+
+def test_demo_mode_opens_on_the_learn_tab_with_lower_caps_and_expert_settings_hidden(lm, monkeypatch):
+    import app as tempo_app
+    from tempo_core.limits import Limits
+    monkeypatch.setenv("TEMPO_DEMO", "1")
+    limits = Limits.from_env()
+    assert limits.demo and limits.max_tokens == 48 and limits.max_parallel_tokens == 6
+    monkeypatch.setenv("TEMPO_APP_MAX_TOKENS", "30")  # an explicit cap still wins
+    assert Limits.from_env().max_tokens == 30
+    demo = tempo_app.build_demo(tempo_app.Explorer(lm, limits))
+    components = {c.get("props", {}).get("elem_id"): c for c in demo.config["components"]}
+    assert components["expert-settings"]["props"]["visible"] is False
+    tabs = [c for c in demo.config["components"] if c["type"] == "tabs"]
+    assert tabs[0]["props"]["selected"] == "learn"
+    assert components["predict"]["props"]["value"] is True  # predict-then-reveal on for a class
+    normal = tempo_app.build_demo(tempo_app.Explorer(lm, Limits()))
+    ncomp = {c.get("props", {}).get("elem_id"): c for c in normal.config["components"]}
+    assert ncomp["expert-settings"]["props"]["visible"] is True
