@@ -659,8 +659,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731
-        for name in ("dynamic_threshold", "attention_threshold", "final_threshold", "bezier_p1", "bezier_p2",
-                     "use_relu", "relu_activation_point", "max_tokens", "use_retroactive_pruning", "mode"):
+        for name in ("dynamic_threshold", "dynamic_threshold_form", "attention_threshold", "final_threshold",
+                     "bezier_p1", "bezier_p2", "use_relu", "relu_activation_point", "max_tokens",
+                     "use_retroactive_pruning", "mode"):
             controls[name].change(preview, None, curve_plot, inputs_kwargs=controls, api_visibility="private",
                                   concurrency_limit=None, show_progress="hidden")
         demo.load(app.fill_from_link, None, [*inputs, curve_plot], inputs_kwargs=controls, api_visibility="private")

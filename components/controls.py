@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from tempo_core.config import FIELDS, PRUNING_MODES, TempoSettings, build_settings
+from tempo_core.config import CURVE_FORMS, FIELDS, PRUNING_MODES, TempoSettings, build_settings
 from tempo_core.limits import Limits
 
 APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candidates each at 0.02, none at 0.01
@@ -78,6 +78,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             with gr.Row():
                 c["use_multi_scale_attention"] = gr.Checkbox(value=False, label="Multi-scale layer weights")
                 c["num_layers_to_use"] = gr.Number(value=0, precision=0, label="Last N layers (0 = all)")
+            c["multi_scale_min_weight"] = setting_slider(0.0, 1.0, value=d.multi_scale_min_weight, step=0.05,
+                                                         label="Multi-scale weight of the first layer")
             with gr.Row():
                 c["use_sigmoid_threshold"] = gr.Checkbox(value=False, label="Sigmoid (probabilistic) decision")
                 c["sigmoid_steepness"] = setting_slider(0.5, 50, value=d.sigmoid_steepness, step=0.5, label="Steepness")
@@ -85,6 +87,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
         with gr.Accordion("Dynamic threshold (Bezier / ReLU)", open=False):
             c["dynamic_threshold"] = gr.Checkbox(value=False, label="Threshold follows a curve over the run")
             c["final_threshold"] = setting_slider(0.0, 0.5, value=d.final_threshold, step=0.005, label="Final threshold")
+            c["dynamic_threshold_form"] = gr.Radio(list(CURVE_FORMS), value=d.dynamic_threshold_form,
+                                                   label="Curve form (seed_scaled: threshold x curve, from 0)")
             with gr.Row():
                 c["bezier_p1"] = setting_slider(0.0, 1.0, value=d.bezier_p1, step=0.05, label="Bezier p1")
                 c["bezier_p2"] = setting_slider(0.0, 1.0, value=d.bezier_p2, step=0.05, label="Bezier p2")
@@ -96,6 +100,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             c["max_parallel_tokens"] = setting_slider(1, max_parallel, value=min(d.max_parallel_tokens, max_parallel),
                                                  step=1, label="Max parallel tokens per step")
             c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
+            c["use_custom_rope"] = gr.Checkbox(value=True, label="Siblings share one position (off: consecutive "
+                                                                 "positions, a baseline)")
             c["disable_kv_cache"] = gr.Checkbox(value=False, label="Disable KV cache (recompute every step)")
             c["min_steps"] = setting_slider(0, max_tokens, value=0, step=1, label="Min steps before EOS")
             c["temperature"] = setting_slider(0.05, 3.0, value=d.temperature, step=0.05, label="Temperature")

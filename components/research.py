@@ -64,10 +64,11 @@ def step_mask_rows(trace: Trace, step: int) -> tuple[torch.Tensor, list[int]]:
 def row_labels(trace: Trace) -> dict[int, tuple[str, int, int]]:
     """physical row -> (token text, logical position, step or -1 for the prompt)."""
     out = {i: ("", i, -1) for i in range(len(trace.prompt_token_ids))}
+    shared = trace.settings.get("use_custom_rope", True)  # off: siblings at consecutive positions
     for st in trace.steps:
-        for c in st.candidates:
+        for i, c in enumerate(st.candidates):
             if c.row >= 0:
-                out[c.row] = (c.text, st.position, st.step)
+                out[c.row] = (c.text, st.position + (0 if shared else i), st.step)
     return out
 
 

@@ -29,6 +29,19 @@ EXTRA_FLAGS = {
 }
 
 
+# flags the seeds name without defining what they do: refused with that reason, not "unrecognized arguments"
+UNDEFINED_SEED_FLAGS = ("--disable-kv-cache-consistency", "--use-lci-dynamic-threshold", "--no-lci-dynamic-threshold")
+
+
+class _Undefined(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, help=argparse.SUPPRESS)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        parser.exit(2, f"error: {args[-1]}: the TEMPO seeds name this flag but never define what it does, so it "
+                       f"is not supported\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
         self.exit(2, f"error: {message} (see --help)\n")
@@ -53,17 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         aliases, negative = EXTRA_FLAGS.get(name, ([], None))
-        help_text = f"{f.metadata['help']} ({describe_range(name)}; default {f.default})"
+        default = "" if f.default in ("", None) else f"; default {f.default}"
+        help_text = f"{f.metadata['help']} ({describe_range(name)}{default})"
         if f.type == "bool":
-            if f.default is True:  # a default-on switch is turned off by its --no- flag
-                gen.add_argument(negative or "--no-" + flag[2:], dest=name, action="store_const", const=False,
-                                 help=help_text)
-                continue
-            gen.add_argument(flag, *aliases, dest=name, action="store_const", const=True, help=help_text)
-            if negative:
-                gen.add_argument(negative, dest=name, action="store_const", const=False, help=argparse.SUPPRESS)
+            gen.add_argument(flag, *aliases, dest=name, action="store_const", const=True,
+                             help=help_text if f.default is not True else f"{f.metadata['help']} (default on)")
+            gen.add_argument(negative or "--no-" + flag[2:], dest=name, action="store_const", const=False,
+                             help=f"turn {flag} off" + (" (default)" if f.default is False else ""))
         else:
             gen.add_argument(flag, *aliases, dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
+    for flag in UNDEFINED_SEED_FLAGS:
+        p.add_argument(flag, action=_Undefined)
     return p
 
 

@@ -17,6 +17,7 @@ MAX_TOKENS_LIMIT = 2048
 MAX_PARALLEL_LIMIT = 64
 MAX_PROMPT_CHARS = 20_000
 PRUNING_MODES = ("keep_token", "keep_unattended", "remove_position")
+CURVE_FORMS = ("start_to_final", "seed_scaled")
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,8 @@ class TempoSettings:
     raw_prompt: bool = _f(False, "Feed the prompt exactly as given (no chat template)")
     enable_thinking: bool = _f(False, "System prompt 'Enable deep thinking subroutine.' via the chat template")
     allow_intraset_token_visibility: bool = _f(False, "Let siblings of one set see each other")
+    use_custom_rope: bool = _f(True, "Siblings of a set share one position id (off: consecutive positions, the "
+                                     "research baseline of what happens without the position trick)")
     disable_kv_cache: bool = _f(False, "Recompute the whole sequence every step (same positions and mask)")
     # --- retroactive pruning
     use_retroactive_pruning: bool = _f(False, "Prune candidates that later tokens barely attend to")
@@ -53,7 +56,9 @@ class TempoSettings:
     pruning_window: int = _f(3, "Later steps whose attention scores a set", 1, 64)
     use_relative_attention: bool = _f(False, "Also require score < relative_threshold x the set's best")
     relative_threshold: float = _f(0.5, "Relative cut-off (fraction of the set's best score)", 0.0, 1.0)
-    use_multi_scale_attention: bool = _f(False, "Weight layers linspace(0.2, 1) instead of a plain mean")
+    use_multi_scale_attention: bool = _f(False, "Weight the scored layers linspace(multi_scale_min_weight, 1), "
+                                                "normalised, instead of a plain mean")
+    multi_scale_min_weight: float = _f(0.5, "Multi-scale weight of the first scored layer (the seeds' 0.5)", 0.0, 1.0)
     num_layers_to_use: int | None = _f(None, "Score with the last N layers (None = all)", 1, 1024, nullable=True)
     use_sigmoid_threshold: bool = _f(False, "Seeded probabilistic pruning: P(prune) = sigmoid(k (thr-score)/thr)")
     sigmoid_steepness: float = _f(10.0, "Steepness k of the sigmoid decision", 0.0, 1000.0, lo_open=True)
@@ -61,7 +66,11 @@ class TempoSettings:
     preserve_isolated_tokens: bool = _f(True, "Never score single-candidate steps")
     # --- dynamic pruning threshold
     dynamic_threshold: bool = _f(False, "Pruning threshold follows a curve over the run")
-    final_threshold: float = _f(0.05, "Pruning threshold at the last step", 0.0, 1.0)
+    final_threshold: float = _f(0.05, "Pruning threshold at the last step (start_to_final form). Not the seeds' "
+                                      "1.0: that prunes nearly every candidate near the end", 0.0, 1.0)
+    dynamic_threshold_form: str = _f("start_to_final", "start_to_final: from attention_threshold to "
+                                     "final_threshold along the curve; seed_scaled: the seeds' attention_threshold x "
+                                     "curve(step / max_tokens), starting at 0", choices=CURVE_FORMS)
     bezier_p1: float = _f(0.2, "First Bezier control value", 0.0, 1.0)
     bezier_p2: float = _f(0.8, "Second Bezier control value", 0.0, 1.0)
     use_relu: bool = _f(False, "ReLU curve instead of Bezier")

@@ -76,7 +76,7 @@ class ParallelSequence:
 
     def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int]):
         self.lm, self.s = lm, s
-        self.layout = Layout.for_prompt(prompt_ids)
+        self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
         self.cache = None if s.disable_kv_cache else DynamicCache(config=lm.model.config)
         self.pad_three = lm.device.type == "cpu" and lm.dtype == torch.float32
         self.forward_passes = 0
@@ -127,18 +127,19 @@ class ParallelSequence:
         visible = self.s.allow_intraset_token_visibility
         past_alive = list(self.layout.alive)
         rows = self.layout.append_set(token_ids, position)
+        positions = self.layout.positions[-k:]
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
             logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
         elif k == 1 and all(past_alive):  # plain decoding: keep HF's mask-free fast path
-            logits, attn = self._forward(token_ids, [position], None, keep=1)
+            logits, attn = self._forward(token_ids, positions, None, keep=1)
         else:
             pad = 1 if k == 3 and self.pad_three else 0  # 4 rows cost less than 3 on MKL fp32 (fastpath.py)
             mask = step_mask(past_alive, k + pad, visible, dev)
             if pad:
                 mask[..., :k, -1] = False  # no real sibling ever sees the pad row
-            logits, attn = self._forward(token_ids + token_ids[:pad], [position] * (k + pad), mask, keep=k + pad,
-                                         padding=pad)
+            logits, attn = self._forward(token_ids + token_ids[:pad], positions + positions[-1:] * pad, mask,
+                                         keep=k + pad, padding=pad)
             if pad:
                 self.cache.crop(-pad)
                 logits, attn = logits[:k], {layer: a[:k, :-pad] for layer, a in attn.items()}
@@ -195,7 +196,7 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     else:
         probs = to_probs(seq.prefill(), s.temperature)
     trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
-    prompt_len, eos = len(trace.prompt_token_ids), lm.eos_ids
+    eos = lm.eos_ids
     trace.stop_reason = "max_tokens"
     for step in range(len(trace.steps), s.max_tokens):
         if stop is not None and stop.is_set():
@@ -212,14 +213,14 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
             trace.stop_reason = "eos"
             break
         hidden = seq.layout.dead_rows()
-        rows, logits, attention = seq.feed(ids, prompt_len + step)
+        rows, logits, attention = seq.feed(ids, seq.layout.next_position(step))
         threshold = pruning_threshold(step, s) if pruner else None
         texts = [lm.decode([i]) for i in ids]
         context = clean_token_ids(trace.steps[-3:]) if any("\ufffd" in t for t in texts) else []
         cands = [Candidate(i, text, p, row=r, display=repaired_text(lm, i, text, context))
                  for i, text, p, r in zip(ids, texts, ps, rows)]
         near = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in missed if i not in ids]
-        trace.steps.append(Step(step, prompt_len + step, s.selection_threshold, threshold, cands,
+        trace.steps.append(Step(step, seq.layout.positions[rows[0]], s.selection_threshold, threshold, cands,
                                 hidden_rows=hidden, dropped_eos=dropped, alternatives=near))
         pruned = pruner.update(trace.steps, attention, threshold) if pruner else []
         for c in pruned:

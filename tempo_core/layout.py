@@ -5,6 +5,8 @@ Rules (default, siblings isolated):
   * a candidate sees the prompt, every live row of earlier steps, and itself, not its siblings;
   * a pruned row is hidden from every later query.
 With `allow_intraset_token_visibility` the siblings of one set also see each other.
+With `shared_positions` off (the seeds' `--use-custom-rope` turned off: a research baseline), the siblings get
+consecutive position ids instead, as if they were written one after another.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ class Layout:
     tokens: list[int] = field(default_factory=list)
     # for each logical step: (first row, number of rows, rows hidden from that step's queries)
     blocks: list[tuple[int, int, list[int]]] = field(default_factory=list)
+    shared_positions: bool = True
 
     @classmethod
-    def for_prompt(cls, prompt_ids: list[int]) -> "Layout":
+    def for_prompt(cls, prompt_ids: list[int], shared_positions: bool = True) -> "Layout":
         n = len(prompt_ids)
-        return cls(n, [True] * n, list(range(n)), list(prompt_ids))
+        return cls(n, [True] * n, list(range(n)), list(prompt_ids), shared_positions=shared_positions)
+
+    def next_position(self, step: int) -> int:
+        """The position id of logical `step`'s set (its first row's, when positions are not shared)."""
+        return self.prompt_len + step if self.shared_positions else self.positions[-1] + 1
 
     @property
     def rows(self) -> int:
@@ -40,7 +47,8 @@ class Layout:
         start = self.rows
         self.blocks.append((start, len(token_ids), self.dead_rows()))
         self.alive += [True] * len(token_ids)
-        self.positions += [position] * len(token_ids)
+        offsets = [0] * len(token_ids) if self.shared_positions else list(range(len(token_ids)))
+        self.positions += [position + o for o in offsets]
         self.tokens += list(token_ids)
         return list(range(start, start + len(token_ids)))
 

@@ -22,7 +22,7 @@ def layer_weights(num_layers: int, s: TempoSettings) -> dict[int, float]:
     n = num_layers if s.num_layers_to_use is None else min(s.num_layers_to_use, num_layers)
     layers = list(range(num_layers - n, num_layers))
     if s.use_multi_scale_attention:
-        raw = torch.linspace(0.2, 1.0, len(layers)).tolist() if len(layers) > 1 else [1.0]
+        raw = torch.linspace(s.multi_scale_min_weight, 1.0, len(layers)).tolist() if len(layers) > 1 else [1.0]
     else:
         raw = [1.0] * len(layers)
     total = sum(raw)
@@ -99,5 +99,5 @@ class RetroactivePruner:
             if self.s.complete_pruning_mode == "keep_unattended":
                 keep[1].unattended = True
         for _, c in failing:
-            c.pruned_at = now
+            c.pruned_at, c.pruning_score = now, c.attention
         return [c for _, c in failing]

@@ -24,9 +24,15 @@ def pruning_threshold(step: int, s: TempoSettings) -> float:
     """The attention threshold in force at logical `step`."""
     if not s.dynamic_threshold:
         return s.attention_threshold
+    if s.dynamic_threshold_form == "seed_scaled":  # the seeds' compute_dynamic_threshold: base x curve(step / total)
+        t = min(1.0, step / s.max_tokens)
+        return s.attention_threshold * _shape(t, s)
     t = progress(step, s.max_tokens)
-    shape = relu_ramp(t, s.relu_activation_point) if s.use_relu else bezier(t, s.bezier_p1, s.bezier_p2)
-    return s.attention_threshold + (s.final_threshold - s.attention_threshold) * shape
+    return s.attention_threshold + (s.final_threshold - s.attention_threshold) * _shape(t, s)
+
+
+def _shape(t: float, s: TempoSettings) -> float:
+    return relu_ramp(t, s.relu_activation_point) if s.use_relu else bezier(t, s.bezier_p1, s.bezier_p2)
 
 
 def threshold_curve(s: TempoSettings) -> list[float]:

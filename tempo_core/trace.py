@@ -23,7 +23,8 @@ class Candidate:
     prob: float  # probability in the distribution it was selected from
     row: int = -1  # physical row (KV-cache index) the token was fed at; -1 if never fed
     pruned_at: int | None = None  # logical step after which it was pruned (None = alive)
-    attention: float | None = None  # cumulative attention score used by pruning
+    attention: float | None = None  # cumulative attention score used by pruning (frozen once pruned)
+    pruning_score: float | None = None  # the score that pruned it, against its step's threshold then
     attention_by_step: dict[int, float] = field(default_factory=dict)  # later step -> mean attention
     attention_by_layer: dict[int, dict[int, float]] = field(default_factory=dict)  # multi-scale: step -> layer -> att
     unattended: bool = False  # kept only because its whole set failed (keep_unattended)
@@ -178,6 +179,7 @@ def _check_candidate(where: str, c: Any) -> None:
     _integer(f"{where}.pruned_at", c.get("pruned_at"), nullable=True)
     _integer(f"{where}.visits", c.get("visits"), nullable=True)
     _number(f"{where}.attention", c.get("attention"), nullable=True)
+    _number(f"{where}.pruning_score", c.get("pruning_score"), nullable=True)
     _number(f"{where}.value", c.get("value"), nullable=True)
     if c.get("display") is not None:
         _text(f"{where}.display", c["display"])
@@ -345,7 +347,7 @@ def rewind(trace: Trace, step: int) -> Trace:
     for st in past.steps:
         for c in st.candidates:
             if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:
-                c.pruned_at = None
+                c.pruned_at, c.pruning_score = None, None
             c.attention_by_step = {s: v for s, v in c.attention_by_step.items() if s <= step}
             c.attention_by_layer = {s: v for s, v in c.attention_by_layer.items() if s <= step}
             c.attention = (sum(c.attention_by_step.values()) / len(c.attention_by_step)

@@ -155,3 +155,27 @@ def test_pruning_hides_rows_from_later_steps_and_changes_the_run(lm):
     assert "~~" in pruned_run.text
     later_ids = lambda tr: [[c.token_id for c in st.candidates] for st in tr.steps]  # noqa: E731
     assert later_ids(pruned_run) != later_ids(plain_run)
+
+
+def test_without_shared_positions_siblings_sit_at_consecutive_positions(lm):
+    """The seeds' --use-custom-rope turned off: the research baseline. Siblings get consecutive position ids
+    (each still masked from the others), so sibling j is the model at position p + j after the prompt."""
+    prompt = prompt_ids(lm)
+    s = settings(use_custom_rope=False)
+    seq = ParallelSequence(lm, s, prompt)
+    siblings = seq.prefill().topk(3).indices.tolist()
+    _, logits, _ = seq.feed(siblings, seq.layout.next_position(0))
+    assert seq.layout.positions[-3:] == [len(prompt), len(prompt) + 1, len(prompt) + 2]
+    for j, (tok, got) in enumerate(zip(siblings, logits)):
+        ids = torch.tensor([prompt + [tok]])
+        pos = torch.tensor([list(range(len(prompt))) + [len(prompt) + j]])
+        with torch.inference_mode():
+            alone = lm.model(ids, position_ids=pos).logits[0, -1]
+        assert (got - alone).abs().max() < TOL
+    assert seq.layout.next_position(1) == len(prompt) + 3  # the next set comes after the last sibling
+    trace = run(lm, settings(use_custom_rope=False, selection_threshold=0.05))
+    branching = [st for st in trace.steps if len(st.candidates) > 1]
+    assert branching and all(b.position == a.position + len(a.candidates) for a, b in zip(trace.steps, trace.steps[1:]))
+    greedy = run(lm, settings(selection_threshold=1.0))
+    assert [c.token_id for st in run(lm, settings(use_custom_rope=False, selection_threshold=1.0)).steps
+            for c in st.candidates] == [c.token_id for st in greedy.steps for c in st.candidates]

@@ -91,3 +91,17 @@ def test_meter_is_wired_into_runs_and_refuses_other_modes(lm):
     greedy = run(lm, build_settings(dict(prompt="the cat", max_tokens=3, default_mode=True)))
     with pytest.raises(ValueError, match="TEMPO runs"):
         measure(lm, greedy)
+
+
+def test_the_meter_compares_shared_and_consecutive_positions(lm):
+    """The position trick's research baseline: the meter replays each run with its own positions, so the two
+    layouts are measured against the same explicit paths and can be compared."""
+    s = build_settings(dict(prompt="once upon a time", max_tokens=5, selection_threshold=0.05, faithfulness=True,
+                            faithfulness_paths=16))
+    shared, consecutive = run(lm, s), run(lm, s.replace(use_custom_rope=False))
+    assert shared.faithfulness and consecutive.faithfulness
+    replayed = tempo_distributions(lm, consecutive)  # the replay reproduces the run's own distributions
+    first_set = consecutive.steps[1]
+    top = replayed[0].topk(len(first_set.candidates)).indices.tolist()
+    assert sorted(top) == sorted(c.token_id for c in first_set.candidates)
+    assert shared.faithfulness["mean_kl"] != consecutive.faithfulness["mean_kl"]

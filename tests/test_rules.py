@@ -70,6 +70,20 @@ def test_layer_weights_all_last_n_and_multiscale():
     assert list(layer_weights(4, s.replace(num_layers_to_use=2))) == [2, 3]
     w = layer_weights(3, s.replace(use_multi_scale_attention=True))
     assert w[2] > w[1] > w[0] and sum(w.values()) == pytest.approx(1)
+    # the seeds' weights: linspace(0.5, 1.0) over the scored layers, normalised
+    assert list(w.values()) == pytest.approx([0.5 / 2.25, 0.75 / 2.25, 1.0 / 2.25])
+    low = layer_weights(3, s.replace(use_multi_scale_attention=True, multi_scale_min_weight=0.2))
+    assert list(low.values()) == pytest.approx([0.2 / 1.8, 0.6 / 1.8, 1.0 / 1.8])
+
+
+def test_seed_scaled_curve_is_the_seeds_compute_dynamic_threshold():
+    s = build_settings(dict(dynamic_threshold=True, attention_threshold=0.1, final_threshold=0.9, max_tokens=10,
+                            dynamic_threshold_form="seed_scaled"))
+    assert pruning_threshold(0, s) == 0.0  # starts at 0
+    for step in range(10):  # base x bezier(step / total_steps), final_threshold unused
+        assert pruning_threshold(step, s) == pytest.approx(0.1 * bezier(step / 10, 0.2, 0.8))
+    relu = s.replace(use_relu=True, relu_activation_point=0.5)
+    assert pruning_threshold(8, relu) == pytest.approx(0.1 * (0.8 - 0.5) / 0.5)
 
 
 def _sets(*scores_per_set):
@@ -200,3 +214,19 @@ def test_unsupported_model_is_refused_with_a_reason():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320))
     with pytest.raises(ModelError, match="rotary"):
         wrap_model(gpt2, tiny_tokenizer())
+
+
+def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
+    from tiny import tiny_llama
+    from tempo_core import run
+    lm = tiny_llama(seed=0)
+    trace = run(lm, build_settings(dict(prompt="once upon a time", max_tokens=14, selection_threshold=0.05,
+                                         use_retroactive_pruning=True, attention_threshold=0.05)))
+    pruned = [c for st in trace.steps for c in st.candidates if c.pruned_at is not None]
+    assert pruned
+    thresholds = {st.step: st.pruning_threshold for st in trace.steps}
+    for c in pruned:
+        assert c.pruning_score is not None and c.pruning_score < thresholds[c.pruned_at]
+        assert c.pruning_score == c.attention  # no later attention entries dilute it
+        assert max(c.attention_by_step) == c.pruned_at
+    assert all(c.pruning_score is None for st in trace.steps for c in st.candidates if c.pruned_at is None)
