@@ -69,6 +69,32 @@ def greedy_step_ms(lm, ids: list[int], n: int) -> float:
     return (timed(n) - timed(1)) / (n - 1) * 1e3
 
 
+def static_step_ms(lm, ids: list[int], n: int, beams: int = 1) -> float | None:
+    """HF `generate` on a `StaticCache` (what `cache_implementation="static"` makes; transformers compiles the
+    decoding forward; the first calls pay the compile, so each length is called once before it is timed): the fastest greedy (or beam
+    search) a user can pick. None where transformers refuses (static beam search on some versions)."""
+    from transformers import StaticCache
+    x = torch.tensor([ids], device=lm.device)
+    kw = dict(attention_mask=torch.ones_like(x), do_sample=False, temperature=None, top_p=None, top_k=None,
+              pad_token_id=2, num_beams=beams)
+
+    def timed(m: int) -> float:
+        # one cache length for every call: a static cache sized per call would recompile at each new length
+        cache = StaticCache(config=lm.model.config, max_cache_len=len(ids) + n + 1)
+        sync(lm.device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            lm.model.generate(x, max_new_tokens=m, min_new_tokens=m, past_key_values=cache, **kw)
+        sync(lm.device)
+        return time.perf_counter() - t
+    try:
+        timed(n), timed(1)  # compile / warm up
+        return (timed(n) - timed(1)) / (n - 1) * 1e3
+    except Exception as exc:  # noqa: BLE001 - reported in the table, not fatal
+        print(f"static cache, {beams} beams: {type(exc).__name__}: {str(exc)[:120]}", file=sys.stderr)
+        return None
+
+
 def beam_step_ms(lm, ids: list[int], beams: int, n: int) -> float:
     return (beam_search(lm, ids, beams, n)["seconds"] - beam_search(lm, ids, beams, 1)["seconds"]) / (n - 1) * 1e3
 
@@ -90,6 +116,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--forced-k", default="8", help="comma list of forced set sizes to time against beams")
     ap.add_argument("--skip-natural", action="store_true", help="only the forced-k table")
+    ap.add_argument("--static", action="store_true",
+                    help="also time HF static-cache (compiled) greedy and beam search as the anchors")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     if a.random_config:
@@ -132,12 +160,19 @@ def main() -> None:
         results["natural"] = {"median_ms": med, "ratio_vs_greedy": ratio, "mean_set_size": mean_k}
 
     forced = {}
+    anchors = {}  # the fastest HF decoding on this machine, per prompt: static-cache greedy (and beams per k)
     for k in [int(x) for x in a.forced_k.split(",") if x]:
-        g_l, t_l, b_l, tp_l = [], [], [], []
+        g_l, t_l, b_l, tp_l, sg_l, sb_l = [], [], [], [], [], []
         for r in range(a.rounds):
             p = prompts[r % len(prompts)]
             s = build_settings(dict(prompt=p, selection_threshold=0.0, max_parallel_tokens=k, **base))
             _, ids = encode_prompt(lm, s)
+            if a.static and (p, 1) not in anchors:
+                anchors[(p, 1)] = static_step_ms(lm, ids, n)
+            if a.static and k > 1 and (p, k) not in anchors:
+                anchors[(p, k)] = static_step_ms(lm, ids, n, beams=k)
+            sg_l.append(anchors.get((p, 1)))
+            sb_l.append(anchors.get((p, k)) if k > 1 else anchors.get((p, 1)))
             g_l.append(greedy_step_ms(lm, ids, n))
             t_l.append(tempo_step_ms(lm, s)[0])
             tp_l.append(tempo_step_ms(lm, s.replace(use_retroactive_pruning=True))[0])
@@ -147,6 +182,12 @@ def main() -> None:
                      "pruning_vs_greedy": statistics.median([t / g for t, g in zip(tp_l, g_l)]),
                      "tempo_vs_greedy": statistics.median([t / g for t, g in zip(t_l, g_l)]),
                      "tempo_vs_beam": statistics.median([t / b for t, b in zip(t_l, b_l)])}
+        if all(v is not None for v in sg_l):
+            forced[k].update(static_greedy_ms=statistics.median(sg_l),
+                             tempo_vs_static_greedy=statistics.median([t / g for t, g in zip(t_l, sg_l)]),
+                             pruning_vs_static_greedy=statistics.median([t / g for t, g in zip(tp_l, sg_l)]))
+        if all(v is not None for v in sb_l):
+            forced[k].update(static_beam_ms=statistics.median(sb_l))
     if forced:
         print(f"\nforced set size k (threshold 0, max_parallel_tokens k), {n} steps")
         print(f"{'k':>3}{'greedy ms':>11}{'TEMPO ms':>10}{'+pruning':>10}{'beam ms':>10}{'T/greedy':>10}"
@@ -155,6 +196,13 @@ def main() -> None:
             print(f"{k:>3}{v['greedy_ms']:>11.1f}{v['tempo_ms']:>10.1f}{v['tempo_pruning_ms']:>10.1f}"
                   f"{v['beam_ms']:>10.1f}{v['tempo_vs_greedy']:>10.2f}{v['pruning_vs_greedy']:>12.2f}"
                   f"{v['tempo_vs_beam']:>8.2f}")
+        if a.static:
+            print(f"\nanchors: HF generate with cache_implementation='static' (compiled), {n} steps")
+            print(f"{'k':>3}{'static greedy':>15}{'static beam':>13}{'T/static':>10}{'T+p/static':>12}")
+            for k, v in forced.items():
+                cell = lambda key, fmt: format(v[key], fmt) if key in v else "n/a"  # noqa: E731
+                print(f"{k:>3}{cell('static_greedy_ms', '15.1f'):>15}{cell('static_beam_ms', '13.1f'):>13}"
+                      f"{cell('tempo_vs_static_greedy', '10.2f'):>10}{cell('pruning_vs_static_greedy', '12.2f'):>12}")
         results["forced"] = forced
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=2))
