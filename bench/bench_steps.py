@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tempo_core import build_settings, load_model, run, wrap_model  # noqa: E402
 from tempo_core.baseline import beam_search  # noqa: E402
-from tempo_core.engine import encode_prompt  # noqa: E402
+from tempo_core.events import encode_prompt  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Explain the theory of relativity simply.",
            "Write a haiku about servers.", "List three uses of a paperclip."]

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
-from tempo_core.engine import encode_prompt
+from tempo_core.events import encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
 from .figures import report_html

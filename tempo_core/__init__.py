@@ -1,7 +1,8 @@
 """TEMPO: Threshold-Enabled Multipath Parallel Output, on any RoPE causal LM in transformers."""
 
 from .config import SettingsError, TempoSettings, build_settings, load_settings
-from .engine import StepEvent, generate, run
+from .events import StepEvent
+from .modes import generate, run
 from .model import LoadedModel, ModelError, load_model, wrap_model
 from .trace import Candidate, Step, Trace
 

@@ -16,7 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from .config import TempoSettings
-from .engine import StepEvent, new_trace
+from .events import StepEvent, new_trace
 from .limits import stop_reason
 from .model import LoadedModel
 from .trace import Candidate, Step, finalise_text, summarise

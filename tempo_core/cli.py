@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_with_progress(lm, settings: TempoSettings, debug: bool) -> Trace:
     from tqdm import tqdm
 
-    from .engine import generate
+    from .modes import generate
 
     log = logging.getLogger("tempo_core.steps")
     bar = tqdm(total=settings.max_tokens, desc=settings.mode, unit="step", file=sys.stderr, leave=False,

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .baseline import beam_search
 from .config import TempoSettings
-from .engine import run
+from .modes import run
 from .model import LoadedModel
 
 

@@ -1,4 +1,4 @@
-"""The TEMPO step loop: one generator that yields an event per logical step.
+"""The TEMPO step loop: one generator that yields an event per logical step (`modes.generate` picks the mode).
 
 Per step: select every candidate above the threshold from the current next-token distribution, feed all of
 them in ONE forward at ONE shared position id (siblings masked from each other, one KV cache), score earlier
@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from transformers import DynamicCache
 
 from .attention import record_attention
-from .config import SettingsError, TempoSettings, validate_prompt
+from .config import TempoSettings
+from .events import StepEvent, new_trace
 from .fastpath import fast_rows
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -27,49 +27,6 @@ from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
 from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summarise
-
-THINKING_SYSTEM_PROMPT = "Enable deep thinking subroutine."
-
-
-@dataclass
-class StepEvent:
-    """What a caller (CLI progress bar, UI) sees after each logical step. `trace` is the live trace."""
-    index: int  # the step just made (-1 when none was)
-    trace: Trace
-    pruned: list[Candidate]  # candidates pruned by this step's attention
-    done: bool = False  # the last event of a run: trace.stop_reason and timings are final
-    progress: str | None = None  # set on events of a phase after the steps (no new step): what is being done
-
-    @property
-    def step(self) -> Step:
-        return self.trace.steps[self.index]
-
-
-def encode_prompt(lm: LoadedModel, s: TempoSettings) -> tuple[str, list[int]]:
-    """Chat template for instruct models (unless `raw_prompt`); thinking adds Cogito's system prompt."""
-    tok = lm.tokenizer
-    if s.enable_thinking and (s.raw_prompt or not lm.has_chat_template):
-        raise SettingsError("enable_thinking", "needs the chat template (a model that has one, without raw_prompt)")
-    if s.raw_prompt or not lm.has_chat_template:
-        ids = tok(s.prompt, add_special_tokens=True)["input_ids"]
-        return s.prompt, list(ids)
-    messages = [{"role": "user", "content": s.prompt}]
-    if s.enable_thinking:
-        messages.insert(0, {"role": "system", "content": THINKING_SYSTEM_PROMPT})
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return text, list(tok(text, add_special_tokens=False)["input_ids"])
-
-
-def new_trace(lm: LoadedModel, s: TempoSettings) -> Trace:
-    validate_prompt(s)
-    prompt_text, ids = encode_prompt(lm, s)
-    max_ctx = getattr(lm.model.config, "max_position_embeddings", None)
-    if max_ctx and len(ids) + s.max_tokens > max_ctx:
-        raise SettingsError("max_tokens", f"prompt ({len(ids)} tokens) + max_tokens must fit the model's "
-                                          f"context of {max_ctx}; use max_tokens <= {max(1, max_ctx - len(ids))}")
-    return Trace(model=lm.name, mode=s.mode, settings=s.to_dict(), prompt=s.prompt, prompt_text=prompt_text,
-                 prompt_token_ids=ids)
-
 
 class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
@@ -237,44 +194,3 @@ def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequen
     finalise_text(trace, lm.decode, s.show_token_ids)
     summarise(trace, (time.perf_counter() - t0) * 1e3, seq.forward_passes, seq.tokens_processed,
               seq.layout.rows - seq.layout.prompt_len)
-
-
-def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-             prefix: list[Step] | None = None) -> Iterator[StepEvent]:
-    """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
-    if s.default_mode:
-        from .baseline import default_events
-        return default_events(lm, s, stop)
-    if s.use_mcts:
-        from .mcts import mcts_events
-        return mcts_events(lm, s, stop)
-    if s.faithfulness:
-        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s, stop)
-    return tempo_events(lm, s, stop, prefix)
-
-
-def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,
-                       stop: threading.Event | None) -> Iterator[StepEvent]:
-    from .faithfulness import measure_iter
-    for event in events:
-        if event.done and stop is not None and stop.is_set():
-            event.trace.stats["faithfulness_skipped"] = stop_reason(stop)  # a stopped run is not measured
-        elif event.done:
-            t0 = time.perf_counter()
-            for done in measure_iter(lm, event.trace, s.faithfulness_paths):
-                if stop is not None and stop.is_set():
-                    event.trace.stats["faithfulness_skipped"] = stop_reason(stop)
-                    break
-                yield StepEvent(event.index, event.trace, [], progress=f"measuring faithfulness {done:.0%}")
-            event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3
-        yield event
-
-
-def run(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-        prefix: list[Step] | None = None) -> Trace:
-    """Run to the end and return the finished trace."""
-    event = None
-    for event in generate(lm, s, stop, prefix):
-        pass
-    assert event is not None and event.done
-    return event.trace

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from .config import TempoSettings
-from .engine import StepEvent, new_trace
+from .events import StepEvent, new_trace
 from .limits import stop_reason
 from .model import LoadedModel
 from .selection import select_candidates, to_probs

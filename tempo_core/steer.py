@@ -12,7 +12,8 @@ import threading
 from typing import Iterator
 
 from .config import SettingsError, build_settings
-from .engine import StepEvent, tempo_events
+from .engine import tempo_events
+from .events import StepEvent
 from .model import LoadedModel
 from .trace import Trace, rewind
 

@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from .config import TempoSettings
-from .engine import run
+from .modes import run
 from .model import LoadedModel
 from .trace import Step, Trace, rewind
 

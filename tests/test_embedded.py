@@ -36,7 +36,7 @@ def test_never_branching_run_equals_greedy_generate(lm, prompt):
 
 def test_isolated_siblings_match_their_own_runs(lm):
     s = build_settings(dict(prompt=PROMPTS[0]))
-    from tempo_core.engine import encode_prompt
+    from tempo_core.events import encode_prompt
     _, prompt = encode_prompt(lm, s)
     seq = ParallelSequence(lm, s, prompt)
     siblings = seq.prefill().topk(4).indices.tolist()

@@ -1,0 +1,56 @@
+"""Which decoding a run uses: TEMPO (engine.py), plain transformers generate (baseline.py) or MCTS (mcts.py),
+and the faithfulness phase after a TEMPO run. Above the modes, so that imports only run downward."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+from .baseline import default_events
+from .config import TempoSettings
+from .engine import tempo_events
+from .events import StepEvent
+from .faithfulness import measure_iter
+from .limits import stop_reason
+from .mcts import mcts_events
+from .model import LoadedModel
+from .trace import Step, Trace
+
+
+def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+             prefix: list[Step] | None = None) -> Iterator[StepEvent]:
+    """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
+    if s.default_mode:
+        return default_events(lm, s, stop)
+    if s.use_mcts:
+        return mcts_events(lm, s, stop)
+    if s.faithfulness:
+        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s, stop)
+    return tempo_events(lm, s, stop, prefix)
+
+
+def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,
+                       stop: threading.Event | None) -> Iterator[StepEvent]:
+    for event in events:
+        if event.done and stop is not None and stop.is_set():
+            event.trace.stats["faithfulness_skipped"] = stop_reason(stop)  # a stopped run is not measured
+        elif event.done:
+            t0 = time.perf_counter()
+            for done in measure_iter(lm, event.trace, s.faithfulness_paths):
+                if stop is not None and stop.is_set():
+                    event.trace.stats["faithfulness_skipped"] = stop_reason(stop)
+                    break
+                yield StepEvent(event.index, event.trace, [], progress=f"measuring faithfulness {done:.0%}")
+            event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3
+        yield event
+
+
+def run(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+        prefix: list[Step] | None = None) -> Trace:
+    """Run to the end and return the finished trace."""
+    event = None
+    for event in generate(lm, s, stop, prefix):
+        pass
+    assert event is not None and event.done
+    return event.trace
