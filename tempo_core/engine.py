@@ -47,7 +47,7 @@ class ParallelSequence:
         attention those rows pay, never more rows than that."""
         dev = self.lm.device
         layers = self.capture.keys() if record else ()
-        with torch.inference_mode(), fast_rows(), record_attention(layers, last_rows=keep) as rec:
+        with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
                                   attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,

@@ -2,15 +2,18 @@
 
 MKL runs `X @ W^T` with 2-16 rows X at 2-3 GEMV passes' cost; the transposed problem `(W @ X^T)^T` runs at
 about one (bench/README.md: linear layers of SmolLM2, M=2: 79 -> 41 ms, M=4: 94 -> 47 ms). Each nn.Linear
-of the model gets an instance-level forward that takes that path, but only inside `fast_rows()` blocks, so
-plain transformers calls on the same model (greedy/beam baselines, `generate`) are untouched.
+of the model gets an instance-level forward that takes that path only while a `fast_rows(model)` block is open
+(TEMPO's own forwards), and loses it when the block closes: plain transformers calls on the same model
+(greedy/beam baselines, `generate`) and a model passed in by a user are untouched.
 A 3-row step is padded to 4 rows (M=3 stays slow even transposed); see `ParallelSequence.feed`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
+import weakref
 from contextvars import ContextVar
 from typing import Any, Iterator
 
@@ -31,21 +34,41 @@ def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, self.weight, self.bias)
 
 
-def install_fast_rows(model: Any) -> bool:
-    """Install on CPU fp32 models only (GPUs and bf16 have no such quirk). Returns whether installed."""
-    param = next(model.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32:
-        return False
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.forward = types.MethodType(_linear_forward, module)
-    return True
+_lock = threading.Lock()
+_users: dict[int, int] = {}  # id(model) -> fast_rows blocks open on it (any thread)
+
+
+_found: "weakref.WeakKeyDictionary[Any, list[torch.nn.Linear]]" = weakref.WeakKeyDictionary()
+
+
+def _linears(model: Any) -> list[torch.nn.Linear]:
+    """The layers to switch (found once per model; none off CPU fp32: GPUs and bf16 have no such quirk)."""
+    if model not in _found:
+        param = next(model.parameters(), None)
+        cpu32 = param is not None and param.device.type == "cpu" and param.dtype == torch.float32
+        _found[model] = [m for m in model.modules() if type(m) is torch.nn.Linear] if cpu32 else []
+    return _found[model]
 
 
 @contextlib.contextmanager
-def fast_rows() -> Iterator[None]:
+def fast_rows(model: Any) -> Iterator[None]:
+    """Inside this block (TEMPO's own forwards), `model`'s nn.Linear layers take the transposed path on CPU fp32;
+    when the last block on the model closes, their own forward is back, so a model passed in is left as it came.
+    Other threads' forwards on the model meanwhile take the plain path (the switch is per context)."""
+    linears = _linears(model)
+    with _lock:
+        if linears and _users.get(id(model), 0) == 0:
+            for m in linears:
+                m.forward = types.MethodType(_linear_forward, m)
+        _users[id(model)] = _users.get(id(model), 0) + 1
     token = _ACTIVE.set(True)
     try:
         yield
     finally:
         _ACTIVE.reset(token)
+        with _lock:
+            _users[id(model)] -= 1
+            if _users[id(model)] == 0:
+                del _users[id(model)]
+                for m in linears:
+                    del m.forward  # the instance attribute goes: nn.Linear.forward again

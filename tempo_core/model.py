@@ -202,7 +202,6 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .attention import install_tempo_attention
-    from .fastpath import install_fast_rows
 
     start = time.perf_counter()
     source = resolve_model_source(requested)
@@ -223,7 +222,6 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
         model.to(dev)
     model.eval()
     install_tempo_attention(model)
-    install_fast_rows(model)
     return LoadedModel(model, tokenizer, name, dev, dt, time.perf_counter() - start)
 
 
@@ -241,12 +239,10 @@ def cache_argument(model: Any) -> str:
 def wrap_model(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
     """Use an already-built model (tests, notebooks)."""
     from .attention import install_tempo_attention
-    from .fastpath import install_fast_rows
 
     check_tempo_capable(model)
     model.eval()
     install_tempo_attention(model)
-    install_fast_rows(model)
     param = next(model.parameters())
     return LoadedModel(model, tokenizer, name, param.device, param.dtype, 0.0)
 
