@@ -14,7 +14,7 @@ import time
 from typing import Iterator
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from .attention import record_attention
 from .config import TempoSettings
@@ -31,10 +31,19 @@ from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summa
 class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
 
-    def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int]):
+    def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int], static_cache: bool = False):
+        """`static_cache`: one preallocated `StaticCache` sized to the run, every forward at explicit cache
+        positions with a mask over the whole buffer (the shape a captured CUDA graph needs); same results."""
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
-        self.cache = None if s.disable_kv_cache else DynamicCache(config=lm.model.config)
+        self.static_len = None
+        if s.disable_kv_cache:
+            self.cache = None
+        elif static_cache:  # every row a run can feed, and one CPU pad row
+            self.static_len = len(prompt_ids) + s.max_tokens * s.max_parallel_tokens + 1
+            self.cache = StaticCache(config=lm.model.config, max_cache_len=self.static_len)
+        else:
+            self.cache = DynamicCache(config=lm.model.config)
         self.pad_three = lm.device.type == "cpu" and lm.dtype == torch.float32
         self.forward_passes = 0
         self.tokens_processed = 0
@@ -47,14 +56,28 @@ class ParallelSequence:
         attention those rows pay, never more rows than that."""
         dev = self.lm.device
         layers = self.capture.keys() if record else ()
+        extra = {}
+        if self.static_len is not None:  # the fed rows' cache slots, and the mask over the whole buffer
+            first = self.layout.rows - (len(ids) - padding)
+            extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
+            mask = self._static_mask(mask, first, len(ids))
         with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
                                   attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
-                                  logits_to_keep=keep)
+                                  logits_to_keep=keep, **extra)
         self.forward_passes += 1
         self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
         return out.logits[0], rec.weights
+
+    def _static_mask(self, mask: torch.Tensor | None, first: int, q: int) -> torch.Tensor:
+        """[1, 1, q, static_len]: `mask` (None: plain causal) over the filled slots, nothing beyond them."""
+        full = torch.zeros(1, 1, q, self.static_len, dtype=torch.bool, device=self.lm.device)
+        if mask is None:
+            full[0, 0, :, :first + q] = torch.ones(q, first + q, dtype=torch.bool, device=self.lm.device).tril(first)
+        else:
+            full[..., :mask.shape[-1]] = mask
+        return full
 
     def prefill(self) -> torch.Tensor:
         """Feed the prompt exactly once; returns the last row's logits."""
@@ -97,7 +120,7 @@ class ParallelSequence:
                 mask[..., :k, -1] = False  # no real sibling ever sees the pad row
             logits, attn = self._forward(token_ids + token_ids[:pad], positions + positions[-1:] * pad, mask,
                                          keep=k + pad, padding=pad)
-            if pad:
+            if pad and self.static_len is None:  # a static cache's pad slot is simply written over next step
                 self.cache.crop(-pad)
                 logits, attn = logits[:k], {layer: a[:k, :-pad] for layer, a in attn.items()}
         return rows, logits, attn
@@ -131,17 +154,19 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
 
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-                 prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None) -> Iterator[StepEvent]:
+                 prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None,
+                 static_cache: bool = False) -> Iterator[StepEvent]:
     """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
 
     `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
     one forward instead of one per step, and the loop continues after them.
     `force`: {step: token ids} that step's set is, instead of what the threshold selects ("continue from here");
     recorded in `trace.stats` as `forced_step` / `forced_token`.
+    `static_cache`: decode on a preallocated StaticCache (see `ParallelSequence`); the same trace.
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
-    seq = ParallelSequence(lm, s, trace.prompt_token_ids)
+    seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache)
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     if prefix:
         trace.steps = copy.deepcopy(prefix)

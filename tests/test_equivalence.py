@@ -179,3 +179,25 @@ def test_without_shared_positions_siblings_sit_at_consecutive_positions(lm):
     greedy = run(lm, settings(selection_threshold=1.0))
     assert [c.token_id for st in run(lm, settings(use_custom_rope=False, selection_threshold=1.0)).steps
             for c in st.candidates] == [c.token_id for st in greedy.steps for c in st.candidates]
+
+
+@pytest.mark.parametrize("pruning", [False, True])
+def test_a_static_cache_run_equals_the_dynamic_cache_run(lm, pruning):
+    """The static-cache path (preallocated buffer, explicit cache positions, a mask over the whole buffer: what
+    a captured CUDA graph replays) gives the dynamic-cache run's candidates, pruning and probabilities."""
+    from tempo_core.engine import tempo_events
+    s = settings(prompt="once upon a time", raw_prompt=False, max_tokens=16, selection_threshold=0.04,
+                 use_retroactive_pruning=pruning, attention_threshold=0.05)
+    dynamic = run(lm, s)
+    static = None
+    for event in tempo_events(lm, s, static_cache=True):
+        static = event.trace
+    assert any(len(st.candidates) in (3, 4, 8) for st in dynamic.steps)  # padded and unpadded sets both met
+    if pruning:
+        assert any(c.pruned_at is not None for st in dynamic.steps for c in st.candidates)
+    assert [[(c.token_id, c.pruned_at) for c in st.candidates] for st in static.steps] == \
+           [[(c.token_id, c.pruned_at) for c in st.candidates] for st in dynamic.steps]
+    for a, b in zip(static.steps, dynamic.steps):
+        for ca, cb in zip(a.candidates, b.candidates):
+            assert abs(ca.prob - cb.prob) < 1e-5
+            assert all(abs(ca.attention_by_step[k] - cb.attention_by_step[k]) < 1e-5 for k in cb.attention_by_step)
