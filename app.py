@@ -38,7 +38,7 @@ from components.views import curve_view, heatmap_view, show_token, text_view, tr
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
-from tempo_core.config import FIELDS, TempoSettings
+from tempo_core.config import FIELDS, MODE_FLAGS, TempoSettings
 from tempo_core.limits import Limits, RunStop
 from tempo_core.steer import continue_from, lower_threshold_preview
 from tempo_core.trace import rewind
@@ -358,7 +358,7 @@ class Explorer:
         """Opening a shared link fills the form with its settings (a plain visit keeps the defaults)."""
         names = list(form)
         params = dict(request.query_params) if request is not None else {}
-        known = {k: v for k, v in params.items() if k in FIELDS}
+        known = {k: v for k, v in params.items() if k in FIELDS or k in MODE_FLAGS}
         if not known:
             return (*[gr.skip()] * len(names), preview_curve(self.limits, **form))
         try:  # the link's settings on top of the form's own defaults; only the fields it names change
@@ -367,7 +367,7 @@ class Explorer:
         except SettingsError as exc:
             gr.Warning(f"ignored link settings: {exc}")
             return (*[gr.skip()] * len(names), preview_curve(self.limits, **form))
-        changed = set(known) | ({"mode"} if {"default_mode", "use_mcts"} & set(known) else set())
+        changed = set(known) | ({"mode"} if set(MODE_FLAGS) & set(known) else set())
         values = [v if n in changed else gr.skip() for n, v in zip(names, form_values(s, names))]
         return (*values, curve_view(s))
 

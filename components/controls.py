@@ -132,8 +132,7 @@ def settings_from_form(form: dict[str, Any], limits: Limits) -> TempoSettings:
     """Form values by setting name -> validated settings (the same validation as CLI and API), within the
     server's caps (errors name the field and the range that applies here)."""
     raw = dict(form)
-    mode = MODES.get(raw.pop("mode", "TEMPO"), "tempo")
-    raw["default_mode"], raw["use_mcts"] = mode == "default", mode == "mcts"
+    raw["mode"] = MODES.get(raw.get("mode", "TEMPO"), raw.get("mode"))  # a label, or the setting's own value
     if raw.get("num_layers_to_use") in (0, None, ""):
         raw["num_layers_to_use"] = None
     for key in ("max_tokens", "min_steps", "pruning_window", "max_parallel_tokens", "mcts_simulations",

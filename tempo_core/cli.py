@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"turn {flag} off" + (" (default)" if f.default is False else ""))
         else:
             gen.add_argument(flag, *aliases, dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
+    # the seeds' switches for the mode
+    gen.add_argument("--default-mode", dest="mode", action="store_const", const="default",
+                     help="same as --mode default (plain transformers generate)")
+    gen.add_argument("--use-mcts", dest="mode", action="store_const", const="mcts", help="same as --mode mcts")
     for flag in UNDEFINED_SEED_FLAGS:
         p.add_argument(flag, action=_Undefined)
     return p

@@ -25,10 +25,10 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, s
     TEMPO and greedy runs early (beam search is bounded by max_tokens); `progress(done, 3, what)` before each."""
     report = progress or (lambda done, total, what: None)
     report(0, 3, "TEMPO")
-    tempo_s = s.replace(default_mode=False, use_mcts=False)
+    tempo_s = s.replace(mode="tempo")
     tempo = run(lm, tempo_s, stop)
     report(1, 3, "greedy")
-    greedy = run(lm, s.replace(default_mode=True, use_mcts=False, do_sample=False, faithfulness=False), stop)
+    greedy = run(lm, s.replace(mode="default", do_sample=False, faithfulness=False), stop)
     report(2, 3, "beam search")
     p = len(tempo.prompt_token_ids)
     beams = num_beams or max(2, round(tempo.stats.get("mean_set_size", 2)))

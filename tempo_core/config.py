@@ -18,6 +18,9 @@ MAX_PARALLEL_LIMIT = 64
 MAX_PROMPT_CHARS = 20_000
 PRUNING_MODES = ("keep_token", "keep_unattended", "remove_position")
 CURVE_FORMS = ("start_to_final", "seed_scaled")
+MODES = ("tempo", "default", "mcts")
+# the seeds' switches for the mode: true selects that mode, false goes back to TEMPO if it was that mode
+MODE_FLAGS = {"default_mode": "default", "use_mcts": "mcts"}
 
 
 class SettingsError(ValueError):
@@ -37,6 +40,9 @@ def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None
 @dataclass
 class TempoSettings:
     # --- what to generate
+    mode: str = _f("tempo", "tempo: keep every token above the threshold at one position; default: plain transformers "
+                            "generate (greedy, or sampling with do_sample); mcts: Monte Carlo tree search over "
+                            "threshold-selected candidates (aliases: --default-mode, --use-mcts)", choices=MODES)
     prompt: str = _f("", "Text prompt (non-empty)")
     max_tokens: int = _f(100, "Maximum logical steps", 1, MAX_TOKENS_LIMIT)
     min_steps: int = _f(0, "Steps before an EOS may end the run", 0, MAX_TOKENS_LIMIT)
@@ -76,11 +82,9 @@ class TempoSettings:
     use_relu: bool = _f(False, "ReLU curve instead of Bezier")
     relu_activation_point: float = _f(0.5, "Fraction of the run where the ReLU ramp starts", 0.0, 0.99)
     # --- other modes
-    default_mode: bool = _f(False, "Plain transformers generate (greedy, or sampling with do_sample)")
     do_sample: bool = _f(False, "Default mode: sample instead of greedy")
     top_p: float = _f(1.0, "Default mode: nucleus sampling", 0.0, 1.0, lo_open=True)
     top_k: int = _f(0, "Default mode: top-k sampling (0 = off)", 0, 100_000)
-    use_mcts: bool = _f(False, "Monte Carlo tree search over threshold-selected candidates")
     mcts_simulations: int = _f(10, "MCTS simulations per step", 1, 1000)
     mcts_c_puct: float = _f(1.0, "MCTS exploration constant", 0.0, 100.0, lo_open=True)
     mcts_depth: int = _f(5, "MCTS maximum search depth", 1, 64)
@@ -88,10 +92,6 @@ class TempoSettings:
     show_token_ids: bool = _f(False, "Show token ids in the bracketed text")
     faithfulness: bool = _f(False, "After a TEMPO run, compare it with its explicit branch paths")
     faithfulness_paths: int = _f(8, "Explicit paths per step for the faithfulness meter (most probable)", 1, 256)
-
-    @property
-    def mode(self) -> str:
-        return "default" if self.default_mode else "mcts" if self.use_mcts else "tempo"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,8 +216,17 @@ def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None,
     `caps` lowers the upper bound of numeric settings (a shared server's limits); errors then name that bound."""
     current = asdict(base) if base is not None else {
         f.name: f.default for f in fields(TempoSettings) if f.default is not MISSING}
+    switched_on = [key for key in MODE_FLAGS if key in values and _as_bool(key, values[key])]
+    if len(switched_on) > 1:
+        raise SettingsError("use_mcts", "cannot be combined with default_mode; choose one mode")
     for key, value in values.items():
         name = ALIASES.get(key, key)
+        if name in MODE_FLAGS:  # the seeds' booleans for the one `mode` setting
+            if _as_bool(name, value):
+                current["mode"] = MODE_FLAGS[name]
+            elif current["mode"] == MODE_FLAGS[name] and "mode" not in values:
+                current["mode"] = "tempo"
+            continue
         if name not in FIELDS:
             raise SettingsError(echo_name(key), "unknown setting")
         current[name] = _coerce(name, value, caps)
@@ -226,9 +235,15 @@ def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None,
     return settings
 
 
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise SettingsError(name, f"must be true or false, got {echo_value(value)}")
+
+
 def _check_consistency(s: TempoSettings) -> None:
-    if s.default_mode and s.use_mcts:
-        raise SettingsError("use_mcts", "cannot be combined with default_mode; choose one mode")
     if s.min_steps > s.max_tokens:
         raise SettingsError("min_steps", f"must be in [0, max_tokens={s.max_tokens}], got {s.min_steps}")
 
@@ -249,7 +264,7 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         if key.startswith("TEMPO_"):
             name = key[len("TEMPO_"):].lower()
             name = ALIASES.get(name, name)
-            if name in FIELDS:
+            if name in FIELDS or name in MODE_FLAGS:
                 out[name] = value
     return out
 

@@ -21,9 +21,9 @@ from .trace import Step, Trace
 def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
              prefix: list[Step] | None = None) -> Iterator[StepEvent]:
     """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
-    if s.default_mode:
+    if s.mode == "default":
         return default_events(lm, s, stop)
-    if s.use_mcts:
+    if s.mode == "mcts":
         return mcts_events(lm, s, stop)
     if s.faithfulness:
         return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s, stop)

@@ -195,9 +195,23 @@ def test_settings_precedence_cli_over_env_over_file(tmp_path):
         load_settings({}, environ={"TEMPO_MAX_TOKENS": "lots"})
 
 
-def test_modes_are_exclusive():
+def test_mode_is_one_setting_and_the_seeds_switches_are_its_aliases():
+    from tempo_core.cli import build_parser
+    assert build_settings({}).mode == "tempo"
+    assert build_settings(dict(use_mcts=True)).mode == "mcts"
+    assert build_settings(dict(default_mode="true")).mode == "default"
+    assert build_settings(dict(use_mcts=False), base=build_settings(dict(mode="mcts"))).mode == "tempo"
+    assert build_settings(dict(default_mode=False), base=build_settings(dict(mode="mcts"))).mode == "mcts"
+    assert load_settings({}, environ={"TEMPO_USE_MCTS": "1"}).mode == "mcts"
+    assert vars(build_parser().parse_args(["--use-mcts"]))["mode"] == "mcts"
+    assert vars(build_parser().parse_args(["--default-mode"]))["mode"] == "default"
+    assert "default_mode" not in build_settings({}).to_dict()  # one setting, not two booleans
     with pytest.raises(SettingsError, match="use_mcts"):
         build_settings(dict(default_mode=True, use_mcts=True))
+    with pytest.raises(SettingsError, match="mode: must be one of tempo, default, mcts"):
+        build_settings(dict(mode="beam"))
+    with pytest.raises(SettingsError, match="use_mcts: must be true or false"):
+        build_settings(dict(use_mcts="maybe"))
 
 
 def test_empty_prompt_is_refused_before_any_model_work():
