@@ -31,7 +31,8 @@ def layer_weights(num_layers: int, s: TempoSettings) -> dict[int, float]:
 
 def combine_layers(per_layer: dict[int, torch.Tensor], weights: dict[int, float]) -> torch.Tensor:
     """Weighted sum of head-averaged attention maps [q, kv] -> [q, kv]."""
-    return sum(weights[layer] * per_layer[layer] for layer in weights)
+    device = per_layer[next(iter(weights))].device  # a model split across GPUs records on several devices
+    return sum(weights[layer] * per_layer[layer].to(device) for layer in weights)
 
 
 class RetroactivePruner:
