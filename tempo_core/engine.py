@@ -19,7 +19,7 @@ from transformers import DynamicCache, StaticCache
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
-from .fastpath import fast_rows
+from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
@@ -44,7 +44,6 @@ class ParallelSequence:
             self.cache = StaticCache(config=lm.model.config, max_cache_len=self.static_len)
         else:
             self.cache = DynamicCache(config=lm.model.config)
-        self.pad_three = lm.device.type == "cpu" and lm.dtype == torch.float32
         self.forward_passes = 0
         self.tokens_processed = 0
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
@@ -69,6 +68,15 @@ class ParallelSequence:
         self.forward_passes += 1
         self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
         return out.logits[0], rec.weights
+
+    def _drop_tail(self, n: int) -> None:
+        """Forget the last `n` cached rows. A StaticCache writes after the rows it counts (not at the given cache
+        positions), so its count goes back and its next write reuses the slot; 5.17's has no `crop` for that."""
+        if self.static_len is None or hasattr(self.cache, "crop") and hasattr(self.cache.layers[0], "crop"):
+            self.cache.crop(-n)
+            return
+        for layer in self.cache.layers:
+            layer.cumulative_length.sub_(n)
 
     def _static_mask(self, mask: torch.Tensor | None, first: int, q: int) -> torch.Tensor:
         """[1, 1, q, static_len]: `mask` (None: plain causal) over the filled slots, nothing beyond them."""
@@ -114,15 +122,12 @@ class ParallelSequence:
         elif k == 1 and all(past_alive):  # plain decoding: keep HF's mask-free fast path
             logits, attn = self._forward(token_ids, positions, None, keep=1)
         else:
-            pad = 1 if k == 3 and self.pad_three else 0  # 4 rows cost less than 3 on MKL fp32 (fastpath.py)
-            mask = step_mask(past_alive, k + pad, visible, dev)
-            if pad:
-                mask[..., :k, -1] = False  # no real sibling ever sees the pad row
-            logits, attn = self._forward(token_ids + token_ids[:pad], positions + positions[-1:] * pad, mask,
-                                         keep=k + pad, padding=pad)
-            if pad and self.static_len is None:  # a static cache's pad slot is simply written over next step
-                self.cache.crop(-pad)
-                logits, attn = logits[:k], {layer: a[:k, :-pad] for layer, a in attn.items()}
+            fed = rows_to_feed(self.lm.model, k)  # a CPU fp32 quirk: 4 rows cost less than 3 (fastpath.py)
+            ids, fed_positions, mask = pad_set(token_ids, positions, step_mask(past_alive, fed, visible, dev))
+            logits, attn = self._forward(ids, fed_positions, mask, keep=fed, padding=fed - k)
+            if fed > k:  # the pad row leaves the cache (a static cache's next write then goes into its slot)
+                self._drop_tail(fed - k)
+            logits, attn = unpad(logits, attn, k)
         return rows, logits, attn
 
 

@@ -5,7 +5,7 @@ about one (bench/README.md: linear layers of SmolLM2, M=2: 79 -> 41 ms, M=4: 94 
 of the model gets an instance-level forward that takes that path only while a `fast_rows(model)` block is open
 (TEMPO's own forwards), and loses it when the block closes: plain transformers calls on the same model
 (greedy/beam baselines, `generate`) and a model passed in by a user are untouched.
-A 3-row step is padded to 4 rows (M=3 stays slow even transposed); see `ParallelSequence.feed`.
+A 3-row step is padded to 4 rows (M=3 stays slow even transposed): `rows_to_feed`, `pad_set`, `unpad`.
 """
 
 from __future__ import annotations
@@ -72,3 +72,27 @@ def fast_rows(model: Any) -> Iterator[None]:
                 del _users[id(model)]
                 for m in linears:
                     del m.forward  # the instance attribute goes: nn.Linear.forward again
+
+
+def rows_to_feed(model: Any, k: int) -> int:
+    """Rows to feed for a set of k siblings: 3 become 4 on CPU fp32 (MKL runs 3 rows slower than 4)."""
+    return 4 if k == 3 and _linears(model) else k
+
+
+def pad_set(token_ids: list[int], positions: list[int], mask: torch.Tensor
+            ) -> tuple[list[int], list[int], torch.Tensor]:
+    """Fill a set up to the mask's rows with copies of its last sibling that no real sibling sees
+    (`mask`: [1, 1, rows, kv], built for the padded set)."""
+    pad = mask.shape[-2] - len(token_ids)
+    if pad:
+        mask[..., :len(token_ids), -pad:] = False
+    return token_ids + token_ids[-1:] * pad, positions + positions[-1:] * pad, mask
+
+
+def unpad(logits: torch.Tensor, attention: dict[int, torch.Tensor], k: int
+          ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The real siblings' logits, and the attention they paid, without the pad rows and columns."""
+    pad = logits.shape[0] - k
+    if not pad:
+        return logits, attention
+    return logits[:k], {layer: a[:k, :-pad] for layer, a in attention.items()}

@@ -201,3 +201,22 @@ def test_a_static_cache_run_equals_the_dynamic_cache_run(lm, pruning):
         for ca, cb in zip(a.candidates, b.candidates):
             assert abs(ca.prob - cb.prob) < 1e-5
             assert all(abs(ca.attention_by_step[k] - cb.attention_by_step[k]) < 1e-5 for k in cb.attention_by_step)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])  # 3 rows are padded to 4 on CPU (fastpath.rows_to_feed)
+def test_static_cache_feeds_give_the_dynamic_cache_logits_and_attention(lm, k):
+    prompt = prompt_ids(lm)
+    s = settings(use_retroactive_pruning=True)
+    dyn, sta = ParallelSequence(lm, s, prompt), ParallelSequence(lm, s, prompt, static_cache=True)
+    first = dyn.prefill()
+    assert (sta.prefill() - first).abs().max() < TOL
+    siblings = first.topk(k).indices.tolist()
+    for depth in range(2):  # a set, then one token after it
+        ids = siblings if depth == 0 else siblings[:1]
+        _, a_logits, a_attn = dyn.feed(ids, dyn.layout.next_position(depth))
+        _, b_logits, b_attn = sta.feed(ids, sta.layout.next_position(depth))
+        assert a_logits.shape == b_logits.shape and (a_logits - b_logits).abs().max() < TOL
+        for layer in a_attn:
+            width = a_attn[layer].shape[-1]  # a static cache's attention runs over its whole buffer
+            assert (a_attn[layer] - b_attn[layer][:, :width]).abs().max() < TOL
+            assert b_attn[layer][:, width:].abs().max() == 0  # nothing beyond the filled slots
