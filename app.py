@@ -176,6 +176,7 @@ class Explorer:
 
     def stop(self, request: gr.Request) -> None:
         self.stops.stop(session_key(request))
+        self.pause(request)  # Stop also halts Play
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads and flags."""
