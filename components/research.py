@@ -90,7 +90,8 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
                                             f"{labels[r][1]}" for r in rs], hoverinfo="text"), row=1, col=1)
     st = trace.steps[step]
     ylabels = [f"{show_token(c.shown)[:10]} ({step}:{i})" for i, c in enumerate(st.candidates)]
-    xlabels = [f"{r}:{show_token(labels[r][0])[:8]}@{labels[r][1]}" for r in rows]
+    # prompt rows carry no token text in a trace: they are named "prompt"
+    xlabels = [f"{r}:{show_token(labels[r][0])[:8] if labels[r][2] >= 0 else 'prompt'}@{labels[r][1]}" for r in rows]
     fig.add_trace(go.Heatmap(z=mask.int().tolist(), x=xlabels, y=ylabels, zmin=0, zmax=1, showscale=False,
                              colorscale=[[0, "#f4f4f4"], [1, "#3b528b"]], xgap=1, ygap=1,
                              hovertemplate="query %{y} → key %{x}: %{z}<extra></extra>"), row=1, col=2)
