@@ -104,8 +104,8 @@ def positions_figure(trace: Trace, step: int) -> go.Figure:
                      title="keys: physical row:token@position" + ("" if len(rows) <= 60 else " (hover)"), row=1, col=2)
     fig.update_layout(title=f"Positions & mask — step {step}: {len(st.candidates)} siblings share position "
                             f"{st.position}; {len(st.hidden_rows)} earlier rows hidden (pruned)",
-                      template="plotly_white", height=460, margin=dict(l=10, r=10, t=60, b=40),
-                      legend=dict(orientation="h", y=-0.3))
+                      template="plotly_white", height=490, margin=dict(l=10, r=10, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.42))  # below the rotated key labels and their title
     return fig
 
 
