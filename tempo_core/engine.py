@@ -31,9 +31,12 @@ from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summa
 class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
 
-    def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int], static_cache: bool = False):
+    def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int], static_cache: bool = False,
+                 cuda_graphs: bool = False):
         """`static_cache`: one preallocated `StaticCache` sized to the run, every forward at explicit cache
-        positions with a mask over the whole buffer (the shape a captured CUDA graph needs); same results."""
+        positions with a mask over the whole buffer (the shape a captured CUDA graph needs); same results.
+        `cuda_graphs` (CUDA only, experimental): sets replayed from captured graphs (graphs.py)."""
+        static_cache = static_cache or cuda_graphs
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
         self.static_len = None
@@ -48,6 +51,10 @@ class ParallelSequence:
         self.tokens_processed = 0
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
+        self.graphs = None
+        if cuda_graphs and self.static_len is not None and lm.device.type == "cuda":
+            from .graphs import GraphedSteps
+            self.graphs = GraphedSteps(self)
 
     def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int,
                  record: bool = True, padding: int = 0):
@@ -116,6 +123,11 @@ class ParallelSequence:
         past_alive = list(self.layout.alive)
         rows = self.layout.append_set(token_ids, position)
         positions = self.layout.positions[-k:]
+        if self.graphs is not None and self.graphs.usable(k):
+            logits, attn = self.graphs.feed(token_ids, positions, past_alive, visible)
+            self.forward_passes += 1
+            self.tokens_processed += k
+            return rows, logits, attn
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
             logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
@@ -160,7 +172,7 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
                  prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None,
-                 static_cache: bool = False) -> Iterator[StepEvent]:
+                 static_cache: bool = False, cuda_graphs: bool = False) -> Iterator[StepEvent]:
     """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
 
     `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
@@ -168,10 +180,11 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     `force`: {step: token ids} that step's set is, instead of what the threshold selects ("continue from here");
     recorded in `trace.stats` as `forced_step` / `forced_token`.
     `static_cache`: decode on a preallocated StaticCache (see `ParallelSequence`); the same trace.
+    `cuda_graphs`: on CUDA, replay each set from a captured graph (experimental; graphs.py).
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
-    seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache)
+    seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache, cuda_graphs)
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     if prefix:
         trace.steps = copy.deepcopy(prefix)
