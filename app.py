@@ -196,11 +196,12 @@ class Explorer:
                       ) -> Iterator[tuple]:
         """Steer: the run up to the chosen candidate, that candidate alone in its set, then onward (the original
         stays in the history: the Compare tab shows both)."""
-        if not data or not node or find_node(Trace.from_dict(data), node) is None:
+        original = Trace.from_dict(data) if data else None
+        found = find_node(original, node) if original is not None and node else None
+        if found is None:
             yield (*[gr.skip()] * 4, "**Error:** pick a candidate in the tree first (click a node)", gr.skip(), gr.skip())
             return
-        original = Trace.from_dict(data)
-        step, index = (int(x) for x in node.split(":"))
+        step, index, _ = found
 
         def settings() -> TempoSettings:
             if original.model != self.lm.name:

@@ -116,21 +116,24 @@ class SteppedRuns:
 
 # --- predict then reveal -------------------------------------------------------------------------------------
 
+def _choices(st: Step) -> list[tuple[str, float, bool]]:
+    """(unique label, probability, passed the threshold) for the step's candidates, then its near misses."""
+    texts = [c.shown for c in st.candidates] + [a["text"] for a in st.alternatives]
+    probs = [c.prob for c in st.candidates] + [a["prob"] for a in st.alternatives]
+    passed = [True] * len(st.candidates) + [False] * len(st.alternatives)
+    seen: dict[str, int] = {}
+    labels = []
+    for t in texts:
+        label = show_token(t)
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return list(zip(labels, probs, passed))
+
+
 def prediction_choices(st: Step) -> list[str]:
     """The tokens a student chooses from: the step's candidates and its near misses, alphabetically (the order
     gives nothing away), each label unique."""
-    texts = [c.shown for c in st.candidates] + [a["text"] for a in st.alternatives]
-    return sorted(_labels(texts))
-
-
-def _labels(texts: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for t in texts:
-        label = show_token(t) or "∅"
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
-    return out
+    return sorted(label for label, _, _ in _choices(st))
 
 
 @dataclass
@@ -142,12 +145,8 @@ class Reveal:
 
 def score_prediction(st: Step, picked: list[str]) -> Reveal:
     """Each choice is right when the student ticked it exactly if it passed the threshold."""
-    texts = [c.shown for c in st.candidates] + [a["text"] for a in st.alternatives]
-    probs = [c.prob for c in st.candidates] + [a["prob"] for a in st.alternatives]
-    passed = [True] * len(st.candidates) + [False] * len(st.alternatives)
     chosen = set(picked)
-    marks = [(label, p, ok, label in chosen) for label, p, ok in zip(_labels(texts), probs, passed)]
-    marks.sort(key=lambda m: -m[1])
+    marks = sorted(((label, p, ok, label in chosen) for label, p, ok in _choices(st)), key=lambda m: -m[1])
     right = sum(ok == ticked for _, _, ok, ticked in marks)
     return Reveal(marks, right, len(marks))
 

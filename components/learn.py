@@ -48,16 +48,24 @@ def first_pruned(trace: Trace) -> tuple[int, int] | None:
                 None)
 
 
+def _outline(fig: dict, shape: dict, note: dict, label: str) -> dict:
+    """Add one highlight rectangle and its label to a figure dict (the shape and note give where)."""
+    layout = fig["layout"]
+    layout["shapes"] = [*layout.get("shapes", []),
+                        {"type": "rect", "line": {"color": HIGHLIGHT, "width": 3}, **shape}]
+    layout["annotations"] = [*layout.get("annotations", []),
+                             {"text": f"<b>{label}</b>", "showarrow": False, "font": {"color": "#b36b00", "size": 12},
+                              **note}]
+    return fig
+
+
 def outline_step(fig: dict, step: int, label: str) -> dict:
     """Outline one column (a logical step) of a figure whose x axis is the step."""
-    layout = fig["layout"]
-    layout["shapes"] = [*layout.get("shapes", []), {
-        "type": "rect", "xref": "x", "yref": "paper", "x0": step - 0.45, "x1": step + 0.45, "y0": 0, "y1": 1,
-        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(245,166,35,0.12)", "layer": "below"}]
-    layout["annotations"] = [*layout.get("annotations", []), {
-        "x": step, "y": 1.0, "xref": "x", "yref": "paper", "text": f"<b>{label}</b>", "showarrow": False,
-        "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12}, "bgcolor": "rgba(255,255,255,0.8)"}]
-    xaxis = layout.setdefault("xaxis", {})
+    _outline(fig, {"xref": "x", "yref": "paper", "x0": step - 0.45, "x1": step + 0.45, "y0": 0, "y1": 1,
+                   "fillcolor": "rgba(245,166,35,0.12)", "layer": "below"},
+             {"x": step, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
+              "bgcolor": "rgba(255,255,255,0.8)"}, label)
+    xaxis = fig["layout"].setdefault("xaxis", {})
     if "range" in xaxis:  # keep the outlined step in view
         lo, hi = xaxis["range"]
         if not lo <= step <= hi:
@@ -67,27 +75,20 @@ def outline_step(fig: dict, step: int, label: str) -> dict:
 
 def outline_row(fig: dict, row: int, label: str) -> dict:
     """Outline one row of a heatmap (rows are categories, numbered from 0)."""
-    layout = fig["layout"]
-    layout["shapes"] = [*layout.get("shapes", []), {
-        "type": "rect", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": row - 0.5, "y1": row + 0.5,
-        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(0,0,0,0)"}]
-    layout["annotations"] = [*layout.get("annotations", []), {
-        "x": 1, "y": row, "xref": "paper", "yref": "y", "text": f"<b>{label}</b>", "showarrow": False,
-        "xanchor": "right", "font": {"color": "#b36b00", "size": 12}, "bgcolor": "rgba(255,255,255,0.85)"}]
-    return fig
+    return _outline(fig, {"xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": row - 0.5, "y1": row + 0.5,
+                          "fillcolor": "rgba(0,0,0,0)"},
+                    {"x": 1, "y": row, "xref": "paper", "yref": "y", "xanchor": "right",
+                     "bgcolor": "rgba(255,255,255,0.85)"}, label)
 
 
 def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tuple[float, float], label: str,
                 label_left: bool = False) -> dict:
-    layout = fig["layout"]
-    layout["shapes"] = [*layout.get("shapes", []), {
-        "type": "rect", "xref": xref, "yref": yref, "x0": x[0], "x1": x[1], "y0": y[0], "y1": y[1],
-        "line": {"color": HIGHLIGHT, "width": 3}, "fillcolor": "rgba(245,166,35,0.15)"}]
-    layout["annotations"] = [*layout.get("annotations", []), {
-        "x": x[0] if label_left else x[1], "y": y[1], "xref": xref, "yref": yref, "text": f"<b>{label}</b>",
-        "showarrow": False, "xanchor": "right" if label_left else "left", "yanchor": "bottom", "font": {"color": "#b36b00", "size": 12},
-        "bgcolor": "rgba(255,255,255,0.85)"}]
-    return fig
+    """Outline a box in data coordinates of the axes `xref` / `yref`, its label above one of its corners."""
+    return _outline(fig, {"xref": xref, "yref": yref, "x0": x[0], "x1": x[1], "y0": y[0], "y1": y[1],
+                          "fillcolor": "rgba(245,166,35,0.15)"},
+                    {"x": x[0] if label_left else x[1], "y": y[1], "xref": xref, "yref": yref,
+                     "xanchor": "right" if label_left else "left", "yanchor": "bottom",
+                     "bgcolor": "rgba(255,255,255,0.85)"}, label)
 
 
 def _positions(t: Trace, part: str) -> dict:
@@ -209,8 +210,7 @@ def _heatmap(t: Trace) -> dict:
     if hit is None:
         return fig
     labels = fig["layout"]["yaxis"].get("categoryarray", [])
-    row = next((i for i, lab in enumerate(labels) if f"({hit[0]}:{hit[1]})" in lab or lab.endswith(f"{hit[0]}:{hit[1]}")),
-               None)
+    row = next((i for i, lab in enumerate(labels) if lab.endswith(f"({hit[0]}:{hit[1]})")), None)
     return outline_row(fig, row, "pruned") if row is not None else fig
 
 

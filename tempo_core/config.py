@@ -156,11 +156,7 @@ def _coerce(name: str, value: Any, caps: Mapping[str, float] | None = None) -> A
             return None
         raise SettingsError(name, f"must be {describe_range(name, caps)}, got null")
     if typ == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        raise SettingsError(name, f"must be true or false, got {value!r}")
+        return _as_bool(name, value)
     if typ == "str":
         if not isinstance(value, str):
             raise SettingsError(name, f"must be {describe_range(name)}, got {type(value).__name__}")

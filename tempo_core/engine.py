@@ -66,7 +66,7 @@ class ParallelSequence:
         if self.static_len is not None:  # the fed rows' cache slots, and the mask over the whole buffer
             first = self.layout.rows - (len(ids) - padding)
             extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
-            mask = self._static_mask(mask, first, len(ids))
+            mask = self.static_mask(mask, first, len(ids))
         with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
@@ -76,16 +76,17 @@ class ParallelSequence:
         self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
         return out.logits[0], rec.weights
 
-    def _drop_tail(self, n: int) -> None:
+    def drop_tail(self, n: int) -> None:
         """Forget the last `n` cached rows. A StaticCache writes after the rows it counts (not at the given cache
-        positions), so its count goes back and its next write reuses the slot; 5.17's has no `crop` for that."""
-        if self.static_len is None or hasattr(self.cache, "crop") and hasattr(self.cache.layers[0], "crop"):
+        positions), so its count goes back, in place (a captured graph holds that tensor), and its next write
+        reuses the slots: what 5.2x's `StaticLayer.crop` does; 5.17 has no such crop."""
+        if self.static_len is None:
             self.cache.crop(-n)
             return
         for layer in self.cache.layers:
             layer.cumulative_length.sub_(n)
 
-    def _static_mask(self, mask: torch.Tensor | None, first: int, q: int) -> torch.Tensor:
+    def static_mask(self, mask: torch.Tensor | None, first: int, q: int) -> torch.Tensor:
         """[1, 1, q, static_len]: `mask` (None: plain causal) over the filled slots, nothing beyond them."""
         full = torch.zeros(1, 1, q, self.static_len, dtype=torch.bool, device=self.lm.device)
         if mask is None:
@@ -138,7 +139,7 @@ class ParallelSequence:
             ids, fed_positions, mask = pad_set(token_ids, positions, step_mask(past_alive, fed, visible, dev))
             logits, attn = self._forward(ids, fed_positions, mask, keep=fed, padding=fed - k)
             if fed > k:  # the pad row leaves the cache (a static cache's next write then goes into its slot)
-                self._drop_tail(fed - k)
+                self.drop_tail(fed - k)
             logits, attn = unpad(logits, attn, k)
         return rows, logits, attn
 

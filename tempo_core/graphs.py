@@ -8,7 +8,8 @@ mask over the whole static cache. The attention pruning reads is recorded inside
 rewritten by every replay).
 
 A StaticCache writes after the rows it counts (`cumulative_length`, a device tensor the graph increments), so pad
-rows are taken back off that count after each replay, in place, as the graph expects.
+rows are taken back off that count after each replay (`ParallelSequence.drop_tail`, in place, as the graph
+expects).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from .attention import record_attention
+from .fastpath import pad_set
+from .layout import step_mask
 
 BUCKETS = (1, 2, 4, 8, 16)
 
@@ -46,20 +49,14 @@ class GraphedSteps:
 
     def _fill(self, buf: dict[str, torch.Tensor], token_ids: list[int], positions: list[int],
               past_alive: list[bool], first: int, visible: bool) -> None:
-        k, b = len(token_ids), buf["ids"].shape[1]
-        ids = token_ids + token_ids[-1:] * (b - k)
-        pos = positions + positions[-1:] * (b - k)
-        mask = torch.zeros(b, self.seq.static_len, dtype=torch.bool)
-        mask[:, :first] = torch.tensor(past_alive, dtype=torch.bool)
-        rows = torch.arange(b)
-        mask[rows, first + rows] = True  # every row sees itself; pad rows see only themselves
-        mask[k:, :first] = False
-        if visible:
-            mask[:k, first:first + k] = True
+        """The set's inputs into the bucket's buffers: padded like any set (fastpath.pad_set), masked like any
+        static-cache forward (ParallelSequence.static_mask)."""
+        b = buf["ids"].shape[1]
+        ids, pos, mask = pad_set(token_ids, positions, step_mask(past_alive, b, visible, torch.device("cpu")))
         buf["ids"].copy_(torch.tensor([ids]), non_blocking=True)
         buf["pos"].copy_(torch.tensor([pos]), non_blocking=True)
         buf["cpos"].copy_(torch.arange(first, first + b), non_blocking=True)
-        buf["mask"].copy_(mask[None, None], non_blocking=True)
+        buf["mask"].copy_(self.seq.static_mask(mask, first, b))
 
     def _forward(self, buf: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         seq = self.seq
@@ -98,6 +95,5 @@ class GraphedSteps:
         self._fill(buf, token_ids, positions, past_alive, first, visible)
         graph.replay()
         if b > k:  # the pad rows leave the cache's count: the next set writes into their slots
-            for c in self._counts():
-                c.sub_(b - k)
+            self.seq.drop_tail(b - k)
         return logits[0, :k], {layer: w[:k] for layer, w in weights.items()}

@@ -59,12 +59,9 @@ def test_generate_in_a_real_browser(app_url):
     from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        browser = _browser(p)
         errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page = _page(browser, errors)
         page.goto(app_url + "/?max_tokens=24&use_retroactive_pruning=true&attention_threshold=0.02&faithfulness=true",
                   wait_until="load")
         expect(page.locator("#generate")).to_be_visible(timeout=60_000)
@@ -140,6 +137,14 @@ def _browser(p):
         "--disable-sync", "--no-first-run", "--disable-quic"])
 
 
+def _page(browser, errors: list[str], phone: bool = False):
+    """A 1280x800 page (or a 390x844 phone) whose script errors are collected in `errors`."""
+    page = (browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True) if phone
+            else browser.new_page(viewport={"width": 1280, "height": 800}))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page
+
+
 def _steps(status: str) -> int:
     return int(status.split("step ")[1].split(" ")[0]) if "step " in status else 0
 
@@ -151,9 +156,8 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page = _page(browser, errors)
         page.goto(app_url + "/?max_tokens=200&min_steps=200", wait_until="load")
         expect(page.locator("input[aria-label='number input for Max tokens']")).to_have_value("200", timeout=60_000)
         assert page.locator("#generate").bounding_box()["y"] < 800  # the main action is above the fold
@@ -204,8 +208,7 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
         page.locator("#compare-numbers").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "compare.png"))
 
-        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
-        phone.on("pageerror", lambda e: errors.append(str(e)))
+        phone = _page(browser, errors, phone=True)
         phone.goto(app_url + "/?max_tokens=200&min_steps=200", wait_until="load")
         expect(phone.locator("input[aria-label='number input for Max tokens']")).to_have_value("200", timeout=60_000)
         assert phone.locator("#generate").bounding_box()["y"] < 844
@@ -228,9 +231,8 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page = _page(browser, errors)
         page.goto(app_url + "/", wait_until="load")
         page.get_by_role("tab", name="Learn").click()
         for i, lesson in enumerate(LESSONS):
@@ -287,8 +289,7 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
         expect(page.locator("#compare-diff")).to_contain_text("only in", timeout=20_000)
         page.screenshot(path=str(ARTIFACTS / "compare-continued.png"))
 
-        phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
-        phone.on("pageerror", lambda e: errors.append(str(e)))
+        phone = _page(browser, errors, phone=True)
         phone.goto(app_url + "/", wait_until="load")
         phone.get_by_role("tab", name="Learn").click()
         phone.locator("#lesson-next").click()

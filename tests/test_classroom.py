@@ -135,3 +135,29 @@ def test_demo_mode_opens_on_the_learn_tab_with_lower_caps_and_expert_settings_hi
     normal = tempo_app.build_demo(tempo_app.Explorer(lm, Limits()))
     ncomp = {c.get("props", {}).get("elem_id"): c for c in normal.config["components"]}
     assert ncomp["expert-settings"]["props"]["visible"] is True
+
+
+def test_play_steps_to_the_end_and_pause_halts_it(lm):
+    """Play yields one frame per step until the run ends (the trace Generate makes); Pause ends it early."""
+    import threading
+    from types import SimpleNamespace
+
+    import app as tempo_app
+    from tempo_core.limits import Limits
+    explorer = tempo_app.Explorer(lm, Limits())
+    form = dict(prompt="once upon a time", max_tokens=8, selection_threshold=0.08, use_retroactive_pruning=False)
+    request = SimpleNamespace(session_hash="play-test")
+    frames = list(explorer.play(request, 50.0, **form))
+    finished = frames[-1][5]
+    whole = run(lm, explorer.settings(form))
+    assert [[c["token_id"] for c in st["candidates"]] for st in finished["steps"]] == \
+           [[c.token_id for c in st.candidates] for st in whole.steps]
+    assert len(frames) >= len(whole.steps)  # a frame per step (and the end)
+    # Pause from another thread while Play runs slowly: it stops before the run ends
+    other = SimpleNamespace(session_hash="pause-test")
+    slow = explorer.play(other, 2.0, **dict(form, max_tokens=40))
+    next(slow)
+    threading.Timer(0.2, explorer.pause, args=(other,)).start()
+    rest = list(slow)
+    paused = explorer.stepped.get(tempo_app.session_key(other))
+    assert paused is not None and not paused.done and not paused.playing and len(rest) <= 3
