@@ -58,6 +58,9 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
     if attention_mask is None and q_len > 1 and q_len != kv_len:
         attention_mask = _bool_causal(q_len, kv_len, query.device)  # queries after a cache: bottom-right causal
     if attention_mask is not None:
+        if attention_mask.shape[-1] < kv_len:  # a static cache's slots past the mask are empty: not read at all
+            kv_len = attention_mask.shape[-1]
+            key, value = key[:, :, :kv_len], value[:, :, :kv_len]
         attention_mask = attention_mask[..., :kv_len]
     causal = attention_mask is None and q_len > 1  # a plain prefill: SDPA's own causal kernel, no q x kv mask
 

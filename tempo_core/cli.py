@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="hub id or local path (default: $TEMPO_MODEL, else the bundled SmolLM2-135M)")
     run.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
     run.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
+    run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                     help="on a GPU, run every TEMPO step eagerly instead of replaying captured CUDA graphs "
+                          "(same output; for comparison; or TEMPO_CUDA_GRAPHS=0)")
     run.add_argument("--config", help="JSON or YAML file of settings (CLI > TEMPO_* env > file > defaults)")
     run.add_argument("--output-dir", help="write trace.json and text.txt here")
     run.add_argument("--save-visualization", action="store_true", help="with --output-dir: also write figures")
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError("prompt", "must be a non-empty string (use --prompt)")
         if opts.get("save_visualization") and not opts.get("output_dir"):
             raise SettingsError("save_visualization", "needs --output-dir")
-        lm = load_model(opts.get("model"), opts.get("device"), opts.get("dtype"))
+        lm = load_model(opts.get("model"), opts.get("device"), opts.get("dtype"), opts.get("cuda_graphs"))
         profiler = cProfile.Profile() if opts.get("use_cprofile") else None
         if profiler:
             profiler.enable()
@@ -164,8 +167,8 @@ def _print_profile(trace: Trace, load_s: float) -> None:
     print(f"profile: load {load_s:.2f}s | prefill {t.get('prefill_ms', 0):.1f} ms | "
           f"{s.get('steps', 0)} steps, mean {t.get('mean_step_ms', 0):.1f} ms/step, "
           f"{t.get('steps_per_s', 0):.2f} steps/s | mean set {s.get('mean_set_size', 0):.2f} | "
-          f"{s.get('forward_passes', 0)} forwards, {s.get('tokens_processed', 0)} tokens processed",
-          file=sys.stderr)
+          f"{s.get('forward_passes', 0)} forwards, {s.get('tokens_processed', 0)} tokens processed | "
+          f"CUDA graphs {s.get('cuda_graphs', 'n/a')}", file=sys.stderr)
 
 
 def _write_outputs(trace: Trace, out: Path, figures: bool) -> None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import weakref
 from typing import Iterator
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache
 
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
+from .graphs import graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
@@ -33,28 +35,36 @@ class ParallelSequence:
 
     def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int], static_cache: bool = False,
                  cuda_graphs: bool = False):
-        """`static_cache`: one preallocated `StaticCache` sized to the run, every forward at explicit cache
-        positions with a mask over the whole buffer (the shape a captured CUDA graph needs); same results.
-        `cuda_graphs` (CUDA only, experimental): sets replayed from captured graphs (graphs.py)."""
-        static_cache = static_cache or cuda_graphs
+        """`static_cache`: a preallocated `StaticCache` borrowed from the model's pool (graphs.SlotPool), every
+        forward at explicit cache positions with a mask over the whole buffer (the shape a captured CUDA graph
+        needs); same results. `cuda_graphs`: also replay sets from graphs captured on that cache, where this
+        model and run allow it (`graphs_off` says why not). `close()` gives the cache back."""
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
-        self.static_len = None
-        if s.disable_kv_cache:
-            self.cache = None
-        elif static_cache:  # every row a run can feed, and one CPU pad row
-            self.static_len = len(prompt_ids) + s.max_tokens * s.max_parallel_tokens + 1
-            self.cache = StaticCache(config=lm.model.config, max_cache_len=self.static_len)
-        else:
-            self.cache = DynamicCache(config=lm.model.config)
+        self.graphs_off = graphs_unavailable(lm, s) if cuda_graphs else "not requested"
+        self.slot, self._release = None, None
+        if not s.disable_kv_cache and (static_cache or self.graphs_off is None):
+            rows = len(prompt_ids) + s.max_tokens * s.max_parallel_tokens + 1  # every row a run feeds, a pad row
+            pool = slot_pool(lm)
+            self.slot = pool.take(lm, rows, graphs=self.graphs_off is None)
+            if self.slot is None:
+                self.graphs_off = self.graphs_off or f"all {pool.limit} static-cache slots are in use"
+            else:
+                self._release = weakref.finalize(self, pool.give, self.slot)  # also if a run is dropped unfinished
+        self.static_len = self.slot.capacity if self.slot else None
+        self.graphs = self.slot.graphs if self.slot else None
+        self.cache = (self.slot.cache if self.slot else None if s.disable_kv_cache
+                      else DynamicCache(config=lm.model.config))
         self.forward_passes = 0
         self.tokens_processed = 0
+        self.graphed_steps = 0
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
-        self.graphs = None
-        if cuda_graphs and self.static_len is not None and lm.device.type == "cuda":
-            from .graphs import GraphedSteps
-            self.graphs = GraphedSteps(self)
+
+    def close(self) -> None:
+        """Give the static cache (and its graphs) back to the pool; a no-op on a dynamic cache."""
+        if self._release is not None:
+            self._release()
 
     def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int,
                  record: bool = True, padding: int = 0):
@@ -66,7 +76,7 @@ class ParallelSequence:
         if self.static_len is not None:  # the fed rows' cache slots, and the mask over the whole buffer
             first = self.layout.rows - (len(ids) - padding)
             extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
-            mask = self.static_mask(mask, first, len(ids))
+            mask = static_mask(mask, first, len(ids), dev)
         with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
@@ -85,15 +95,6 @@ class ParallelSequence:
             return
         for layer in self.cache.layers:
             layer.cumulative_length.sub_(n)
-
-    def static_mask(self, mask: torch.Tensor | None, first: int, q: int) -> torch.Tensor:
-        """[1, 1, q, static_len]: `mask` (None: plain causal) over the filled slots, nothing beyond them."""
-        full = torch.zeros(1, 1, q, self.static_len, dtype=torch.bool, device=self.lm.device)
-        if mask is None:
-            full[0, 0, :, :first + q] = torch.ones(q, first + q, dtype=torch.bool, device=self.lm.device).tril(first)
-        else:
-            full[..., :mask.shape[-1]] = mask
-        return full
 
     def prefill(self) -> torch.Tensor:
         """Feed the prompt exactly once; returns the last row's logits."""
@@ -124,11 +125,16 @@ class ParallelSequence:
         past_alive = list(self.layout.alive)
         rows = self.layout.append_set(token_ids, position)
         positions = self.layout.positions[-k:]
-        if self.graphs is not None and self.graphs.usable(k):
-            logits, attn = self.graphs.feed(token_ids, positions, past_alive, visible)
-            self.forward_passes += 1
-            self.tokens_processed += k
-            return rows, logits, attn
+        if self.graphs is not None and self.graphs.usable(k, self.layout.rows):
+            try:
+                logits, attn = self.graphs.feed(token_ids, positions, past_alive, visible, tuple(self.capture))
+            except RuntimeError as exc:  # a model the capture cannot take: this run goes on eagerly
+                self.graphs, self.graphs_off = None, f"capture failed ({str(exc).splitlines()[0][:120]})"
+            else:
+                self.forward_passes += 1
+                self.tokens_processed += k
+                self.graphed_steps += 1
+                return rows, logits, attn
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
             logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
@@ -173,7 +179,7 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
                  prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None,
-                 static_cache: bool = False, cuda_graphs: bool = False) -> Iterator[StepEvent]:
+                 static_cache: bool = False, cuda_graphs: bool = True) -> Iterator[StepEvent]:
     """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
 
     `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
@@ -181,11 +187,21 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     `force`: {step: token ids} that step's set is, instead of what the threshold selects ("continue from here");
     recorded in `trace.stats` as `forced_step` / `forced_token`.
     `static_cache`: decode on a preallocated StaticCache (see `ParallelSequence`); the same trace.
-    `cuda_graphs`: on CUDA, replay each set from a captured graph (experimental; graphs.py).
+    `cuda_graphs`: replay each set from a captured CUDA graph where the model allows (graphs.py: on CUDA, one
+    device, unless `lm.cuda_graphs` is off). `trace.stats["cuda_graphs"]` says "on" or why not.
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
     seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache, cuda_graphs)
+    try:
+        yield from _steps(lm, s, trace, seq, t0, stop, prefix, force)
+    finally:
+        seq.close()
+
+
+def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequence, t0: float,
+           stop: threading.Event | None, prefix: list[Step] | None, force: dict[int, list[int]] | None
+           ) -> Iterator[StepEvent]:
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     if prefix:
         trace.steps = copy.deepcopy(prefix)
@@ -238,3 +254,5 @@ def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequen
     finalise_text(trace, lm.decode, s.show_token_ids)
     summarise(trace, (time.perf_counter() - t0) * 1e3, seq.forward_passes, seq.tokens_processed,
               seq.layout.rows - seq.layout.prompt_len)
+    trace.stats.update(cuda_graphs="on" if seq.graphs_off is None else f"off: {seq.graphs_off}",
+                       graphed_steps=seq.graphed_steps)

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    cuda_graphs: bool = True  # replay TEMPO steps from captured CUDA graphs where the model allows (graphs.py)
+    slots: Any = field(default=None, repr=False, compare=False)  # graphs.SlotPool, made on first use
 
     def forward(self, cache: Any = None, **kwargs: Any) -> Any:
         """The model's forward with a KV cache, under the name this transformers version uses for it:
@@ -197,8 +199,10 @@ def check_tempo_capable(model: Any) -> None:
                          "in transformers; TEMPO needs both to isolate siblings")
 
 
-def load_model(requested: str | None = None, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load (and vet) a causal LM for TEMPO. Raises ModelError with a one-line reason on failure."""
+def load_model(requested: str | None = None, device: str | None = None, dtype: str | None = None,
+               cuda_graphs: bool | None = None) -> LoadedModel:
+    """Load (and vet) a causal LM for TEMPO. Raises ModelError with a one-line reason on failure.
+    `cuda_graphs` (None: `TEMPO_CUDA_GRAPHS`, default on): replay TEMPO steps from CUDA graphs where possible."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .attention import install_tempo_attention
@@ -222,7 +226,9 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
         model.to(dev)
     model.eval()
     install_tempo_attention(model)
-    return LoadedModel(model, tokenizer, name, dev, dt, time.perf_counter() - start)
+    if cuda_graphs is None:
+        cuda_graphs = os.environ.get("TEMPO_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return LoadedModel(model, tokenizer, name, dev, dt, time.perf_counter() - start, cuda_graphs)
 
 
 @functools.cache

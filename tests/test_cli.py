@@ -60,13 +60,14 @@ def test_output_dir_profile_debug_and_cprofile(model_dir, tmp_path):
     prof = tmp_path / "p.prof"
     r = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "5", "--threshold", "0.05",
             "--output-dir", str(out), "--save-visualization", "--use-retroactive-pruning", "--profile",
-            "--debug-mode", "--use-cprofile", "--profile-output", str(prof))
+            "--debug-mode", "--use-cprofile", "--profile-output", str(prof), "--no-cuda-graphs")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "trace.json").read_text())["steps"]
     assert "clean:" in (out / "text.txt").read_text()
     assert (out / "tree.html").stat().st_size > 1000 and (out / "threshold.html").exists()
     assert (out / "attention.html").exists()
     assert "profile: load" in r.stderr and "steps/s" in r.stderr
+    assert "CUDA graphs off: switched off (--no-cuda-graphs" in r.stderr
     assert "step 0 pos" in r.stderr  # --debug-mode logs every step
     assert prof.stat().st_size > 0
 
