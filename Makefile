@@ -37,7 +37,7 @@ $(FLOOR): requirements.txt
 	touch $(FLOOR)
 
 test-floor: $(FLOOR)
-	.venv-floor/bin/python -m pytest -q tests/test_equivalence.py tests/test_rules.py tests/test_modes.py \
+	.venv-floor/bin/python -m pytest -q tests/test_equivalence.py tests/test_gpu_path.py tests/test_rules.py tests/test_modes.py \
 		tests/test_faithfulness.py tests/test_research.py tests/test_steer.py tests/test_structure.py
 
 bench: $(STAMP)

@@ -7,7 +7,8 @@ Random Llama-3.2-3B shape, bf16. For k forced (threshold 0, max_parallel_tokens 
 the graphed run's candidates and pruning decisions against the eager static-cache run's, the largest probability
 difference, ms per logical step (mean of the second half), and the first graphed run's extra time (its captures:
 graphs are kept with their cache in the model's pool, so the second run captures nothing). Then each captured
-graph's replay alone, to split a step into GPU time and the engine's own work around it.
+graph's replay alone, to split a step into GPU time and the engine's own work around it, and the fused
+kernels' logits against the model's own (tempo_core/fused.py).
 """
 import argparse
 import statistics
@@ -23,6 +24,7 @@ from bench_steps import random_model, static_step_ms  # noqa: E402
 from tempo_core import build_settings  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
 from tempo_core.events import encode_prompt  # noqa: E402
+from tempo_core.fused import fused_kernels  # noqa: E402
 
 
 def run(lm, s, **kw):
@@ -39,54 +41,74 @@ def replay_ms(graphed, key, n=50):
     b = key[0]
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(n):
-        graph.replay()
-        for c in counts:
-            c.sub_(b)
+    with torch.inference_mode():
+        for _ in range(n):
+            graph.replay()
+            for c in counts:
+                c.sub_(b)
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n * 1e3
 
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=32)
-ap.add_argument("--ks", default="1,2,4,8")
-a = ap.parse_args()
-lm = random_model("llama3b", "cuda", "bf16")
-prompt = "Explain the theory of relativity simply."
-ok = True
-rows = []
-for pruning in (False, True):
-    for k in map(int, a.ks.split(",")):
-        s = build_settings(dict(prompt=prompt, raw_prompt=True, selection_threshold=0.0, max_parallel_tokens=k,
-                                max_tokens=a.steps, min_steps=a.steps, use_retroactive_pruning=pruning,
-                                attention_threshold=0.02))
-        eager, _ = run(lm, s, static_cache=True, cuda_graphs=False)
-        graphed, t_first = run(lm, s)  # captures what this shape needs
-        graphed2, t_second = run(lm, s)  # reuses them
-        same = ([[(c.token_id, c.pruned_at) for c in st.candidates] for st in eager.steps]
-                == [[(c.token_id, c.pruned_at) for c in st.candidates] for st in graphed.steps])
-        dprob = max(abs(x.prob - y.prob) for p, q in zip(eager.steps, graphed.steps)
-                    for x, y in zip(p.candidates, q.candidates))
-        half = a.steps // 2
-        e_ms = statistics.mean(st.time_ms for st in eager.steps[half:])
-        g_ms = statistics.mean(st.time_ms for st in graphed2.steps[half:])
-        ok &= same and graphed2.stats["cuda_graphs"] == "on"
-        rows.append((pruning, k, e_ms, g_ms))
-        print(f"pruning={pruning!s:5} k={k:2}: same candidates & pruning {same}, max |dprob| {dprob:.4f}; "
-              f"eager {e_ms:.2f} ms/step, graphed {g_ms:.2f} ms/step ({graphed2.stats['cuda_graphs']}, "
-              f"{graphed2.stats['graphed_steps']} graphed steps); first run {t_first:.2f} s, second {t_second:.2f} s",
-              flush=True)
-pool = lm.slots
-print(f"pool: {len(pool.idle)} idle slot(s), {pool.lent} lent, capacities {[x.capacity for x in pool.idle]}, "
-      f"{sum(len(x.graphs.graphs) for x in pool.idle if x.graphs)} graphs")
-for slot in pool.idle:
-    for key in sorted(slot.graphs.graphs, key=lambda k: (len(k[2]), k[0], k[1])):
-        print(f"replay alone: bucket {key[0]:2}, window {key[1]}, {len(key[2])} recorded layers: "
-              f"{replay_ms(slot.graphs, key):.2f} ms")
-_, ids = encode_prompt(lm, build_settings(dict(prompt=prompt, raw_prompt=True)))
-greedy = static_step_ms(lm, ids, a.steps)
-print(f"HF static-cache greedy (compiled): {greedy:.2f} ms/step")
-for pruning, k, e_ms, g_ms in rows:
-    print(f"ratio pruning={pruning!s:5} k={k:2}: graphed / static greedy {g_ms / greedy:.2f}; eager / graphed "
-          f"{e_ms / g_ms:.1f}")
-print("SAME" if ok else "DIFFERENT")
+def fused_vs_plain(lm, ids):
+    """One prefill's logits with the fused kernels against the model's own: the largest difference, the largest
+    logit, and whether every row's argmax agrees."""
+    x = torch.tensor([ids], device=lm.device)
+    with torch.inference_mode():
+        plain = lm.model(x).logits.float()
+        with fused_kernels(lm.model):
+            fused = lm.model(x).logits.float()
+    return (fused - plain).abs().max().item(), plain.abs().max().item(), bool((fused.argmax(-1) == plain.argmax(-1)).all())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--ks", default="1,2,4,8")
+    a = ap.parse_args()
+    lm = random_model("llama3b", "cuda", "bf16")
+    prompt = "Explain the theory of relativity simply."
+    ok = True
+    rows = []
+    for pruning in (False, True):
+        for k in map(int, a.ks.split(",")):
+            s = build_settings(dict(prompt=prompt, raw_prompt=True, selection_threshold=0.0, max_parallel_tokens=k,
+                                    max_tokens=a.steps, min_steps=a.steps, use_retroactive_pruning=pruning,
+                                    attention_threshold=0.02))
+            eager, _ = run(lm, s, static_cache=True, cuda_graphs=False)
+            graphed, t_first = run(lm, s)  # captures what this shape needs
+            graphed2, t_second = run(lm, s)  # reuses them
+            same = ([[(c.token_id, c.pruned_at) for c in st.candidates] for st in eager.steps]
+                    == [[(c.token_id, c.pruned_at) for c in st.candidates] for st in graphed.steps])
+            dprob = max(abs(x.prob - y.prob) for p, q in zip(eager.steps, graphed.steps)
+                        for x, y in zip(p.candidates, q.candidates))
+            half = a.steps // 2
+            e_ms = statistics.mean(st.time_ms for st in eager.steps[half:])
+            g_ms = statistics.mean(st.time_ms for st in graphed2.steps[half:])
+            ok &= same and graphed2.stats["cuda_graphs"] == "on"
+            rows.append((pruning, k, e_ms, g_ms))
+            print(f"pruning={pruning!s:5} k={k:2}: same candidates & pruning {same}, max |dprob| {dprob:.4f}; "
+                  f"eager {e_ms:.2f} ms/step, graphed {g_ms:.2f} ms/step ({graphed2.stats['cuda_graphs']}, "
+                  f"{graphed2.stats['graphed_steps']} graphed steps); first run {t_first:.2f} s, second {t_second:.2f} s",
+                  flush=True)
+    pool = lm.slots
+    print(f"pool: {len(pool.idle)} idle slot(s), {pool.lent} lent, capacities {[x.capacity for x in pool.idle]}, "
+          f"{sum(len(x.graphs.graphs) for x in pool.idle if x.graphs)} graphs")
+    for slot in (x for x in pool.idle if x.graphs):
+        for key in sorted(slot.graphs.graphs, key=lambda k: (len(k[2]), k[0], k[1])):
+            print(f"replay alone: bucket {key[0]:2}, window {key[1]}, {len(key[2])} recorded layers: "
+                  f"{replay_ms(slot.graphs, key):.2f} ms")
+    _, ids = encode_prompt(lm, build_settings(dict(prompt=prompt, raw_prompt=True)))
+    d, top, same_argmax = fused_vs_plain(lm, ids)
+    print(f"fused kernels vs the model's own, one prefill: max |dlogit| {d:.4f} (largest |logit| {top:.2f}), "
+          f"same argmax on every row: {same_argmax}")
+    greedy = static_step_ms(lm, ids, a.steps)
+    print(f"HF static-cache greedy (compiled): {greedy:.2f} ms/step")
+    for pruning, k, e_ms, g_ms in rows:
+        print(f"ratio pruning={pruning!s:5} k={k:2}: graphed / static greedy {g_ms / greedy:.2f}; eager / graphed "
+              f"{e_ms / g_ms:.1f}")
+    print("SAME" if ok else "DIFFERENT")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
+from .fused import fused_kernels
 from .graphs import graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -77,7 +78,8 @@ class ParallelSequence:
             first = self.layout.rows - (len(ids) - padding)
             extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
             mask = static_mask(mask, first, len(ids), dev)
-        with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
+        with torch.inference_mode(), fast_rows(self.lm.model), fused_kernels(self.lm.model, self.lm.cuda_graphs), \
+                record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
                                   attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
@@ -93,8 +95,9 @@ class ParallelSequence:
         if self.static_len is None:
             self.cache.crop(-n)
             return
-        for layer in self.cache.layers:
-            layer.cumulative_length.sub_(n)
+        with torch.inference_mode():  # the counts are inference tensors
+            for layer in self.cache.layers:
+                layer.cumulative_length.sub_(n)
 
     def prefill(self) -> torch.Tensor:
         """Feed the prompt exactly once; returns the last row's logits."""

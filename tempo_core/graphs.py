@@ -28,6 +28,7 @@ from transformers import StaticCache
 
 from .attention import record_attention
 from .fastpath import pad_set
+from .fused import fused_kernels
 from .layout import step_mask
 
 BUCKETS = (1, 2, 4, 8, 16)
@@ -113,7 +114,7 @@ class GraphedSteps:
 
     def _forward(self, buf: dict[str, torch.Tensor], layers: tuple[int, ...]) -> tuple[torch.Tensor, dict]:
         b = buf["ids"].shape[1]
-        with record_attention(layers, last_rows=b) as rec:
+        with fused_kernels(self.lm.model), record_attention(layers, last_rows=b) as rec:
             out = self.lm.forward(input_ids=buf["ids"], position_ids=buf["pos"], attention_mask=buf["mask"],
                                   cache=self.cache, use_cache=True, logits_to_keep=b, cache_position=buf["cpos"])
         return out.logits, rec.weights
@@ -126,14 +127,14 @@ class GraphedSteps:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         try:
-            with torch.cuda.stream(side), torch.inference_mode():
+            with torch.cuda.stream(side):
                 for _ in range(2):  # warm-up writes the same rows the real step writes, then forgets them
                     self._forward(buf, layers)
                     for c, saved in zip(self._counts(), counts):
                         c.copy_(saved)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 logits, weights = self._forward(buf, layers)
         finally:  # the capture's own write is not a step either
             for c, saved in zip(self._counts(), counts):
@@ -144,6 +145,11 @@ class GraphedSteps:
              layers: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """One set through its bucket's graph: logits [k, V] and the attention its rows paid to `layers`,
         {layer: [k, window]}. Raises if the capture fails (the caller falls back to the eager forward)."""
+        with torch.inference_mode():  # the cache's counts are inference tensors
+            return self._feed(token_ids, positions, past_alive, visible, layers)
+
+    def _feed(self, token_ids: list[int], positions: list[int], past_alive: list[bool], visible: bool,
+              layers: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         k, b = len(token_ids), bucket(len(token_ids))
         first = len(past_alive)
         key = (b, window(first + b), layers)

@@ -1,12 +1,17 @@
-"""The static caches CUDA graphs are captured on: borrowed from the model's pool, cleared and reused run after
-run, read only as far as the run has filled them; and why a run does not use graphs, in its trace."""
+"""The GPU fast path's pieces, checked on the CPU: the static caches CUDA graphs are captured on (borrowed from
+the model's pool, cleared and reused run after run, read only as far as the run has filled them), why a run does
+not use graphs (in its trace), and the GPU's grouped-query attention with a mask. The graphs themselves need a
+GPU: bench/check_graphs.py compares them with the eager path there."""
 
 import dataclasses
 
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from tempo_core import build_settings, run
+from tempo_core.attention import stacked_gqa_attention
 from tempo_core.engine import ParallelSequence, tempo_events
 from tempo_core.graphs import SlotPool, graphs_unavailable
 from tiny import tiny_llama
@@ -88,3 +93,50 @@ def test_the_trace_says_why_steps_are_not_replayed_from_cuda_graphs(lm):
         assert graphs_unavailable(on_gpu, s) == "the model is spread over 2 devices (graphs need one)"
     finally:
         del lm.model.hf_device_map
+
+
+@pytest.mark.parametrize("groups,q_len", [(1, 1), (3, 1), (3, 4), (4, 16)])
+def test_stacked_gqa_attention_equals_attention_over_repeated_kv(groups, q_len):
+    torch.manual_seed(groups * 100 + q_len)
+    kv_heads, kv_len, dim = 2, 37, 16
+    q = torch.randn(1, kv_heads * groups, q_len, dim)
+    k, v = torch.randn(1, kv_heads, kv_len, dim), torch.randn(1, kv_heads, kv_len, dim)
+    mask = torch.rand(1, 1, q_len, kv_len) > 0.3
+    mask[..., 0] = True  # every row sees something
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1),
+                                              attn_mask=mask, scale=0.25)
+    got = stacked_gqa_attention(q, k, v, mask, 0.25)
+    assert got.shape == expected.shape and (got - expected).abs().max() < 1e-5
+
+
+def test_fused_kernels_give_the_models_own_logits_and_are_undone(lm, monkeypatch):
+    """The fused block's RMSNorm, rotary and SiLU x up (their math, uncompiled here: compiling needs a GPU to pay
+    off) give the model's own logits; the instance forwards and the rotary wrapper are there only while a block
+    is open, nested blocks included."""
+    from transformers.models.llama import modeling_llama
+
+    from tempo_core import fused
+    monkeypatch.setattr(fused, "fusable", lambda model: True)
+    for name in ("rms_norm", "rotary", "silu_mul"):
+        monkeypatch.setattr(fused, f"_{name}", getattr(fused, f"_{name}_math"))
+    patched = [m for m in lm.model.modules() if type(m).__name__ in ("LlamaRMSNorm", "LlamaMLP")]
+    original_rotary = modeling_llama.apply_rotary_pos_emb
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    with torch.inference_mode():
+        plain = lm.model(ids).logits
+        with fused.fused_kernels(lm.model):
+            with fused.fused_kernels(lm.model):
+                assert all("forward" in vars(m) for m in patched)
+                assert modeling_llama.apply_rotary_pos_emb is not original_rotary
+                inside = lm.model(ids).logits
+            assert all("forward" in vars(m) for m in patched)  # the outer block is still open
+    assert not any("forward" in vars(m) for m in patched) and modeling_llama.apply_rotary_pos_emb is original_rotary
+    assert (inside - plain).abs().max() < 1e-5
+    assert not fused._failed
+
+
+def test_fused_kernels_do_nothing_off_a_cuda_llama(lm):
+    from tempo_core import fused
+    assert not fused.fusable(lm.model)  # on the CPU
+    with fused.fused_kernels(lm.model):
+        assert not any("forward" in vars(m) for m in lm.model.modules() if type(m).__name__ == "LlamaRMSNorm")
