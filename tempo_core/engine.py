@@ -21,7 +21,6 @@ from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
-from .fused import fused_kernels
 from .graphs import graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -78,8 +77,7 @@ class ParallelSequence:
             first = self.layout.rows - (len(ids) - padding)
             extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
             mask = static_mask(mask, first, len(ids), dev)
-        with torch.inference_mode(), fast_rows(self.lm.model), fused_kernels(self.lm.model, self.lm.cuda_graphs), \
-                record_attention(layers, last_rows=keep) as rec:
+        with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
                                   attention_mask=mask, cache=self.cache, use_cache=self.cache is not None,
