@@ -6,7 +6,8 @@ runs TEMPO's eager path and gives what the same weights give on one device.
 Checks, fp32, a tiny random Llama of 4 layers, layers 0-1 on cuda:0 and 2-3 (with the head) on cuda:1:
 1. threshold 1.0: the split TEMPO run equals HF greedy `generate` of the split model, token for token;
 2. threshold 0.05 with pruning: the split run's candidates, pruning decisions and probabilities (1e-4) equal
-   the single-device run's.
+   the single-device run's (which replays its steps from CUDA graphs, the default on one GPU);
+3. the single-device run equals the same run with graphs off, and each trace says which path it took.
 """
 import sys
 from pathlib import Path
@@ -47,4 +48,11 @@ same = ([[(c.token_id, c.pruned_at) for c in st.candidates] for st in a.steps]
 worst = max(abs(ca.prob - cb.prob) for x, y in zip(a.steps, b.steps) for ca, cb in zip(x.candidates, y.candidates))
 print(f"2. branching with pruning, split == single device: {same}; max |dprob| {worst:.2e}; "
       f"{sum(len(st.candidates) for st in a.steps)} candidates, {a.stats.get('pruned', 0)} pruned")
-print("PASS" if greedy_ok and same and worst < 1e-4 else "FAIL")
+single.cuda_graphs = False
+eager = run(single, s)
+eager_same = ([[(c.token_id, c.pruned_at) for c in st.candidates] for st in eager.steps]
+              == [[(c.token_id, c.pruned_at) for c in st.candidates] for st in b.steps])
+print(f"3. single device, graphed == eager: {eager_same}; paths: split {a.stats['cuda_graphs']!r}, single "
+      f"{b.stats['cuda_graphs']!r} ({b.stats['graphed_steps']} graphed steps)")
+paths_ok = b.stats["cuda_graphs"] == "on" and a.stats["cuda_graphs"].startswith("off: the model is spread")
+print("PASS" if greedy_ok and same and worst < 1e-4 and eager_same and paths_ok else "FAIL")
