@@ -9,6 +9,7 @@ request is bounded (README: "What a visitor can and cannot make the server do");
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import logging
 import os
@@ -702,8 +703,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         executor = model_executor(_env_int("TEMPO_MODEL_THREADS", 1))
+        # On a ZeroGPU Space each run borrows a GPU for its own call, so graphs captured in one call could not be
+        # replayed in the next: there they are off unless TEMPO_CUDA_GRAPHS asks for them.
+        zero_gpu = importlib.util.find_spec("spaces") is not None and "TEMPO_CUDA_GRAPHS" not in os.environ
         lm = executor.submit(load_model, os.environ.get("TEMPO_MODEL"), os.environ.get("TEMPO_DEVICE"),
-                             os.environ.get("TEMPO_DTYPE")).result()
+                             os.environ.get("TEMPO_DTYPE"), False if zero_gpu else None).result()
         fastapi_app = build_app(lm, executor=executor)
     except (ModelError, SettingsError) as exc:
         raise SystemExit(f"error: {exc}")
