@@ -21,7 +21,7 @@ from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
-from .graphs import graphs_unavailable, slot_pool, static_mask
+from .graphs import bucket, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
@@ -58,6 +58,7 @@ class ParallelSequence:
         self.forward_passes = 0
         self.tokens_processed = 0
         self.graphed_steps = 0
+        self.padded_rows = 0  # pad rows fed besides the real tokens (a CPU 3-row set, a graph's bucket)
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
 
@@ -84,6 +85,7 @@ class ParallelSequence:
                                   logits_to_keep=keep, **extra)
         self.forward_passes += 1
         self.tokens_processed += len(ids) - padding  # real tokens; a CPU pad row is not one
+        self.padded_rows += padding
         return out.logits[0], rec.weights
 
     def drop_tail(self, n: int) -> None:
@@ -135,6 +137,7 @@ class ParallelSequence:
                 self.forward_passes += 1
                 self.tokens_processed += k
                 self.graphed_steps += 1
+                self.padded_rows += bucket(k) - k
                 return rows, logits, attn
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
@@ -256,4 +259,4 @@ def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequen
     summarise(trace, (time.perf_counter() - t0) * 1e3, seq.forward_passes, seq.tokens_processed,
               seq.layout.rows - seq.layout.prompt_len)
     trace.stats.update(cuda_graphs="on" if seq.graphs_off is None else f"off: {seq.graphs_off}",
-                       graphed_steps=seq.graphed_steps)
+                       graphed_steps=seq.graphed_steps, padded_rows=seq.padded_rows)

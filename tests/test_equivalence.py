@@ -104,6 +104,14 @@ def test_siblings_share_one_position_id_and_prompt_is_fed_once(lm):
     assert trace.stats["forward_passes"] == len(trace.steps) + 1
 
 
+def test_pad_rows_are_counted_apart_from_the_tokens_fed(lm):
+    """On CPU fp32 a set of 3 is fed as 4 rows (fastpath.rows_to_feed): the pad row is work, not a token."""
+    trace = run(lm, settings(selection_threshold=0.0, max_parallel_tokens=3, max_tokens=5, min_steps=5))
+    assert [len(st.candidates) for st in trace.steps] == [3] * 5
+    assert trace.stats["padded_rows"] == 5
+    assert trace.stats["tokens_processed"] == len(trace.prompt_token_ids) + 15
+
+
 def test_pruned_token_is_the_same_as_physically_deleting_it(lm):
     prompt = prompt_ids(lm)
     p = len(prompt)
