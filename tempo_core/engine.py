@@ -28,7 +28,7 @@ from .model import LoadedModel
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
-from .trace import Candidate, Step, Trace, clean_token_ids, finalise_text, summarise
+from .trace import Candidate, RunningText, Step, Trace, clean_token_ids, summarise
 
 class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
@@ -207,6 +207,7 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
            stop: threading.Event | None, prefix: list[Step] | None, force: dict[int, list[int]] | None
            ) -> Iterator[StepEvent]:
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
+    running = RunningText(s.show_token_ids)  # the trace's text, kept current a step at a time
     if prefix:
         trace.steps = copy.deepcopy(prefix)
         for st in trace.steps:
@@ -248,14 +249,16 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
             seq.layout.kill(c.row)
         probs = mixture(to_probs(logits, s.temperature), ps)  # the current set is never pruned yet
         trace.steps[-1].time_ms = (time.perf_counter() - ts) * 1e3
-        _finish(trace, lm, s, seq, t0)
+        running.update(trace.steps, pruned)
+        _finish(trace, lm, seq, t0, running)
         yield StepEvent(step, trace, pruned)
-    _finish(trace, lm, s, seq, t0)
+    running.update(trace.steps, [])
+    _finish(trace, lm, seq, t0, running)
     yield StepEvent(len(trace.steps) - 1, trace, [], done=True)
 
 
-def _finish(trace: Trace, lm: LoadedModel, s: TempoSettings, seq: ParallelSequence, t0: float) -> None:
-    finalise_text(trace, lm.decode, s.show_token_ids)
+def _finish(trace: Trace, lm: LoadedModel, seq: ParallelSequence, t0: float, running: RunningText) -> None:
+    running.finalise(trace, lm.decode)
     summarise(trace, (time.perf_counter() - t0) * 1e3, seq.forward_passes, seq.tokens_processed,
               seq.layout.rows - seq.layout.prompt_len)
     trace.stats.update(cuda_graphs="on" if seq.graphs_off is None else f"off: {seq.graphs_off}",

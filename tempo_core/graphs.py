@@ -4,8 +4,9 @@ On a GPU a decode step of a few rows is bound by kernel launches, not by the row
 model runs ~15x above the weight-bandwidth floor. Capturing the forward once per set-size bucket (1, 2, 4, 8,
 16; smaller sets padded with isolated rows) and replaying it removes the launches. Everything that changes per
 step lives in static buffers filled in place before `replay()`: token ids, position ids, cache positions and the
-mask over the whole static cache. The attention pruning reads is recorded inside the graph (its tensors are
-rewritten by every replay).
+mask over the cache's filled window (a power of two; a graph per window). The attention pruning reads is
+recorded inside the graph (its tensors are rewritten by every replay). RMSNorm, rotary and SiLU x up are
+captured as fused kernels (fused.py).
 
 A graph holds the addresses of the cache it was captured on, so graphs live with their cache in a `StaticSlot`,
 and slots live in the model's `SlotPool`: a run borrows one sized to it (capacities are powers of two) and
@@ -40,9 +41,9 @@ def bucket(k: int) -> int | None:
 
 
 def window(rows: int) -> int:
-    """Keys a forward reaches `rows` rows into a static cache attends over: a power of two (>= 256), so one graph
-    serves many steps and attention never reads the whole, mostly empty, cache (attention.py drops the keys
-    past the mask)."""
+    """How many of a static cache's slots a forward that fills it up to `rows` attends over: a power of two
+    (>= 256), so one graph serves many steps, and attention never reads the whole, mostly empty, cache
+    (attention.py drops the keys past the mask)."""
     return max(MIN_CAPACITY, 1 << (rows - 1).bit_length())
 
 
@@ -87,7 +88,8 @@ class GraphedSteps:
 
     def __init__(self, lm: Any, cache: StaticCache, capacity: int):
         self.lm, self.cache, self.capacity = lm, cache, capacity
-        self.graphs: dict[tuple[int, tuple[int, ...]], tuple[torch.cuda.CUDAGraph, dict, torch.Tensor, dict]] = {}
+        # (bucket, window, layers) -> (graph, its input buffers, its logits, its recorded attention)
+        self.graphs: dict[tuple[int, int, tuple[int, ...]], tuple[torch.cuda.CUDAGraph, dict, torch.Tensor, dict]] = {}
 
     def usable(self, k: int, rows: int) -> bool:
         """A set of k siblings, the last of `rows` rows, fits a bucket and the cache."""

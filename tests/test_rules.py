@@ -244,3 +244,21 @@ def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
         assert c.pruning_score == c.attention  # no later attention entries dilute it
         assert max(c.attention_by_step) == c.pruned_at
     assert all(c.pruning_score is None for st in trace.steps for c in st.candidates if c.pruned_at is None)
+
+
+@pytest.mark.parametrize("show_ids", [False, True])
+def test_the_streamed_text_at_every_step_is_the_text_rebuilt_from_all_steps(show_ids):
+    """The engine keeps the text current a step at a time (trace.RunningText); at every event it must be what
+    rendering every step afresh gives, pruned candidates included."""
+    from tempo_core.engine import tempo_events
+    from tempo_core.trace import bracket_text, clean_token_ids
+    from tiny import tiny_llama
+    lm = tiny_llama(seed=0)
+    s = build_settings(dict(prompt="once upon a time", max_tokens=24, selection_threshold=0.03, raw_prompt=True,
+                            use_retroactive_pruning=True, attention_threshold=0.06, show_token_ids=show_ids))
+    pruned = 0
+    for event in tempo_events(lm, s):
+        pruned += len(event.pruned)
+        assert event.trace.text == bracket_text(event.trace.steps, show_ids)
+        assert event.trace.clean_text == lm.decode(clean_token_ids(event.trace.steps))
+    assert pruned > 0 and "~~" in event.trace.text
