@@ -21,7 +21,7 @@ from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
-from .graphs import bucket, graphs_unavailable, slot_pool, static_mask
+from .graphs import BUCKETS, bucket, copy_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
@@ -42,25 +42,46 @@ class ParallelSequence:
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
         self.graphs_off = graphs_unavailable(lm, s) if cuda_graphs else "not requested"
-        self.slot, self._release = None, None
+        self.slot, self._release, self.static_len, self.graphs = None, None, None, None
+        self.cache = None if s.disable_kv_cache else DynamicCache(config=lm.model.config)
         if not s.disable_kv_cache and (static_cache or self.graphs_off is None):
-            rows = len(prompt_ids) + s.max_tokens * s.max_parallel_tokens + 1  # every row a run feeds, a pad row
-            pool = slot_pool(lm)
-            self.slot = pool.take(lm, rows, graphs=self.graphs_off is None)
-            if self.slot is None:
-                self.graphs_off = self.graphs_off or f"all {pool.limit} static-cache slots are in use"
-            else:
-                self._release = weakref.finalize(self, pool.give, self.slot)  # also if a run is dropped unfinished
-        self.static_len = self.slot.capacity if self.slot else None
-        self.graphs = self.slot.graphs if self.slot else None
-        self.cache = (self.slot.cache if self.slot else None if s.disable_kv_cache
-                      else DynamicCache(config=lm.model.config))
+            # room for sets of one token (and a bucket's pad rows); `fit` moves to a larger slot when needed
+            if not self._borrow(len(prompt_ids) + s.max_tokens + BUCKETS[-1], rows_filled=0):
+                self.graphs_off = self.graphs_off or f"all {slot_pool(lm).limit} static-cache slots are in use"
         self.forward_passes = 0
         self.tokens_processed = 0
         self.graphed_steps = 0
         self.padded_rows = 0  # pad rows fed besides the real tokens (a CPU 3-row set, a graph's bucket)
         self.capture = (layer_weights(lm.model.config.num_hidden_layers, s)
                         if s.use_retroactive_pruning and s.mode == "tempo" else {})
+
+    def _borrow(self, rows: int, rows_filled: int) -> bool:
+        """Move to a pool slot of at least `rows` rows, the first `rows_filled` cached rows copied over; False when
+        none is free (this run then stays where it is)."""
+        pool = slot_pool(self.lm)
+        slot = pool.take(self.lm, rows, graphs=self.graphs_off is None)
+        if slot is None:
+            return False
+        if rows_filled:
+            copy_rows(self.cache, slot.cache, rows_filled)
+        self.close()  # the old slot goes back
+        self.slot, self.cache, self.static_len = slot, slot.cache, slot.capacity
+        self.graphs = slot.graphs if self.graphs_off is None else None
+        self._release = weakref.finalize(self, pool.give, slot)  # also if a run is dropped unfinished
+        return True
+
+    def fit(self, rows: int, rows_filled: int) -> None:
+        """Before a forward that writes up to row `rows` of a static cache holding `rows_filled`: if they do not
+        fit, move to a slot twice as large (or more), else to a dynamic cache (the run's graphs end there)."""
+        if self.static_len is None or rows <= self.static_len:
+            return
+        if self._borrow(max(rows, 2 * self.static_len), rows_filled):
+            return
+        dynamic = DynamicCache(config=self.lm.model.config)
+        copy_rows(self.cache, dynamic, rows_filled)
+        self.close()
+        self.slot, self.cache, self.static_len, self.graphs = None, dynamic, None, None
+        self.graphs_off = self.graphs_off or "the run outgrew its cache and every static-cache slot was in use"
 
     def close(self) -> None:
         """Give the static cache (and its graphs) back to the pool; a no-op on a dynamic cache."""
@@ -109,6 +130,7 @@ class ParallelSequence:
         for st in steps:
             self.layout.append_set([c.token_id for c in st.candidates], st.position)
             self.replay_pruning(steps, st.step)
+        self.fit(self.layout.rows, rows_filled=0)
         mask = full_mask(self.layout, self.s.allow_intraset_token_visibility, self.lm.device)
         k = len(steps[-1].candidates)
         return self._forward(self.layout.tokens, self.layout.positions, mask, keep=k, record=False)[0]
@@ -126,6 +148,7 @@ class ParallelSequence:
         k, dev = len(token_ids), self.lm.device
         visible = self.s.allow_intraset_token_visibility
         past_alive = list(self.layout.alive)
+        self.fit(len(past_alive) + (bucket(k) or k), rows_filled=len(past_alive))  # the set and its pad rows
         rows = self.layout.append_set(token_ids, position)
         positions = self.layout.positions[-k:]
         if self.graphs is not None and self.graphs.usable(k, self.layout.rows):

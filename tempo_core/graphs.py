@@ -10,8 +10,11 @@ captured as fused kernels (fused.py).
 
 A graph holds the addresses of the cache it was captured on, so graphs live with their cache in a `StaticSlot`,
 and slots live in the model's `SlotPool`: a run borrows one sized to it (capacities are powers of two) and
-gives it back when it ends, so captures are paid once per slot per process, not once per run. The pool is
-bounded (`TEMPO_GRAPH_SLOTS`, default 8); when every slot is busy a run decodes eagerly and its trace says so.
+gives it back when it ends, so captures are paid once per slot per process, not once per run. A run starts in a
+slot sized for sets of one token and moves to one twice as large when it fills it (its rows copied over), so
+memory follows what runs use, not the most they could. The pool is bounded (`TEMPO_GRAPH_SLOTS`, default 32,
+the app's concurrency); when every slot is lent a run decodes eagerly (or goes on eagerly, on a dynamic cache,
+when it cannot grow) and its trace says so.
 
 A StaticCache writes after the rows it counts (`cumulative_length`, a device tensor the graph increments), so pad
 rows are taken back off that count after each replay, in place, as the graph expects (the eager path's
@@ -177,11 +180,19 @@ class StaticSlot:
         self.graphs = GraphedSteps(lm, self.cache, capacity) if graphs else None
 
 
+def copy_rows(src: StaticCache, dst: Any, n: int) -> None:
+    """The first `n` cached rows of every layer of `src` into `dst` (a cleared StaticCache or a new DynamicCache),
+    through the cache's own `update`."""
+    with torch.inference_mode():
+        for i, layer in enumerate(src.layers):
+            dst.update(layer.keys[:, :, :n], layer.values[:, :, :n], i)
+
+
 class SlotPool:
     """The static caches (and their graphs) of one model: at most `limit`, lent one per run."""
 
     def __init__(self, limit: int | None = None):
-        self.limit = limit if limit is not None else int(os.environ.get("TEMPO_GRAPH_SLOTS", "8"))
+        self.limit = limit if limit is not None else int(os.environ.get("TEMPO_GRAPH_SLOTS", "32"))
         self.idle: list[StaticSlot] = []
         self.lent = 0
         self._lock = threading.Lock()
