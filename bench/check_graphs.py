@@ -42,6 +42,8 @@ def replay_ms(graphed, key, n=50):
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.inference_mode():
+        for c in counts:  # an idle slot's count is where its last run ended: start from an empty cache
+            c.zero_()
         for _ in range(n):
             graph.replay()
             for c in counts:
