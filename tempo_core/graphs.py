@@ -23,6 +23,7 @@ rows are taken back off that count after each replay, in place, as the graph exp
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -34,6 +35,8 @@ from .attention import record_attention
 from .fastpath import pad_set
 from .fused import fused_kernels
 from .layout import step_mask
+
+log = logging.getLogger(__name__)
 
 BUCKETS = (1, 2, 4, 8, 16)
 MIN_CAPACITY = 256
@@ -188,11 +191,20 @@ def copy_rows(src: StaticCache, dst: Any, n: int) -> None:
             dst.update(layer.keys[:, :, :n], layer.values[:, :, :n], i)
 
 
+def _slots_from_env(default: int = 32) -> int:
+    raw = os.environ.get("TEMPO_GRAPH_SLOTS", "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    if raw:
+        log.warning("TEMPO_GRAPH_SLOTS must be a whole number >= 1, got %r: using %d", raw, default)
+    return default
+
+
 class SlotPool:
     """The static caches (and their graphs) of one model: at most `limit`, lent one per run."""
 
     def __init__(self, limit: int | None = None):
-        self.limit = limit if limit is not None else int(os.environ.get("TEMPO_GRAPH_SLOTS", "32"))
+        self.limit = limit if limit is not None else _slots_from_env()
         self.idle: list[StaticSlot] = []
         self.lent = 0
         self._lock = threading.Lock()
