@@ -21,7 +21,7 @@ from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
-from .graphs import BUCKETS, bucket, copy_rows, graphs_unavailable, slot_pool, static_mask
+from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
@@ -42,12 +42,13 @@ class ParallelSequence:
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
         self.graphs_off = graphs_unavailable(lm, s) if cuda_graphs else "not requested"
-        self.slot, self._release, self.static_len, self.graphs = None, None, None, None
-        self.cache = None if s.disable_kv_cache else DynamicCache(config=lm.model.config)
+        self.slot, self._release, self.static_len, self.graphs, self.cache = None, None, None, None, None
         if not s.disable_kv_cache and (static_cache or self.graphs_off is None):
             # room for sets of one token (and a bucket's pad rows); `fit` moves to a larger slot when needed
             if not self._borrow(len(prompt_ids) + s.max_tokens + BUCKETS[-1], rows_filled=0):
                 self.graphs_off = self.graphs_off or f"all {slot_pool(lm).limit} static-cache slots are in use"
+        if self.cache is None and not s.disable_kv_cache:
+            self.cache = DynamicCache(config=lm.model.config)
         self.forward_passes = 0
         self.tokens_processed = 0
         self.graphed_steps = 0
@@ -110,15 +111,11 @@ class ParallelSequence:
         return out.logits[0], rec.weights
 
     def drop_tail(self, n: int) -> None:
-        """Forget the last `n` cached rows. A StaticCache writes after the rows it counts (not at the given cache
-        positions), so its count goes back, in place (a captured graph holds that tensor), and its next write
-        reuses the slots: what 5.2x's `StaticLayer.crop` does; 5.17 has no such crop."""
+        """Forget the last `n` cached rows (a static cache: `graphs.forget_rows`)."""
         if self.static_len is None:
             self.cache.crop(-n)
-            return
-        with torch.inference_mode():  # the counts are inference tensors
-            for layer in self.cache.layers:
-                layer.cumulative_length.sub_(n)
+        else:
+            forget_rows(self.cache, n)
 
     def prefill(self) -> torch.Tensor:
         """Feed the prompt exactly once; returns the last row's logits."""

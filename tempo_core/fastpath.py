@@ -15,27 +15,55 @@ import threading
 import types
 import weakref
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-_ACTIVE: ContextVar[bool] = ContextVar("tempo_fast_rows", default=False)
 MAX_ROWS = 16
+
+
+class ScopedSwitch:
+    """Patches on a model that exist only while a block on that model is open, with a per-context flag saying
+    whether this context is inside one. Blocks nest and may be open on several threads at once (counted per
+    model): the first to open installs the patches, the last to close removes them, so a model passed in comes
+    out as it went in, and other contexts' forwards meanwhile see `on()` False and take the plain path."""
+
+    def __init__(self, name: str, install: Callable[[Any], None], remove: Callable[[Any], None]):
+        self._active: ContextVar[bool] = ContextVar(name, default=False)
+        self._install, self._remove = install, remove
+        self._lock = threading.Lock()
+        self._users: dict[int, int] = {}  # id(model) -> blocks open on it (any thread)
+
+    def on(self) -> bool:
+        return self._active.get()
+
+    @contextlib.contextmanager
+    def __call__(self, model: Any) -> Iterator[None]:
+        with self._lock:
+            if self._users.get(id(model), 0) == 0:
+                self._install(model)
+            self._users[id(model)] = self._users.get(id(model), 0) + 1
+        token = self._active.set(True)
+        try:
+            yield
+        finally:
+            self._active.reset(token)
+            with self._lock:
+                self._users[id(model)] -= 1
+                if self._users[id(model)] == 0:
+                    del self._users[id(model)]
+                    self._remove(model)
 
 
 def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    if _ACTIVE.get() and 1 < rows <= MAX_ROWS:
+    if _fast.on() and 1 < rows <= MAX_ROWS:
         y = torch.mm(self.weight, x.reshape(rows, -1).t()).t().contiguous()
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], -1)
     return F.linear(x, self.weight, self.bias)
-
-
-_lock = threading.Lock()
-_users: dict[int, int] = {}  # id(model) -> fast_rows blocks open on it (any thread)
 
 
 _found: "weakref.WeakKeyDictionary[Any, list[torch.nn.Linear]]" = weakref.WeakKeyDictionary()
@@ -50,28 +78,24 @@ def _linears(model: Any) -> list[torch.nn.Linear]:
     return _found[model]
 
 
-@contextlib.contextmanager
-def fast_rows(model: Any) -> Iterator[None]:
+def _install(model: Any) -> None:
+    for m in _linears(model):
+        m.forward = types.MethodType(_linear_forward, m)
+
+
+def _remove(model: Any) -> None:
+    for m in _linears(model):
+        del m.forward  # the instance attribute goes: nn.Linear.forward again
+
+
+_fast = ScopedSwitch("tempo_fast_rows", _install, _remove)
+
+
+def fast_rows(model: Any) -> contextlib.AbstractContextManager[None]:
     """Inside this block (TEMPO's own forwards), `model`'s nn.Linear layers take the transposed path on CPU fp32;
     when the last block on the model closes, their own forward is back, so a model passed in is left as it came.
     Other threads' forwards on the model meanwhile take the plain path (the switch is per context)."""
-    linears = _linears(model)
-    with _lock:
-        if linears and _users.get(id(model), 0) == 0:
-            for m in linears:
-                m.forward = types.MethodType(_linear_forward, m)
-        _users[id(model)] = _users.get(id(model), 0) + 1
-    token = _ACTIVE.set(True)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-        with _lock:
-            _users[id(model)] -= 1
-            if _users[id(model)] == 0:
-                del _users[id(model)]
-                for m in linears:
-                    del m.forward  # the instance attribute goes: nn.Linear.forward again
+    return _fast(model)
 
 
 def rows_to_feed(model: Any, k: int) -> int:

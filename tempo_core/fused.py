@@ -19,17 +19,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
 import types
-from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from .fastpath import ScopedSwitch
+
 log = logging.getLogger(__name__)
 
-_ACTIVE: ContextVar[bool] = ContextVar("tempo_fused", default=False)
 _failed: list[str] = []  # set once if compiling fails (no triton, say): the plain path from then on
 
 
@@ -72,7 +71,7 @@ _silu_mul = _compiled(_silu_mul_math)
 
 def _fused(compiled: Callable, plain: Callable, *args: Any) -> Any:
     """The compiled kernel inside a block, the plain one outside (or once compiling has failed)."""
-    if _ACTIVE.get() and not _failed:
+    if _switch.on() and not _failed:
         try:
             return compiled(*args)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot compile: same math, unfused
@@ -86,7 +85,7 @@ def _norm_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if not _ACTIVE.get() or _failed:
+    if not _switch.on() or _failed:
         return type(self).forward(self, x)
     return self.down_proj(_fused(_silu_mul, _silu_mul_math, self.gate_proj(x), self.up_proj(x)))
 
@@ -107,8 +106,6 @@ def fusable(model: Any) -> bool:
             and cfg.model_type == "llama" and getattr(cfg, "hidden_act", "silu") == "silu")
 
 
-_lock = threading.Lock()
-_users: dict[int, int] = {}  # id(model) -> fused_kernels blocks open on it (any thread)
 _rotary_users: dict[str, tuple[int, Callable]] = {}  # modeling module -> (models in blocks, its own function)
 
 
@@ -141,23 +138,14 @@ def _remove(model: Any) -> None:
         _rotary_users[name] = (users - 1, original)
 
 
+_switch = ScopedSwitch("tempo_fused", _install, _remove)
+
+
 @contextlib.contextmanager
 def fused_kernels(model: Any, enabled: bool = True) -> Iterator[None]:
     """Inside this block `model`'s forwards (in this context) run fused kernels, if `enabled` and `fusable`."""
     if not enabled or not fusable(model):
         yield
         return
-    with _lock:
-        if _users.get(id(model), 0) == 0:
-            _install(model)
-        _users[id(model)] = _users.get(id(model), 0) + 1
-    token = _ACTIVE.set(True)
-    try:
+    with _switch(model):
         yield
-    finally:
-        _ACTIVE.reset(token)
-        with _lock:
-            _users[id(model)] -= 1
-            if _users[id(model)] == 0:
-                del _users[id(model)]
-                _remove(model)

@@ -17,8 +17,8 @@ the app's concurrency); when every slot is lent a run decodes eagerly (or goes o
 when it cannot grow) and its trace says so.
 
 A StaticCache writes after the rows it counts (`cumulative_length`, a device tensor the graph increments), so pad
-rows are taken back off that count after each replay, in place, as the graph expects (the eager path's
-`ParallelSequence.drop_tail` does the same).
+rows are taken back off that count after each replay, in place, as the graph expects (`forget_rows`, which the
+eager path's `ParallelSequence.drop_tail` uses too).
 """
 
 from __future__ import annotations
@@ -162,15 +162,14 @@ class GraphedSteps:
         first = len(past_alive)
         key = (b, window(first + b), layers)
         if key not in self.graphs:
-            buf = self._buffers(b, window(first + b))
+            buf = self._buffers(b, key[1])
             self._fill(buf, token_ids, positions, past_alive, first, visible)
             self.graphs[key] = self._capture(buf, layers)
         graph, buf, logits, weights = self.graphs[key]
         self._fill(buf, token_ids, positions, past_alive, first, visible)
         graph.replay()
         if b > k:  # the pad rows leave the cache's count: the next set writes into their slots
-            for c in self._counts():
-                c.sub_(b - k)
+            forget_rows(self.cache, b - k)
         return logits[0, :k], {layer: w[:k] for layer, w in weights.items()}
 
 
@@ -181,6 +180,15 @@ class StaticSlot:
         self.capacity = capacity
         self.cache = StaticCache(config=lm.model.config, max_cache_len=capacity)
         self.graphs = GraphedSteps(lm, self.cache, capacity) if graphs else None
+
+
+def forget_rows(cache: StaticCache, n: int) -> None:
+    """Take the last `n` rows off a static cache's count, in place (a captured graph holds that tensor): its next
+    write reuses their slots. A StaticCache writes after the rows it counts, not at the cache positions given,
+    so this is how pad rows leave it; what 5.2x's `StaticLayer.crop` does (5.17 has no such crop)."""
+    with torch.inference_mode():  # the counts are inference tensors
+        for layer in cache.layers:
+            layer.cumulative_length.sub_(n)
 
 
 def copy_rows(src: StaticCache, dst: Any, n: int) -> None:
