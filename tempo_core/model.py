@@ -201,12 +201,16 @@ def check_tempo_capable(model: Any) -> None:
 
 def load_model(requested: str | None = None, device: str | None = None, dtype: str | None = None,
                cuda_graphs: bool | None = None) -> LoadedModel:
-    """Load (and vet) a causal LM for TEMPO. Raises ModelError with a one-line reason on failure.
+    """Load (and vet) a causal LM for TEMPO. Raises ModelError with a one-line reason on failure (SettingsError
+    for a TEMPO_CUDA_GRAPHS that is not a yes/no).
     `cuda_graphs` (None: `TEMPO_CUDA_GRAPHS`, default on): replay TEMPO steps from CUDA graphs where possible."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .attention import install_tempo_attention
+    from .config import _as_bool
 
+    if cuda_graphs is None:  # checked before the (slow) load: a bad value fails at once, naming the variable
+        cuda_graphs = _as_bool("TEMPO_CUDA_GRAPHS", os.environ.get("TEMPO_CUDA_GRAPHS") or "1")
     start = time.perf_counter()
     source = resolve_model_source(requested)
     name = requested or os.environ.get("TEMPO_MODEL") or (BUNDLED_NAME if source != HUB_DEFAULT else HUB_DEFAULT)
@@ -226,8 +230,6 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
         model.to(dev)
     model.eval()
     install_tempo_attention(model)
-    if cuda_graphs is None:
-        cuda_graphs = os.environ.get("TEMPO_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
     return LoadedModel(model, tokenizer, name, dev, dt, time.perf_counter() - start, cuda_graphs)
 
 

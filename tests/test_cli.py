@@ -113,3 +113,13 @@ def test_config_file_device_and_dtype(model_dir, tmp_path):
     assert r.returncode != 0 and "device: cuda requested but no CUDA GPU is available" in r.stderr
     r = cli(*base, "--dtype", "fp8")
     assert r.returncode != 0 and "dtype: must be one of" in r.stderr
+
+
+def test_tempo_cuda_graphs_is_read_as_yes_or_no(model_dir):
+    """TEMPO_CUDA_GRAPHS=0 switches graphs off (the trace says so); a value that is neither yes nor no is refused
+    naming the variable, before the model loads."""
+    args = ("--model", model_dir, "--prompt", "the cat", "--max-tokens", "2", "--profile")
+    off = cli(*args, env={"TEMPO_CUDA_GRAPHS": "0"})
+    assert off.returncode == 0 and "CUDA graphs off: switched off" in off.stderr
+    bad = cli(*args, env={"TEMPO_CUDA_GRAPHS": "maybe"})
+    assert bad.returncode == 2 and "TEMPO_CUDA_GRAPHS" in bad.stderr and "true or false" in bad.stderr
