@@ -155,3 +155,10 @@ def test_fused_kernels_do_nothing_off_a_cuda_llama(lm):
     assert not fused.fusable(lm.model)  # on the CPU
     with fused.fused_kernels(lm.model):
         assert not any("forward" in vars(m) for m in lm.model.modules() if type(m).__name__ == "LlamaRMSNorm")
+
+
+def test_the_pool_size_comes_from_tempo_graph_slots(monkeypatch):
+    monkeypatch.setenv("TEMPO_GRAPH_SLOTS", "3")
+    assert SlotPool().limit == 3
+    monkeypatch.setenv("TEMPO_GRAPH_SLOTS", "none")  # not a whole number >= 1: logged, the default kept
+    assert SlotPool().limit == 32
