@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
-from tempo_core.events import encode_prompt
+from tempo_core.events import check_context, encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
 from .figures import report_html
@@ -48,7 +48,9 @@ def admit(lm: LoadedModel, s: TempoSettings, limits: Limits, runs: int = 1) -> T
     """Settings (already within the caps) may run here: a usable prompt, and an estimated cost of `runs` runs
     within the budget. SettingsError names the field otherwise. The API and the page both come through here."""
     validate_prompt(s)
-    check_budget(s, len(encode_prompt(lm, s)[1]), limits, runs)
+    prompt_tokens = len(encode_prompt(lm, s)[1])
+    check_context(lm, s, prompt_tokens)
+    check_budget(s, prompt_tokens, limits, runs)
     return s
 
 
@@ -80,9 +82,12 @@ async def read_body(request: Request) -> Any:
     except UnicodeDecodeError as exc:
         raise SettingsError("body", f"is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)  # NaN/Infinity parse; each field refuses them by name
+        # NaN/Infinity parse, and integers too long for int() read as floats (inf): each field refuses them by name
+        return json.loads(text, parse_int=lambda digits: int(digits) if len(digits) <= 400 else float(digits))
     except json.JSONDecodeError as exc:
         raise SettingsError("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # an integer literal longer than Python's 4,300-digit limit
+        raise SettingsError("body", f"holds a number too long to read ({str(exc).split('.')[0]})") from None
     except RecursionError:
         raise SettingsError("body", "is nested too deeply") from None
 
@@ -166,10 +171,13 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                 await asyncio.wait({work}, timeout=0.2)
                 if not work.done() and await request.is_disconnected():
                     stop.stop("client_disconnected")
-            trace: Trace = work.result()
+            try:
+                trace: Trace = work.result()
+            except SettingsError as exc:  # found only once the run started (e.g. a recorded prefix)
+                return error(exc.field, str(exc))
         finally:
             slots.release()
-        return JSONResponse(trace.to_dict())
+        return Response(trace.to_json(), media_type="application/json")
 
     kwargs = {"openapi_extra": {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "description": "Settings in snake_case (README: JSON API)"},

@@ -32,8 +32,14 @@ class StepDelta:
     error: BaseException | None = None
 
 
-def delta_of(trace: Trace, window: int, done: bool) -> StepDelta:
-    first = max(0, len(trace.steps) - window - 1)
+def delta_of(trace: Trace, window: int, done: bool, sent: int | None = None) -> StepDelta:
+    """The delta that brings a replica holding the first `sent` steps (None: all but the last) up to `trace`.
+    Steps before the pruning window cannot change any more, so only those the replica lacks are copied; a run
+    that starts with many steps at once (continue from here feeds its prefix in one event) sends them all, and
+    the last delta (`done`) carries the whole trace, so the replica ends equal to the engine's trace."""
+    first = 0 if done else max(0, len(trace.steps) - window - 1)
+    if sent is not None:
+        first = min(first, sent)
     fields = {k: getattr(trace, k) for k in _CONSTANT} | {k: copy.copy(getattr(trace, k)) for k in _CHANGING}
     return StepDelta(first, copy.deepcopy(trace.steps[first:]), fields, done)
 
@@ -85,8 +91,15 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
     frames rarer, never the decoding slower."""
     q: queue.SimpleQueue[StepDelta] = queue.SimpleQueue()
 
+    sent = 0  # steps the replica has been sent so far
+
     def on_event(trace: Trace | None, done: bool, error: BaseException | None) -> None:
-        q.put(StepDelta(0, [], {}, True, error) if error is not None else delta_of(trace, window, done))
+        nonlocal sent
+        if error is not None:
+            q.put(StepDelta(0, [], {}, True, error))
+            return
+        q.put(delta_of(trace, window, done, sent))
+        sent = len(trace.steps)
 
     own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if executor is None else None
     step_by_step(executor or own, events, on_event, waited)

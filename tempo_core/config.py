@@ -48,7 +48,8 @@ class TempoSettings:
     min_steps: int = _f(0, "Steps before an EOS may end the run", 0, MAX_TOKENS_LIMIT)
     selection_threshold: float = _f(0.1, "Keep every token with probability >= this", 0.0, 1.0)
     max_parallel_tokens: int = _f(8, "Cap on candidates per logical step", 1, MAX_PARALLEL_LIMIT)
-    temperature: float = _f(1.0, "Softmax temperature for selection", 0.0, 10.0, lo_open=True)
+    # from 0.01: logits / 1e-300 overflow to inf and every probability becomes NaN
+    temperature: float = _f(1.0, "Softmax temperature for selection", 0.01, 10.0)
     seed: int = _f(42, "Random seed (sampling, sigmoid pruning, MCTS ties)", 0, 2**32 - 1)
     raw_prompt: bool = _f(False, "Feed the prompt exactly as given (no chat template)")
     enable_thinking: bool = _f(False, "System prompt 'Enable deep thinking subroutine.' via the chat template")
@@ -133,7 +134,7 @@ def describe_range(name: str, caps: Mapping[str, float] | None = None) -> str:
         return kind
     left = "(" if m["lo_open"] else "["
     extra = " or null" if m["nullable"] else ""
-    limit = " on this server" if caps and name in caps and hi < m["hi"] else ""
+    limit = f" {getattr(caps, 'where', 'on this server')}" if caps and name in caps and hi < m["hi"] else ""
     return f"{kind} in {left}{_num(lo, integer)}, {_num(hi, integer)}]{extra}{limit}"
 
 
@@ -186,6 +187,8 @@ def echo_name(key: Any) -> str:
 
 def echo_value(value: Any) -> str:
     """A client-supplied value as a message shows it (its ASCII repr, at most 40 characters)."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of a 5000-digit integer raises
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits"
     return _clip(ascii(value))
 
 

@@ -44,12 +44,24 @@ def encode_prompt(lm: LoadedModel, s: TempoSettings) -> tuple[str, list[int]]:
     return text, list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def check_context(lm: LoadedModel, s: TempoSettings, prompt_tokens: int) -> None:
+    """The prompt and max_tokens steps must fit the model's context (positions past it are undefined)."""
+    max_ctx = getattr(lm.model.config, "max_position_embeddings", None)
+    if not max_ctx:
+        return
+    if prompt_tokens >= max_ctx:
+        raise SettingsError("prompt", f"is {prompt_tokens:,} tokens as fed to the model (chat template included); "
+                                      f"the model's context is {max_ctx:,} tokens, so the prompt must be under "
+                                      f"{max_ctx:,} tokens with room for max_tokens")
+    if prompt_tokens + s.max_tokens > max_ctx:
+        raise SettingsError("max_tokens", f"prompt ({prompt_tokens:,} tokens) + max_tokens ({s.max_tokens}) must fit "
+                                          f"the model's context of {max_ctx:,} tokens; use max_tokens <= "
+                                          f"{max_ctx - prompt_tokens}")
+
+
 def new_trace(lm: LoadedModel, s: TempoSettings) -> Trace:
     validate_prompt(s)
     prompt_text, ids = encode_prompt(lm, s)
-    max_ctx = getattr(lm.model.config, "max_position_embeddings", None)
-    if max_ctx and len(ids) + s.max_tokens > max_ctx:
-        raise SettingsError("max_tokens", f"prompt ({len(ids)} tokens) + max_tokens must fit the model's "
-                                          f"context of {max_ctx}; use max_tokens <= {max(1, max_ctx - len(ids))}")
+    check_context(lm, s, len(ids))
     return Trace(model=lm.name, mode=s.mode, settings=s.to_dict(), prompt=s.prompt, prompt_text=prompt_text,
                  prompt_token_ids=ids)

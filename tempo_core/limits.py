@@ -25,6 +25,14 @@ DEMO_CAPS = {"max_tokens": 48, "max_parallel_tokens": 6, "mcts_simulations": 20,
              "faithfulness_paths": 8, "max_seconds": 60.0}
 
 
+class Caps(dict):
+    """Upper bounds of settings by name; `where` is how an error names whose bounds they are."""
+
+    def __init__(self, bounds: Mapping[str, float], where: str):
+        super().__init__(bounds)
+        self.where = where
+
+
 @dataclass(frozen=True)
 class Limits:
     """A server's per-request limits (environment: TEMPO_APP_*)."""
@@ -61,11 +69,21 @@ class Limits:
         return cls(**values)
 
     @property
-    def caps(self) -> dict[str, float]:
+    def caps(self) -> Caps:
         """Upper bounds of settings (for `build_settings(caps=...)`, whose errors then state them)."""
-        return {"max_tokens": self.max_tokens, "min_steps": self.max_tokens,
-                "max_parallel_tokens": self.max_parallel_tokens, "mcts_simulations": self.mcts_simulations,
-                "mcts_depth": self.mcts_depth, "faithfulness_paths": self.faithfulness_paths}
+        where = "on this classroom server (a demo limit, TEMPO_DEMO)" if self.demo else "on this server"
+        return Caps({"max_tokens": self.max_tokens, "min_steps": self.max_tokens,
+                     "max_parallel_tokens": self.max_parallel_tokens, "mcts_simulations": self.mcts_simulations,
+                     "mcts_depth": self.mcts_depth, "faithfulness_paths": self.faithfulness_paths}, where)
+
+    def fit(self, s: TempoSettings) -> TempoSettings:
+        """`s` with every capped setting lowered to this server's cap (recorded runs, lessons and examples were
+        made with the full caps; a classroom server runs them within its own)."""
+        caps = self.caps
+        lowered = {k: min(getattr(s, k), int(v)) for k, v in caps.items() if getattr(s, k) > v}
+        if "max_tokens" in lowered and s.min_steps > lowered["max_tokens"]:
+            lowered["min_steps"] = lowered["max_tokens"]
+        return s.replace(**lowered) if lowered else s
 
 
 @dataclass(frozen=True)

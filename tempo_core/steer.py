@@ -8,6 +8,7 @@ that step is forced (tests/test_steer.py).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Iterator
 
@@ -34,10 +35,32 @@ def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
     return tempo_events(lm, s, stop, prefix=prefix, force={step: [token]})
 
 
+def joins_at(prob: float) -> float:
+    """The threshold to state for a token of probability `prob`: rounded DOWN to 4 decimals, so that a run at
+    the stated threshold really selects it (p >= threshold); 0.072846 -> 0.0728, never 0.073."""
+    return math.floor(prob * 1e4) / 1e4
+
+
 def lower_threshold_preview(original: Trace, step: int) -> list[dict]:
     """What the set at `step` would hold at lower thresholds: its candidates and the near misses the run
-    recorded, most probable first, each with the threshold at or below which it joins the set."""
+    recorded, most probable first. Each row: `text`, `prob`, `kept`, `status` and, for a near miss, `joins_at`
+    (the highest threshold stated to select it, or None when the threshold is not what kept it out) and
+    `needs_cap` (the max_parallel_tokens the set would need to hold it). Status:
+    kept      in the set;
+    capped    passed the run's threshold but the set was full (max_parallel_tokens): a lower threshold adds
+              nothing, a larger cap does;
+    by_hand   passed the run's threshold, but this step's set was chosen by hand ("continue from here");
+    joins     joins once the threshold is at or below `joins_at` (and the cap allows it)."""
     st = original.steps[step]
-    rows = [{"text": c.shown, "prob": c.prob, "kept": True} for c in st.candidates]
-    rows += [{"text": a["text"], "prob": a["prob"], "kept": False} for a in st.alternatives]
+    threshold = st.selection_threshold
+    cap = int(original.settings.get("max_parallel_tokens", len(st.candidates)))
+    forced = original.stats.get("forced_step") == step
+    rows = [{"text": c.shown, "prob": c.prob, "kept": True, "status": "kept", "joins_at": None, "needs_cap": None}
+            for c in st.candidates]
+    for j, a in enumerate(sorted(st.alternatives, key=lambda a: -a["prob"])):
+        size = len(st.candidates) + j + 1  # the set it joins holds every more probable token too
+        passed = a["prob"] >= threshold
+        status = ("by_hand" if forced else "capped") if passed else "joins"
+        rows.append({"text": a["text"], "prob": a["prob"], "kept": False, "status": status,
+                     "joins_at": None if passed else joins_at(a["prob"]), "needs_cap": size if size > cap else None})
     return sorted(rows, key=lambda r: -r["prob"])

@@ -78,9 +78,14 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_plain(self) -> dict[str, Any]:
+        """`to_dict` as strict JSON allows it: a non-finite number (a perplexity of no text) becomes null. What
+        leaves the server (the API's answer, the page's trace state, downloads) is this."""
+        return _finite(self.to_dict())
+
     def to_json(self, **kwargs: Any) -> str:
-        """Strict JSON: a non-finite number (a perplexity of no text) is written as null."""
-        return json.dumps(_finite(self.to_dict()), ensure_ascii=False, allow_nan=False, **kwargs)
+        """Strict JSON (`to_plain`)."""
+        return json.dumps(self.to_plain(), ensure_ascii=False, allow_nan=False, **kwargs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Trace":
@@ -133,11 +138,15 @@ def _number(where: str, v: Any, lo: float | None = None, hi: float | None = None
         raise TraceError(f"{where}: must be in [{lo:g}, {hi:g}], got {v!r}")
 
 
+MAX_INT = 2**31 - 1  # no count, row, step or token id of a real trace comes near it
+
+
 def _integer(where: str, v: Any, lo: int = 0, nullable: bool = False) -> None:
     if v is None and nullable:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise TraceError(f"{where}: must be an integer >= {lo}{' or null' if nullable else ''}, got {_brief(v)}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_INT:
+        raise TraceError(f"{where}: must be an integer in [{lo}, {MAX_INT}]{' or null' if nullable else ''}, "
+                         f"got {_brief(v)}")
 
 
 def _text(where: str, v: Any) -> None:
@@ -145,6 +154,10 @@ def _text(where: str, v: Any) -> None:
         raise TraceError(f"{where}: must be a string, got {_brief(v)}")
     if len(v) > MAX_TEXT:
         raise TraceError(f"{where}: at most {MAX_TEXT:,} characters, got {len(v):,}")
+    try:  # a lone surrogate ('\\ud800' in JSON) would break every view that encodes the text later
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TraceError(f"{where}: must be valid Unicode text; character {exc.start} is a lone surrogate") from None
 
 
 def _object(where: str, v: Any) -> dict:
@@ -225,6 +238,7 @@ def _check_step(where: str, st: Any, max_candidates: int) -> None:
         raise TraceError(f"{where}.alternatives: must be a list of at most 64 entries")
     for i, a in enumerate(alts):
         _mapping(f"{where}.alternatives[{i}]", a, {"token_id", "text", "prob"}, {"text", "prob"})
+        _integer(f"{where}.alternatives[{i}].token_id", a.get("token_id"), nullable=True)
         _text(f"{where}.alternatives[{i}].text", a["text"])
         _number(f"{where}.alternatives[{i}].prob", a["prob"], 0.0, 1.0)
     if not isinstance(st.get("dropped_eos", False), bool):

@@ -114,3 +114,32 @@ def test_lower_threshold_preview_lists_the_set_and_its_near_misses_by_probabilit
     assert probs == sorted(probs, reverse=True)
     assert sum(r["kept"] for r in rows) == len(trace.steps[1].candidates)
     assert len(rows) == len(trace.steps[1].candidates) + len(trace.steps[1].alternatives)
+
+
+def test_what_if_thresholds_are_the_ones_a_run_selects_at(lm):
+    """Every stated threshold, fed back to the engine at that step (earlier sets forced to the run's), selects
+    the token; a token cut by the set cap is not promised to a lower threshold but to a larger cap."""
+    s = build_settings(dict(prompt="once upon a time", max_tokens=6, selection_threshold=0.02, max_parallel_tokens=2))
+    trace = run(lm, s)
+    checked = capped = 0
+    for st in trace.steps:
+        rows = lower_threshold_preview(trace, st.step)
+        earlier = {p.step: [c.token_id for c in p.candidates] for p in trace.steps[:st.step]}
+        for r in rows:
+            if r["status"] == "capped":
+                capped += 1
+                assert r["prob"] >= st.selection_threshold and r["joins_at"] is None and r["needs_cap"] > 2
+            if r["status"] != "joins":
+                continue
+            assert r["joins_at"] <= r["prob"] and r["prob"] - r["joins_at"] < 1e-4  # rounded down, never up
+            cap = r["needs_cap"] or 2
+            again = last(tempo_events(lm, s.replace(selection_threshold=r["joins_at"], max_parallel_tokens=cap,
+                                                     max_tokens=st.step + 1), force=earlier))
+            assert r["text"] in [c.text for c in again.steps[st.step].candidates]
+            checked += 1
+    assert checked >= 3 and capped >= 1
+    # at a step chosen by hand, a token above the run's threshold is not said to need a lower one
+    forced = last(continue_from(lm, trace, 1, len(trace.steps[1].candidates) - 1))
+    rows = lower_threshold_preview(forced, 1)
+    assert {r["status"] for r in rows if not r["kept"] and r["prob"] >= s.selection_threshold} <= {"by_hand"}
+    assert any(r["status"] == "by_hand" for r in rows)
