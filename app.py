@@ -25,21 +25,21 @@ from fastapi.responses import FileResponse
 
 from components.api import BodyLimit, add_routes, admit
 from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
-                                 settings_from_form)
+                                 page_defaults, settings_from_form)
 from components.compare_tab import add_run, build_compare_tab
 from components import frame_diff
 from components.classroom import (SteppedRun, SteppedRuns, prediction_choices, reflection_question, reveal_markdown,
                                   score_prediction)
 from components.learn import GLOSSARY, LESSONS, RECORDINGS, lesson_view, recorded
 from components.live import live_traces
-from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_trace_file, trace_at
+from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_upload, trace_at
 from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
 from components.views import curve_view, heatmap_view, show_token, text_view, tree_view, units
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
-from tempo_core.config import FIELDS, MODE_FLAGS, TempoSettings
+from tempo_core.config import FIELDS, MODE_FLAGS, TempoSettings, echo_value
 from tempo_core.limits import Limits, RunStop
 from tempo_core.steer import continue_from, lower_threshold_preview
 from tempo_core.trace import rewind
@@ -81,23 +81,29 @@ other. *Retroactive pruning* later removes (✕, struck through) candidates that
 curve** how the pruning threshold changes over the run. The orange line is the most probable surviving path."""
 
 
-def status_line(trace: Trace, running: bool) -> str:
+def status_line(trace: Trace, running: bool, paused: bool = False) -> str:
+    """One line under the prompt. Steps are named by their number in the trace (from 0), as in the tree, the
+    node details, step mode and replay."""
     n = len(trace.steps)
     if n == 0:
         return "Starting…" if running else f"no steps ({trace.stop_reason})"
-    if running and trace.stats.get("progress"):
-        return f"Step {n} done · {trace.stats['progress']}…"
     last = trace.steps[-1]
+    if running and trace.stats.get("progress"):
+        return f"Steps 0–{last.step} done · {trace.stats['progress']}…"
     rate = trace.timings.get("steps_per_s", 0.0)
     pruned = trace.stats.get("pruned", 0)
-    head = "Generating" if running else f"Done ({trace.stop_reason.replace('_', ' ')})"
-    return (f"{head} · step {n} · set size {len(last.candidates)} · mean set "
-            f"{trace.stats.get('mean_set_size', 0):.2f} · {pruned} pruned · {rate:.1f} steps/s")
+    if paused:
+        head = "Paused (press Step or Play to go on)"
+    else:
+        head = "Generating" if running else f"Done ({trace.stop_reason.replace('_', ' ')})"
+    return (f"{head} · at step {last.step} ({n} step{'s' if n != 1 else ''}) · set size {len(last.candidates)} · "
+            f"mean set {trace.stats.get('mean_set_size', 0):.2f} · {pruned} pruned · {rate:.1f} steps/s")
 
 
-def share_query(s: TempoSettings) -> str:
-    """Query string of the settings that differ from the defaults (opening it fills the form)."""
-    defaults = build_settings({}).to_dict()
+def share_query(s: TempoSettings, start: TempoSettings) -> str:
+    """Query string of the settings that differ from `start`, the form of a fresh page (opening it there gives
+    back every setting of `s`)."""
+    defaults = start.to_dict()
     changed = {k: v for k, v in s.to_dict().items() if v != defaults[k]}
     return "?" + urlencode({k: json.dumps(v) if not isinstance(v, str) else v for k, v in changed.items()})
 
@@ -207,7 +213,11 @@ class Explorer:
         def settings() -> TempoSettings:
             if original.model != self.lm.name:
                 raise SettingsError("trace", f"made with {original.model}; this server runs {self.lm.name}")
-            return admit(self.lm, build_settings(original.settings, caps=self.limits.caps), self.limits)
+            # a recorded or uploaded run may have been made with larger settings than this server's caps: its
+            # earlier steps stay as they were, the steps made here keep within the caps
+            s = admit(self.lm, self.limits.fit(build_settings(original.settings)), self.limits)
+            original.settings = s.to_dict()
+            return s
 
         def events(s: TempoSettings, flag: RunStop) -> Iterator[tuple[Trace, bool]]:
             for event in continue_from(self.lm, original, step, index, flag):
@@ -244,7 +254,7 @@ class Explorer:
                                            waited=flag.extend):
                 frame = (*views(trace, live=not done), status_line(trace, not done))
                 if done:
-                    data = trace.to_dict()
+                    data = trace.to_plain()
                     yield (*frame, data, add_run(history, data, "continued" if "forced_step" in trace.stats else "run"))
                 else:
                     yield (*frame, gr.skip(), gr.skip())
@@ -276,8 +286,9 @@ class Explorer:
         return step_frame(run, predict)
 
     def play(self, request: gr.Request, speed: float, **form: Any) -> Iterator[tuple]:
-        """Play: step on at `speed` steps a second until Pause, the end, or the session leaves."""
+        """Play: step on at `speed` steps a second (0.5 to 5) until Pause, the end, or the session leaves."""
         try:
+            speed = play_speed(speed)
             run = self._stepped_run(request, form)
         except SettingsError as exc:
             yield (*[gr.skip()] * 4, f"**Error:** {exc}", *[gr.skip()] * 4)
@@ -287,7 +298,7 @@ class Explorer:
             t0 = time.monotonic()
             self.stepped.advance(run)
             yield step_frame(run, False)
-            time.sleep(max(0.0, 1.0 / max(0.1, float(speed or 1)) - (time.monotonic() - t0)))
+            time.sleep(max(0.0, 1.0 / speed - (time.monotonic() - t0)))
         run.playing = False
 
     def pause(self, request: gr.Request) -> None:
@@ -317,7 +328,7 @@ class Explorer:
         # the page address (events arrive on the queue endpoint, so request.url is not the page)
         base = (request.headers.get("referer") or str(request.base_url)).split("?")[0] if request is not None else ""
         try:
-            link = base + share_query(build_settings(trace.settings))
+            link = base + share_query(build_settings(trace.settings), page_defaults(self.limits))
         except SettingsError:
             link = base
         return (gr.update(maximum=max(1, n - 1), value=max(0, n - 1)), gr.update(choices=node_choices(trace), value=None),
@@ -329,23 +340,20 @@ class Explorer:
         if file is None:
             return (gr.skip(),) * (7 + len(names))
         try:
-            trace = read_trace_file(file, self.limits.max_tokens, self.limits.max_parallel_tokens)
+            trace = read_upload(file, self.limits.max_tokens, self.limits.max_parallel_tokens)
         except ValueError as exc:
             return (*[gr.skip()] * 4, f"**Error:** {html.escape(str(exc))}", gr.skip(), gr.skip(),
                     *[gr.skip()] * len(names))
-        try:
-            values = form_values(build_settings(trace.settings, caps=self.limits.caps), names)
-        except SettingsError:  # a trace made with larger settings than this server allows: keep the form
-            values = [gr.skip()] * len(names)
-        data = trace.to_dict()
+        values = form_values(self.limits.fit(build_settings(trace.settings)), names)  # read_trace_file checked them
+        data = trace.to_plain()
         return (*views(trace), f"Loaded trace: {len(trace.steps)} steps, {html.escape(trace.model)}", data,
                 add_run(history, data, source="uploaded"), *values)
 
     def show_recorded(self, history: list | None, name: str):
         """A recorded run (assets/learn): its figures at once, its settings in the form (no model needed)."""
         trace = recorded(name)
-        data = trace.to_dict()
-        values = form_values(build_settings(RECORDINGS[name]), list(self.form_names))
+        data = trace.to_plain()
+        values = form_values(self.limits.fit(build_settings(RECORDINGS[name])), list(self.form_names))
         return (*views(trace), f"Recorded run: {len(trace.steps)} steps of “{html.escape(trace.prompt)}” "
                 f"({html.escape(trace.model)}); press Generate to run it live", data,
                 add_run(history, data, source="recorded"), *values)
@@ -353,8 +361,7 @@ class Explorer:
     def try_lesson(self, index: int):
         """A lesson's "try it live": its settings in the form (within this server's caps), then the Explore tab."""
         lesson = LESSONS[max(0, min(len(LESSONS) - 1, int(index or 0)))]
-        s = build_settings({k: min(v, self.limits.caps[k]) if k in self.limits.caps and not isinstance(v, bool) else v
-                            for k, v in lesson.settings().items()})
+        s = self.limits.fit(build_settings(lesson.settings()))
         return (*form_values(s, list(self.form_names)), gr.Tabs(selected="explore"))
 
     def fill_from_link(self, request: gr.Request, **form: Any):
@@ -386,7 +393,7 @@ def step_frame(run: SteppedRun, predict: bool) -> tuple:
     """Step mode's outputs: (4 figures, status, finished trace, prediction choices, reveal, question). With
     `predict`, the newest step is made but not shown: the figures show the run just before it."""
     trace = run.trace
-    finished = trace.to_dict() if run.done and trace is not None else gr.skip()
+    finished = trace.to_plain() if run.done and trace is not None else gr.skip()
     hide_choices = gr.update(choices=[], value=[], visible=False)
     if trace is None or not trace.steps:
         return (*[gr.skip()] * 4, f"no steps ({trace.stop_reason if trace else 'nothing to run'})", finished,
@@ -400,10 +407,25 @@ def step_frame(run: SteppedRun, predict: bool) -> tuple:
         return (*views(rewind(trace, n - 2), live=True), ask, finished,
                 gr.update(choices=prediction_choices(st), value=[], visible=True), "", "")
     run.hidden = False
-    status = status_line(trace, not run.done)
+    status = status_line(trace, not run.done, paused=not run.playing and not run.done)
     if run.done:
         status += f" · prediction score {run.score}" if run.score.total else ""
     return (*views(trace, live=not run.done), status, finished, hide_choices, gr.skip(), gr.skip())
+
+
+PLAY_SPEEDS = (0.5, 5.0)  # steps a second
+
+
+def play_speed(value: Any) -> float:
+    """The Play speed slider's value, checked (SettingsError names it and its range)."""
+    lo, hi = PLAY_SPEEDS
+    try:
+        speed = float(value)
+    except (TypeError, ValueError, OverflowError):
+        speed = float("nan")
+    if not lo <= speed <= hi:  # NaN fails too
+        raise SettingsError("play_speed", f"must be a number in [{lo:g}, {hi:g}] steps a second, got {echo_value(value)}")
+    return speed
 
 
 def what_if_lower(data: dict | None, node: str | None) -> str:
@@ -415,12 +437,20 @@ def what_if_lower(data: dict | None, node: str | None) -> str:
     if found is None or trace.mode != "tempo":
         return "Pick a candidate of a TEMPO run."
     step = found[0]
+    cap = trace.settings.get("max_parallel_tokens")
     lines = []
     for r in lower_threshold_preview(trace, step):
-        fate = "kept" if r["kept"] else f"joins at a threshold ≤ {r['prob']:.3f}"
-        lines.append(f"| `{html.escape(show_token(r['text']))}` | {r['prob']:.3f} | {fate} |")
+        fate = {"kept": "in the set",
+                "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}): a lower "
+                          "threshold adds nothing",
+                "by_hand": "passed the threshold; this set was chosen by hand (continue from here)",
+                "joins": f"joins at a threshold ≤ {r['joins_at']:.4f}"}[r["status"]]
+        if r["needs_cap"]:
+            fate += f" with max_parallel_tokens ≥ {r['needs_cap']}"
+        lines.append(f"| `{html.escape(show_token(r['text']))}` | {r['prob']:.4f} | {fate} |")
     return (f"**Step {step} at lower thresholds** (this run: {trace.steps[step].selection_threshold:g}). A token joins "
-            f"the set once the threshold is at or below its probability.\n\n| token | probability | |\n|---|---|---|\n"
+            f"the set once the threshold is at or below its probability (thresholds rounded down, so a run at the "
+            f"one shown selects it) and the set has room.\n\n| token | probability | |\n|---|---|---|\n"
             + "\n".join(lines))
 
 
@@ -465,11 +495,18 @@ def show_node(data: dict | None, node: str | None, expanded: list | None):
     return tree_view(trace, node, frozenset(expanded or ())), node_details(trace, node)
 
 
-def replay_to(data: dict | None, step: int):
+def replay_to(data: dict | None, step: Any):
     if not data:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    past = trace_at(Trace.from_dict(data), int(step))
-    return (*views(past, current=int(step)), f"Replay: step {int(step) + 1} of {len(data['steps'])}")
+    n = len(data["steps"])
+    try:
+        at = int(step)
+        if not 0 <= at < n:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        return (*[gr.skip()] * 4, f"**Error:** replay step: must be an integer in [0, {n - 1}], got {echo_value(step)}")
+    past = trace_at(Trace.from_dict(data), at)
+    return (*views(past, current=at), f"Replay: at step {at} (steps 0–{n - 1})")
 
 
 def _parse_param(v: str) -> Any:
@@ -527,7 +564,7 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                     ui["step"] = gr.Button("Step", elem_id="step", min_width=60)
                                     ui["play"] = gr.Button("Play", elem_id="play", min_width=60)
                                     ui["pause"] = gr.Button("Pause", elem_id="pause", min_width=60)
-                                ui["speed"] = gr.Slider(0.5, 5, value=1, step=0.5, label="Play speed (steps a second)")
+                                ui["speed"] = gr.Slider(*PLAY_SPEEDS, value=1, step=0.5, label="Play speed (steps a second)")
                                 ui["predict"] = gr.Checkbox(value=limits.demo, label="Predict before each step",
                                                             elem_id="predict")
                                 ui["choices"] = gr.CheckboxGroup([], label="Which tokens pass the threshold?",

@@ -11,7 +11,7 @@ import gradio as gr
 
 from tempo_core.trace import Trace
 
-from .inspect import read_trace_file
+from .inspect import read_upload
 from .research import diff_figure
 from .views import text_view, tree_view
 from .widgets import branching_text, plotly_view
@@ -105,11 +105,11 @@ def build_compare_tab(app: Any, history: gr.State) -> dict:
         if file is None:
             return (gr.skip(),) * (3 + len(outputs))
         try:
-            trace = read_trace_file(file, app.limits.max_tokens, app.limits.max_parallel_tokens)
+            trace = read_upload(file, app.limits.max_tokens, app.limits.max_parallel_tokens)
         except ValueError as exc:
             return (gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * 4, f"**Error:** {html.escape(str(exc))}",
                     gr.skip())
-        hist = add_run(hist, trace.to_dict(), source="uploaded")
+        hist = add_run(hist, trace.to_plain(), source="uploaded")
         return (hist, *newest_pair(hist))
 
     view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency, "api_visibility": "private"}

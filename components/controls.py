@@ -10,6 +10,10 @@ from tempo_core.config import CURVE_FORMS, FIELDS, PRUNING_MODES, TempoSettings,
 from tempo_core.limits import Limits
 
 APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candidates each at 0.02, none at 0.01
+# where the page's form starts when it differs from the engine's defaults (a share link states what differs from
+# this, so opening it on a fresh page gives back every setting)
+PAGE_START = {"prompt": "What is the capital of France?", "max_tokens": 40, "use_retroactive_pruning": True,
+              "attention_threshold": APP_ATTENTION_THRESHOLD}
 MODES = {"TEMPO": "tempo", "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
 
 EXAMPLES = [
@@ -33,6 +37,11 @@ RESEARCH_EXAMPLES = [
 ]
 
 
+def page_defaults(limits: Limits) -> TempoSettings:
+    """The settings the form shows on a plain visit to a server with these limits."""
+    return limits.fit(build_settings(PAGE_START))
+
+
 def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     """A slider whose value reaches the settings' own validation unchanged, so that an out-of-range value sent
     through the API gets the message that names the setting and its range (Gradio's own check says only
@@ -51,22 +60,21 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
     """Creates the form in the current Blocks context; returns ({setting name: component} (plus 'mode'), the column
     of expert settings). Sliders end at this server's caps (`limits`); `after_prompt` lays out what goes right under
     the prompt; `expert_visible`: show the expert groups (demo mode hides them behind one switch)."""
-    d = TempoSettings()
+    d = page_defaults(limits)
     max_tokens, max_parallel = limits.max_tokens, limits.max_parallel_tokens
     c: dict[str, Any] = {}
-    c["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
-                             value="What is the capital of France?")
+    c["prompt"] = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt", value=d.prompt)
     if after_prompt is not None:
         after_prompt()
     c["selection_threshold"] = setting_slider(0.0, 1.0, value=d.selection_threshold, step=0.01,
                                          label="Selection threshold", info=_help("selection_threshold"))
-    c["max_tokens"] = setting_slider(1, max_tokens, value=min(40, max_tokens), step=1, label="Max tokens")
+    c["max_tokens"] = setting_slider(1, max_tokens, value=d.max_tokens, step=1, label="Max tokens")
     c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
     with gr.Column(visible=expert_visible, elem_id="expert-settings") as expert:
         with gr.Accordion("Retroactive pruning", open=False):
             # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
-            c["use_retroactive_pruning"] = gr.Checkbox(value=True, label="Prune by later attention")
-            c["attention_threshold"] = setting_slider(0.0, 0.2, value=APP_ATTENTION_THRESHOLD, step=0.001,
+            c["use_retroactive_pruning"] = gr.Checkbox(value=d.use_retroactive_pruning, label="Prune by later attention")
+            c["attention_threshold"] = setting_slider(0.0, 0.2, value=d.attention_threshold, step=0.001,
                                                  label="Attention threshold")
             c["pruning_window"] = setting_slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
             c["complete_pruning_mode"] = gr.Dropdown(list(PRUNING_MODES), value=d.complete_pruning_mode,
@@ -97,7 +105,7 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
                 c["relu_activation_point"] = setting_slider(0.0, 0.95, value=d.relu_activation_point, step=0.05,
                                                        label="ReLU starts at")
         with gr.Accordion("Parallel sets, cache and prompt", open=False):
-            c["max_parallel_tokens"] = setting_slider(1, max_parallel, value=min(d.max_parallel_tokens, max_parallel),
+            c["max_parallel_tokens"] = setting_slider(1, max_parallel, value=d.max_parallel_tokens,
                                                  step=1, label="Max parallel tokens per step")
             c["allow_intraset_token_visibility"] = gr.Checkbox(value=False, label="Siblings see each other")
             c["use_custom_rope"] = gr.Checkbox(value=True, label="Siblings share one position (off: consecutive "
@@ -110,9 +118,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
         with gr.Accordion("MCTS and sampling", open=False):
             with gr.Row():
-                c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=min(d.mcts_simulations,
-                                                  limits.mcts_simulations), step=1, label="MCTS simulations")
-                c["mcts_depth"] = setting_slider(1, limits.mcts_depth, value=min(d.mcts_depth, limits.mcts_depth), step=1,
+                c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=d.mcts_simulations, step=1, label="MCTS simulations")
+                c["mcts_depth"] = setting_slider(1, limits.mcts_depth, value=d.mcts_depth, step=1,
                                             label="MCTS depth")
             c["mcts_c_puct"] = setting_slider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")
             c["do_sample"] = gr.Checkbox(value=False, label="Sample (greedy mode only)")
@@ -122,8 +129,7 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed")
         with gr.Accordion("Research options", open=False):
             c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
-            c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=min(d.faithfulness_paths,
-                                                limits.faithfulness_paths), step=1,
+            c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=d.faithfulness_paths, step=1,
                                                 label="Explicit paths per step (most probable)")
     return c, expert
 

@@ -27,6 +27,12 @@ def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
         raise SettingsError("mode", f"continue from here works on TEMPO runs, this one is {original.mode}")
     if not 0 <= step < len(original.steps) or not 0 <= index < len(original.steps[step].candidates):
         raise SettingsError("node", f"no candidate {step}:{index} in this run")
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    for st in original.steps[:step + 1]:  # an uploaded trace may name tokens this model does not have
+        for i, c in enumerate(st.candidates):
+            if not 0 <= c.token_id < vocab:
+                raise SettingsError(f"steps[{st.step}].candidates[{i}].token_id",
+                                    f"{c.token_id} is not a token of {lm.name} (ids 0 to {vocab - 1})")
     s = build_settings(original.settings)
     s = s.replace(max_tokens=max(step + 1, max_tokens or s.max_tokens))
     token = original.steps[step].candidates[index].token_id

@@ -98,7 +98,7 @@ def test_step_api_advances_one_step_per_call_and_continue_from_forces_a_node(lm)
         form = dict(prompt="once upon a time", max_tokens=6, selection_threshold=0.08, use_retroactive_pruning=False)
         for n in (1, 2, 3):
             out = client.predict(predict=False, api_name="/step", **form)
-            assert f"step {n} " in out[4], out[4]
+            assert out[4].startswith(f"Paused (press Step or Play to go on) · at step {n - 1} ({n} step"), out[4]
         explorer = fastapi_app.state.explorer
         assert len(explorer.stepped) == 1  # one paused run for this session
         # with predict on, the new step is hidden: choices offered, figures one step behind
@@ -147,7 +147,8 @@ def test_play_steps_to_the_end_and_pause_halts_it(lm):
     explorer = tempo_app.Explorer(lm, Limits())
     form = dict(prompt="once upon a time", max_tokens=8, selection_threshold=0.08, use_retroactive_pruning=False)
     request = SimpleNamespace(session_hash="play-test")
-    frames = list(explorer.play(request, 50.0, **form))
+    frames = list(explorer.play(request, 5.0, **form))
+    assert "play_speed: must be a number in [0.5, 5]" in next(explorer.play(request, float("nan"), **form))[4]
     finished = frames[-1][5]
     whole = run(lm, explorer.settings(form))
     assert [[c["token_id"] for c in st["candidates"]] for st in finished["steps"]] == \

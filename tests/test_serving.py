@@ -330,7 +330,11 @@ def _set(data: dict, path: str, value) -> dict:
     ("steps.0.candidates.0.prob", "high", "steps[0].candidates[0].prob: must be a finite number"),
     ("steps.0.candidates.0.prob", float("nan"), "steps[0].candidates[0].prob: must be a finite number"),
     ("steps.0.candidates.0.prob", 7, "steps[0].candidates[0].prob: must be in [0, 1]"),
-    ("steps.0.candidates.0.token_id", -3, "steps[0].candidates[0].token_id: must be an integer >= 0"),
+    ("steps.0.candidates.0.token_id", -3, "steps[0].candidates[0].token_id: must be an integer in [0, 2147483647]"),
+    ("steps.0.candidates.0.token_id", 1e30, "steps[0].candidates[0].token_id: must be an integer in [0, 2147483647]"),
+    ("steps.0.candidates.0.token_id", 2**70, "steps[0].candidates[0].token_id: must be an integer in [0, 2147483647]"),
+    ("steps.0.candidates.0.text", "a\ud800", "steps[0].candidates[0].text: must be valid Unicode text; character 1"),
+    ("steps.0.alternatives.0.text", "\udfff", "steps[0].alternatives[0].text: must be valid Unicode text"),
     ("steps.0.candidates.0.text", ["a"], "steps[0].candidates[0].text: must be a string"),
     ("steps.0.candidates.0.evil", 1, "steps[0].candidates[0]: unknown field 'evil'"),
     ("steps.0.candidates", [], "steps[0].candidates: must be a list of 1 to 16 candidates"),
@@ -375,7 +379,8 @@ def test_uploads_that_are_not_json_too_deep_too_long_or_too_big_are_refused_clea
         read_trace_file(str(f), 200, 16, max_bytes=2_000_000)
 
 
-def test_a_bad_upload_is_a_message_in_the_page(lm, tmp_path):
+def test_a_bad_upload_is_a_message_in_the_page(lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # where Gradio keeps what it received
     explorer = tempo_app.Explorer(lm, Limits())
     f = tmp_path / "t.json"
     f.write_text(json.dumps(_set(_good(lm), "steps.0.candidates.0.prob", "x")))
