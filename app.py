@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from components.api import BodyLimit, add_routes, admit
-from components.controls import (EXAMPLES, RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, form_values,
-                                 page_defaults, settings_from_form)
+from components.controls import (RESEARCH_EXAMPLES, RESEARCH_FIELDS, build_controls, examples, form_values,
+                                 page_defaults, research_examples, settings_from_form)
 from components.compare_tab import add_run, build_compare_tab
 from components import frame_diff
 from components.classroom import (SteppedRun, SteppedRuns, prediction_choices, reflection_question, reveal_markdown,
@@ -628,9 +628,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                         downloads = gr.HTML("", elem_id="downloads")
                                         share = gr.Textbox(label="Link with these settings", interactive=False,
                                                            buttons=["copy"])
-                gr.Examples(EXAMPLES, [controls["prompt"], controls["selection_threshold"], controls["max_tokens"],
-                                       controls["mode"]], label="Examples")
-                gr.Examples([v for _, v in RESEARCH_EXAMPLES], [controls[n] for n in RESEARCH_FIELDS],
+                gr.Examples(examples(limits), [controls["prompt"], controls["selection_threshold"],
+                                               controls["max_tokens"], controls["mode"]], label="Examples")
+                gr.Examples(research_examples(limits), [controls[n] for n in RESEARCH_FIELDS],
                             example_labels=[label for label, _ in RESEARCH_EXAMPLES],
                             label="Research presets (then open the Research tab)")
             learn = learn or build_learn_tab()

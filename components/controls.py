@@ -37,6 +37,18 @@ RESEARCH_EXAMPLES = [
 ]
 
 
+def examples(limits: Limits) -> list[list[Any]]:
+    """The Examples rows (prompt, threshold, max tokens, mode) within this server's max_tokens."""
+    return [[p, t, min(n, limits.max_tokens), m] for p, t, n, m in EXAMPLES]
+
+
+def research_examples(limits: Limits) -> list[list[Any]]:
+    """The research presets' values (RESEARCH_FIELDS) within this server's caps."""
+    at = RESEARCH_FIELDS.index("max_tokens")
+    return [[min(v, limits.max_tokens) if i == at else v for i, v in enumerate(values)]
+            for _, values in RESEARCH_EXAMPLES]
+
+
 def page_defaults(limits: Limits) -> TempoSettings:
     """The settings the form shows on a plain visit to a server with these limits."""
     return limits.fit(build_settings(PAGE_START))
