@@ -99,6 +99,13 @@ class SteppedRuns:
         if run is not None:
             self._close(run)
 
+    def close_all(self) -> None:
+        """Drop every paused run (their generators closed on the model thread)."""
+        with self._lock:
+            runs, self._runs = list(self._runs.values()), OrderedDict()
+        for run in runs:
+            self._close(run)
+
     def __len__(self) -> int:
         with self._lock:
             self._expire()

@@ -19,7 +19,7 @@ from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .limits import stop_reason
 from .model import LoadedModel
-from .trace import Candidate, Step, finalise_text, summarise
+from .trace import Candidate, Step, Trace, finalise_text, summarise
 
 TOP_ALTERNATIVES = 5
 
@@ -52,11 +52,11 @@ class _Streamer(BaseStreamer):
 
 
 class _StopOnEvent(StoppingCriteria):
-    def __init__(self, stop: threading.Event | None):
-        self.stop = stop
+    def __init__(self, *stops: threading.Event | None):
+        self.stops = [s for s in stops if s is not None]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        hit = self.stop is not None and self.stop.is_set()
+        hit = any(s.is_set() for s in self.stops)
         return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
 
 
@@ -64,10 +64,11 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
     """Greedy (or sampling with temperature/top-p/top-k) decoding through `model.generate`."""
     trace = new_trace(lm, s)
     out: queue.Queue[tuple[str, Any]] = queue.Queue()
+    abandoned = threading.Event()  # the caller closed this generator early: generate() stops at its next token
     ids = torch.tensor([trace.prompt_token_ids], device=lm.device)
     kwargs: dict[str, Any] = dict(max_new_tokens=s.max_tokens, min_new_tokens=s.min_steps, do_sample=s.do_sample,
                                   logits_processor=LogitsProcessorList([_RecordTop(s.temperature, out)]),
-                                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                                  stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop, abandoned)]),
                                   streamer=_Streamer(out), pad_token_id=lm.tokenizer.pad_token_id
                                   or next(iter(lm.eos_ids), None))
     if s.do_sample:
@@ -87,6 +88,23 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
     t0 = time.perf_counter()
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
+    try:
+        yield from _stream(lm, s, trace, out, t0)
+    finally:  # also when a paused run (step mode) is dropped: no generate() goes on with nobody reading
+        abandoned.set()
+        worker.join()
+    if stop is not None and stop.is_set():
+        trace.stop_reason = stop_reason(stop)
+    n = len(trace.steps)
+    finalise_text(trace, lm.decode, s.show_token_ids)
+    # generate() makes n tokens in n forwards: the prefill yields the first, each later token one more
+    summarise(trace, (time.perf_counter() - t0) * 1e3, max(1, n), len(trace.prompt_token_ids) + max(0, n - 1), n)
+    yield StepEvent(n - 1, trace, [], done=True)
+
+
+def _stream(lm: LoadedModel, s: TempoSettings, trace: Trace, out: "queue.Queue[tuple[str, Any]]", t0: float
+            ) -> Iterator[StepEvent]:
+    """An event per token generate() hands back, until it ends."""
     trace.stop_reason = "max_tokens"
     pending: tuple[torch.Tensor, list[int], list[float]] | None = None
     last = t0
@@ -114,14 +132,6 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
         last = now
         finalise_text(trace, lm.decode, s.show_token_ids)
         yield StepEvent(step, trace, [])
-    worker.join()
-    if stop is not None and stop.is_set():
-        trace.stop_reason = stop_reason(stop)
-    n = len(trace.steps)
-    finalise_text(trace, lm.decode, s.show_token_ids)
-    # generate() makes n tokens in n forwards: the prefill yields the first, each later token one more
-    summarise(trace, (time.perf_counter() - t0) * 1e3, max(1, n), len(trace.prompt_token_ids) + max(0, n - 1), n)
-    yield StepEvent(n - 1, trace, [], done=True)
 
 
 def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_tokens: int,

@@ -31,11 +31,18 @@ def lm():
     return tiny_llama(seed=3)
 
 
+def _page(lm, limits: Limits):
+    explorer = tempo_app.Explorer(lm, limits)
+    tempo_app.build_demo(explorer)  # lays out the form (its names, in order)
+    yield explorer
+    explorer.stepped.close_all()  # paused runs end on the model thread before it stops
+    explorer.executor.shutdown(wait=True)
+    explorer.research_executor.shutdown(wait=True)
+
+
 @pytest.fixture(scope="module")
 def page(lm):
-    explorer = tempo_app.Explorer(lm, Limits())
-    tempo_app.build_demo(explorer)  # lays out the form (its names, in order)
-    return explorer
+    yield from _page(lm, Limits())
 
 
 def request(name: str) -> SimpleNamespace:
@@ -166,9 +173,7 @@ def test_a_recorded_example_is_the_recorded_trace(page):
 
 @pytest.fixture(scope="module")
 def classroom(lm):
-    explorer = tempo_app.Explorer(lm, Limits.from_env({"TEMPO_DEMO": "1"}))
-    tempo_app.build_demo(explorer)
-    return explorer
+    yield from _page(lm, Limits.from_env({"TEMPO_DEMO": "1"}))
 
 
 def _generate_and_step(explorer, lm, form: dict, who: str) -> None:
