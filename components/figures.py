@@ -12,8 +12,10 @@ from pathlib import Path
 import networkx as nx
 import plotly.graph_objects as go
 
+from tempo_core.faithfulness import summary_line
 from tempo_core.trace import Trace, clean_token_ids
 
+from .research import faithfulness_figure
 from .views import curve_view, heatmap_view, main_path, seen_by_next_step, text_view, tree_view
 
 def node_id(step: int, idx: int) -> str:
@@ -58,9 +60,18 @@ def text_html(trace: Trace) -> str:
             f'<div class="clean"><b>Most probable surviving path:</b> {v["clean"]}</div></div>')
 
 
+def faithfulness_html(trace: Trace) -> str:
+    """The measured faithfulness in one paragraph (empty when it was not measured)."""
+    if not trace.faithfulness:
+        return ""
+    return f"<h2>Faithfulness</h2><p>{html.escape(summary_line(trace.faithfulness))}</p>"
+
+
 def report_html(trace: Trace) -> str:
     """One self-contained HTML file: settings, text and the three figures (plotly.js inlined once)."""
     figs = [tree_figure(trace), attention_figure(trace), threshold_figure(trace)]
+    if trace.faithfulness:  # measured: its figure and its numbers
+        figs.append(faithfulness_figure(trace))
     divs = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
     esc = lambda v: html.escape(str(v), quote=True)  # noqa: E731 - every trace string is escaped
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in trace.settings.items() if k != "prompt")
@@ -69,7 +80,7 @@ def report_html(trace: Trace) -> str:
             f"opacity:.6}} .set{{background:#f3f0ff}} td{{padding:0 8px}}</style></head><body>"
             f"<h1>TEMPO run</h1><p><b>Model</b> {esc(trace.model)} · <b>mode</b> {esc(trace.mode)} · "
             f"<b>stop</b> {esc(trace.stop_reason)}</p><p><b>Prompt</b> {esc(trace.prompt)}</p>"
-            f"{text_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table></body></html>")
+            f"{text_html(trace)}{faithfulness_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table></body></html>")
 
 
 def save_figures(trace: Trace, out: Path) -> list[str]:

@@ -130,11 +130,13 @@ def _set_words(trace: Trace, step: int) -> str:
 
 def _greedy_body(t: Trace) -> str:
     first = t.steps[0]
+    miss = first.alternatives[0] if first.alternatives else None
+    missed = (f"; the grey open circle under it is the best **near miss**, `{show_token(miss['text'])}` "
+              f"(p = {miss['prob']:.2f}), one of the tokens greedy throws away" if miss else "")
     return (f"A language model reads the prompt (*“{t.prompt}”*) and gives **every** token of its vocabulary a "
             f"probability of coming next. **Greedy decoding** takes the single most probable one, here "
-            f"`{show_token(first.candidates[0].shown)}` (p = {first.candidates[0].prob:.2f}), appends it and asks "
-            f"again: one token per step, one path. In the tree each column is a step; the grey open circles under "
-            f"a token are the **near misses**, the next most probable tokens greedy throws away.")
+            f"`{show_token(first.candidates[0].shown)}` (p = {first.candidates[0].prob:.2f}, outlined at step 0), "
+            f"appends it and asks again: one token per step, one path. In the tree each column is a step{missed}.")
 
 
 def _threshold_body(t: Trace) -> str:
@@ -142,7 +144,7 @@ def _threshold_body(t: Trace) -> str:
     return (f"TEMPO keeps **every** token whose probability is at least the **selection threshold** "
             f"(here {t.settings['selection_threshold']}). At step {b} (outlined) more than one passes: "
             f"{_set_words(t, b)}. They form a **set**, stacked in one column of the tree and written "
-            f"`[a/b]` in the text. Bigger, brighter circles are more probable.")
+            f"**[a/b]** in the text. Bigger, brighter circles are more probable.")
 
 
 def _position_body(t: Trace) -> str:
@@ -184,24 +186,52 @@ def _pruning_body(t: Trace) -> str:
 
 
 def _curve_body(t: Trace) -> str:
+    s = t.settings
+    last = t.steps[-1]
+    reached = max((st.pruning_threshold for st in t.steps if st.pruning_threshold is not None), default=0.0)
+    ended = (f"This run ended at step {last.step} ({t.stop_reason.replace('_', ' ')}) before its "
+             f"{s['max_tokens']} steps, so the highest threshold in force was {reached:.3f}"
+             if len(t.steps) < s["max_tokens"] else f"It reached {reached:.3f} at the last step")
     return (f"The pruning threshold need not be constant. Here it follows a **Bezier curve** from "
-            f"{t.settings['attention_threshold']} to {t.settings['final_threshold']} over the run, so early steps "
-            f"keep their options and later steps are pruned harder. The bars are each step's set size and the "
-            f"candidates pruned at it. A **ReLU** curve (flat, then rising) is the other shape on offer.")
+            f"{s['attention_threshold']} at step 0 towards {s['final_threshold']} at step {s['max_tokens'] - 1}, so "
+            f"early steps keep their options and later steps are pruned harder. {ended}. The bars are each step's "
+            f"set size and the candidates pruned at it. A **ReLU** curve (flat, then rising) is the other shape on "
+            f"offer.")
+
+
+KL_HIGH = 0.5  # nats: a step this far from its branches' mixture is not a faithful summary of them
 
 
 def _faithfulness_body(t: Trace) -> str:
     f = t.faithfulness or {}
+    steps = f.get("steps", [])
+    agree = sum(1 for x in steps if x["top_agree"])
+    high = sum(1 for x in steps if x["kl"] > KL_HIGH)
+    holds = agree >= 0.8 * len(steps) and high == 0
+    verdict = ("so here the shortcut holds" if holds else
+               "so on this run the shortcut is only rough: where branches disagree, one superposed sequence does not "
+               "predict what its branches would")
     return (f"Does one superposed sequence really stand for its branches? The **faithfulness meter** runs each "
             f"branch path as an ordinary sequence, mixes their predictions, and compares that with TEMPO's own "
-            f"distribution at each step. Low KL (here a mean of {f.get('mean_kl', 0):.3f} nats) and the same top "
-            f"token ({f.get('top_agreement', 0):.0%} of steps) mean the shortcut holds; red bars mark steps where "
-            f"it does not. Now try it yourself: **Explore** and press Generate.")
+            f"distribution at each step (KL divergence: 0 means identical). On this run the mean KL is "
+            f"{f.get('mean_kl', 0):.3f} nats, the top token agrees at {agree} of {len(steps)} steps (the others are "
+            f"the red bars), and {high} step{'s' if high != 1 else ''} have KL above {KL_HIGH}, {verdict}. Now try it "
+            f"yourself: "
+            f"**Explore** and press Generate.")
 
 
 def _tree(t: Trace, step: int | None = None, label: str = "") -> dict:
     fig = tree_view(t, height=420)
     return outline_step(fig, step, label) if step is not None else fig
+
+
+def _greedy_tree(t: Trace) -> dict:
+    """Every step in its own column (no collapsed stretch), so each token and its near misses are visible; the
+    first step outlined."""
+    fig = tree_view(t, expanded=frozenset(range(len(t.steps))), height=420)
+    first = t.steps[0].candidates[0]
+    fig["layout"]["xaxis"]["range"] = [-0.6, min(len(t.steps), 9) - 0.4]  # the first steps readable
+    return outline_step(fig, 0, f"{show_token(first.shown)} {first.prob:.2f}")
 
 
 def _heatmap(t: Trace) -> dict:
@@ -215,7 +245,7 @@ def _heatmap(t: Trace) -> dict:
 
 
 LESSONS: list[Lesson] = [
-    Lesson("1 · Greedy decoding: one token per step", _greedy_body, "greedy", _tree,
+    Lesson("1 · Greedy decoding: one token per step", _greedy_body, "greedy", _greedy_tree,
            {"selection_threshold": 1.0}),
     Lesson("2 · A threshold keeps several tokens", _threshold_body, "tempo",
            lambda t: _tree(t, first_branch(t), "a set")),

@@ -10,6 +10,7 @@ sweep_figure         width, pruning, faithfulness and clean text across selectio
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -38,9 +39,10 @@ def faithfulness_figure(trace: Trace) -> go.Figure:
                                     for s in steps], hoverinfo="text"), secondary_y=False)
     fig.add_trace(go.Scatter(x=x, y=[s["set_jaccard"] for s in steps], name="selected-set overlap (Jaccard)",
                              mode="lines+markers", line=dict(color=PATH)), secondary_y=True)
-    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}, top-token agreement "
-                             f"{f['top_agreement']:.0%}; clean-text perplexity {f['clean_ppl']:.2f} vs greedy "
-                             f"{f['greedy_ppl']:.2f}"),
+    ppl = lambda v: "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"  # noqa: E731 - no text: no perplexity
+    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}, top token agrees "
+                             f"{sum(s['top_agree'] for s in steps)}/{len(steps)}<br><sup>clean-text perplexity "
+                             f"{ppl(f['clean_ppl'])} vs greedy {ppl(f['greedy_ppl'])}</sup>"),
                       template="plotly_white", height=340, uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title="logical step (red bar: the top tokens differ)")
@@ -170,26 +172,48 @@ def diff_trees(a: Trace, b: Trace) -> list[dict[str, Any]]:
     return out
 
 
+DIFF_GROUPS = {"same in both": ("same", "#888", "circle"), "only in A": ("only_a", PRUNED, "square"),
+               "only in B": ("only_b", "#2ca02c", "diamond")}
+
+
+def diff_layout(d: list[dict[str, Any]]) -> dict[str, list[tuple[int, int, str]]]:
+    """Where each token of the diff sits: {group: [(step, row, text)]}. In each step's column the tokens in both
+    come first, then those only in A, then those only in B, each on a row of its own (nothing drawn over
+    anything else)."""
+    out: dict[str, list[tuple[int, int, str]]] = {name: [] for name in DIFF_GROUPS}
+    for r in d:
+        row = 0
+        for name, (key, _, _) in DIFF_GROUPS.items():
+            for text in r[key]:
+                out[name].append((r["step"], -row, text))
+                row += 1
+    return out
+
+
 def diff_figure(a: Trace, b: Trace) -> go.Figure:
-    """One tree (A's layout) with B's differences highlighted: green = only in B, red = only in A."""
+    """The two runs' sets side by side, step by step: grey = in both, red squares = only in A, green diamonds =
+    only in B, an orange ring = in both but pruned in one run only."""
     d = diff_trees(a, b)
+    placed = diff_layout(d)
     fig = go.Figure()
-    groups = {"same in both": ("same", "#888"), "only in A": ("only_a", PRUNED), "only in B": ("only_b", "#2ca02c"),
-              "pruned differently": ("pruned_differently", PATH)}
-    for name, (key, colour) in groups.items():
-        xs, ys, texts = [], [], []
-        for row in d:
-            for j, t in enumerate(row[key]):
-                xs.append(row["step"])
-                ys.append(-j - (0 if key == "same" else len(row["same"])))
-                texts.append(show_token(t))
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=texts, textposition="top center", name=name,
-                                 marker=dict(size=11, color=colour)))
+    for name, (_, colour, symbol) in DIFF_GROUPS.items():
+        cells = placed[name]
+        fig.add_trace(go.Scatter(
+            x=[s for s, _, _ in cells], y=[r for _, r, _ in cells], mode="markers+text", name=name,
+            text=[show_token(t)[:8] for _, _, t in cells], hovertext=[show_token(t) for _, _, t in cells],
+            hoverinfo="text", textposition=["top center" if s % 2 == 0 else "bottom center" for s, _, _ in cells],
+            textfont=dict(size=10), cliponaxis=False, marker=dict(size=11, color=colour, symbol=symbol)))
+    rings = [(s, r) for s, r, t in placed["same in both"]
+             if t in next(x for x in d if x["step"] == s)["pruned_differently"]]
+    fig.add_trace(go.Scatter(x=[s for s, _ in rings], y=[r for _, r in rings], mode="markers", hoverinfo="skip",
+                             name="pruned in one run only",
+                             marker=dict(size=19, color="rgba(0,0,0,0)", line=dict(width=2, color=PATH))))
     first = next((r["step"] for r in d if r["only_a"] or r["only_b"]), None)
     fig.update_layout(title="Tree diff A vs B" + (f" — first divergence at step {first}" if first is not None
                                                   else " — identical sets"),
                       template="plotly_white", height=380, yaxis=dict(visible=False), xaxis_title="logical step",
-                      uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30))
+                      uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30),
+                      legend=dict(orientation="h", y=-0.22, font=dict(size=11)))
     return fig
 
 

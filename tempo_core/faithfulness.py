@@ -136,8 +136,8 @@ def _greedy_ids(lm: LoadedModel, prompt: list[int], n: int) -> list[int]:
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    ppl = result["clean_ppl"]
+    """One line of a faithfulness result; a perplexity of no text (NaN, or null once it went through JSON) is n/a."""
+    ppl = lambda v: f"{v:.2f}" if v is not None and math.isfinite(v) else "n/a (no text)"  # noqa: E731
     return (f"faithfulness: mean KL {result['mean_kl']:.4f} nats, top-token agreement "
             f"{result['top_agreement']:.0%}, selected-set overlap {result['mean_set_jaccard']:.2f}, "
-            f"clean-text perplexity {ppl:.2f} vs greedy {result['greedy_ppl']:.2f}"
-            f"{'' if math.isfinite(ppl) else ' (no text)'}")
+            f"clean-text perplexity {ppl(result['clean_ppl'])} vs greedy {ppl(result['greedy_ppl'])}")

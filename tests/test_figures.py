@@ -1,5 +1,6 @@
 """Figure builders and inspectors are plain functions of a recorded trace."""
 
+import html
 import json
 
 import pytest
@@ -118,3 +119,16 @@ def test_figures_of_a_real_run_and_report(tmp_path):
     assert report.count("plotly.js") >= 1 and report.count('class="plotly-graph-div"') == 3
     back = Trace.from_json(json.dumps(trace.to_dict()))
     assert tree_figure(back).to_dict() == fig.to_dict()  # a downloaded trace replays to the same picture
+
+
+def test_the_html_report_carries_the_measured_faithfulness():
+    from components.learn import recorded
+    from tempo_core.faithfulness import summary_line
+    measured = recorded("tempo")
+    report = report_html(measured)
+    f = measured.faithfulness
+    assert html.escape(summary_line(f)) in report and f"{f['mean_kl']:.4f}" in report
+    assert "Faithfulness —" in report  # its figure too
+    assert "<h2>Faithfulness</h2>" not in report_html(recorded("greedy"))
+    nan = Trace.from_dict({**measured.to_plain(), "faithfulness": {**f, "clean_ppl": None, "greedy_ppl": None}})
+    assert "clean-text perplexity n/a (no text)" in report_html(nan)  # a run of no text still reports

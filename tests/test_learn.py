@@ -32,7 +32,7 @@ def test_lessons_name_the_recorded_runs_real_tokens():
     for c in tempo.steps[b].candidates:
         assert f"({c.prob:.2f})" in text
     assert first_pruned(tempo) is not None and "was pruned at step" in lesson_view(5)[0]
-    assert tempo.faithfulness and "mean of" in lesson_view(7)[0]
+    assert tempo.faithfulness and f"mean KL is {tempo.faithfulness['mean_kl']:.3f}" in lesson_view(7)[0]
     assert lesson_view(99)[2] == f"Lesson {len(LESSONS)} of {len(LESSONS)}"  # clamped
 
 
@@ -52,3 +52,56 @@ def test_recorded_runs_equal_what_the_engine_makes_now(name, embedded_lm):
     if saved.faithfulness:
         assert saved.faithfulness["mean_kl"] == pytest.approx(now.faithfulness["mean_kl"], abs=1e-4), hint
     assert (LEARN_DIR / f"{name}.json").stat().st_size < 100_000
+
+
+def _figure_words(fig: dict) -> str:
+    """Everything a figure shows in words: labels, hover texts, axis categories and annotations."""
+    parts = [fig["layout"].get("title", {}).get("text", "") if isinstance(fig["layout"].get("title"), dict) else ""]
+    for trace in fig["data"]:
+        for key in ("text", "hovertext", "y", "x"):
+            values = trace.get(key)
+            if isinstance(values, list):
+                parts += [str(v) for row in values for v in (row if isinstance(row, list) else [row])]
+    parts += [a.get("text", "") for a in fig["layout"].get("annotations", [])]
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("index", range(len(LESSONS)))
+def test_every_token_a_lesson_names_is_in_its_figure(index):
+    import re
+    text, fig, _ = lesson_view(index)
+    words = _figure_words(fig)
+    named = re.findall(r"`([^`]+)`", text)
+    if index in (0, 1, 5):
+        assert named, text  # these lessons point at tokens of their run
+    for token in named:
+        assert token in words, (token, index)
+
+
+def test_lesson_1_shows_every_greedy_step_and_outlines_the_first_token_with_its_near_miss():
+    greedy = recorded("greedy")
+    text, fig, _ = lesson_view(0)
+    nodes = next(t for t in fig["data"] if t["name"] == "candidate")
+    assert sorted(set(nodes["x"])) == list(range(len(greedy.steps)))  # no stretch collapsed into one bar
+    first = greedy.steps[0]
+    from components.views import show_token
+    label = f"{show_token(first.candidates[0].shown)} {first.candidates[0].prob:.2f}"
+    assert any(label in a["text"] for a in fig["layout"]["annotations"]) and f"p = {first.candidates[0].prob:.2f}" in text
+    misses = next(t for t in fig["data"] if t["name"] == "near miss")
+    assert 0 in misses["x"] and show_token(first.alternatives[0]["text"]) in text
+
+
+def test_lesson_7_states_the_threshold_the_run_really_reached():
+    curve = recorded("curve")
+    text = lesson_view(6)[0]
+    reached = max(st.pruning_threshold for st in curve.steps)
+    assert f"highest threshold in force was {reached:.3f}" in text and f"ended at step {curve.steps[-1].step}" in text
+
+
+def test_lesson_8_says_what_the_faithfulness_numbers_show():
+    f = recorded("tempo").faithfulness
+    text = lesson_view(7)[0]
+    agree = sum(s["top_agree"] for s in f["steps"])
+    high = sum(s["kl"] > 0.5 for s in f["steps"])
+    assert f"agrees at {agree} of {len(f['steps'])} steps" in text and f"{high} steps have KL above 0.5" in text
+    assert "shortcut holds" not in text if agree < 0.8 * len(f["steps"]) else "shortcut holds" in text

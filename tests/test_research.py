@@ -74,6 +74,25 @@ def test_tree_diff_finds_divergence(lm):
     assert f"first divergence at step {first['step']}" in diff_figure(a, b).layout.title.text
 
 
+def test_tree_diff_figure_shows_every_token_of_both_runs_in_its_own_place(lm):
+    a = run(lm, s(selection_threshold=0.08, max_parallel_tokens=3))
+    b = run(lm, s(selection_threshold=0.2, prompt="the dog ran"))  # diverges early: tokens only in A and only in B
+    fig = diff_figure(a, b)
+    shown = {t.name: [(x, y, h) for x, y, h in zip(t.x, t.y, t.hovertext or [None] * len(t.x))] for t in fig.data}
+    only_a, only_b, both = shown["only in A"], shown["only in B"], shown["same in both"]
+    assert only_a and only_b  # both colours are present, each with its own marker
+    points = [(x, y) for x, y, _ in only_a + only_b + both]
+    assert len(points) == len(set(points))  # nothing is drawn over anything else
+    from components.views import show_token
+    for run_, own in ((a, only_a), (b, only_b)):
+        other = b if run_ is a else a
+        for st in run_.steps:
+            theirs = {c.token_id for c in other.steps[st.step].candidates} if st.step < len(other.steps) else set()
+            for c in st.candidates:
+                group = both if c.token_id in theirs else own
+                assert any(x == st.step and h == show_token(c.text) for x, _, h in group), (st.step, c.text)
+
+
 @pytest.mark.parametrize("extra", [{}, {"use_retroactive_pruning": True, "attention_threshold": 0.1}])
 def test_sweep_reuses_prefixes_and_equals_runs_from_scratch(lm, extra):
     base = s(max_tokens=10, **extra)
