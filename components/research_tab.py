@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import html
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -35,6 +36,13 @@ def parse_thresholds(text: str) -> list[float]:
 def _reporter(progress: gr.Progress):
     """(done, total, what) -> a Gradio progress bar saying what is being computed."""
     return lambda done, total, what: progress(done / max(1, total), desc=f"{what} ({done + 1} of {total})")
+
+
+def _on(executor: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` on `executor`, in a copy of this thread's context: Gradio finds the event a progress
+    bar belongs to through context variables, which a pool thread does not have (without this, the bar stays a
+    bare spinner)."""
+    return executor.submit(contextvars.copy_context().run, fn, *args, **kwargs).result()
 
 
 def pruned_choices(trace: Trace) -> list[tuple[str, str]]:
@@ -100,8 +108,8 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
         except SettingsError as exc:
             return f"<p><b>Error:</b> {html.escape(str(exc))}</p>", gr.skip()
         with app.research_slots.hold():
-            result = app.research_executor.submit(baselines, lm, s, stop=RunStop(limits.max_seconds),
-                                                  progress=_reporter(progress)).result()
+            result = _on(app.research_executor, baselines, lm, s, stop=RunStop(limits.max_seconds),
+                         progress=_reporter(progress))
         return aligned_html(result), beam_tree_figure(result["beam"])
 
     def run_sweep(thresholds: str, progress: gr.Progress = gr.Progress(), **form: Any):
@@ -111,8 +119,8 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
         except SettingsError as exc:
             return gr.skip(), gr.skip(), f"**Error:** {exc}"
         with app.research_slots.hold():
-            traces = app.research_executor.submit(sweep, lm, s, values, stop=RunStop(limits.max_seconds),
-                                                  progress=_reporter(progress)).result()
+            traces = _on(app.research_executor, sweep, lm, s, values, stop=RunStop(limits.max_seconds),
+                         progress=_reporter(progress))
         return sweep_figure(traces), sweep_multiples(traces), sweep_table(traces)
 
     view = {"concurrency_id": "views", "concurrency_limit": app.view_concurrency}

@@ -74,7 +74,8 @@ class Browser:
         states = [None] * (len(fn.inputs) - named)  # session state (history): the server keeps its own
         return states + [settings.get(name, v) for name, v in values.items()]
 
-    def call(self, name: str, data: list, timeout: float = 120) -> dict:
+    def call(self, name: str, data: list, timeout: float = 120, seen: list | None = None) -> dict:
+        """The event's output; `seen` collects every message the queue sent (progress included)."""
         index, fn = self.fns[name]
         if not fn.queue:
             r = httpx.post(self.url + "/gradio_api/run/predict",
@@ -90,10 +91,25 @@ class Browser:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     msg = json.loads(line[5:])
+                    if seen is not None:
+                        seen.append(msg)
                     if msg.get("msg") == "process_completed":
                         assert msg["success"], msg
                         return msg["output"]
         raise AssertionError("no result")
+
+
+def test_baselines_and_sweep_show_a_progress_bar_saying_what_is_computed(lm):
+    with serve(lm) as (url, fastapi_app):
+        browser = Browser(url, fastapi_app, "progress")
+        form = browser.form(prompt="the cat", max_tokens=60)[1:]  # run_sweep takes the thresholds, then the form
+        for name, data in (("run_sweep", ["0.05, 0.1, 0.2", *form]), ("run_baselines", form)):
+            seen: list = []
+            out = browser.call(name, data, seen=seen)
+            assert not any("Error" in str(v) for v in out["data"]), out["data"]
+            bars = [p for m in seen if m.get("msg") == "progress" for p in m.get("progress_data") or []]
+            assert bars, (name, [m.get("msg") for m in seen])
+            assert all(p["desc"] and " of " in p["desc"] for p in bars), bars
 
 
 def wait_until(cond, timeout: float = 30.0) -> bool:
