@@ -64,6 +64,8 @@ CSS = WIDGET_CSS + """
 #run-buttons button {min-width: 70px}
 .legend-line p {font-size: 12.5px; color: #666; margin: 0}
 .tempo-downloads a {margin-right: .4em}
+#sweep-table th {white-space: nowrap; word-break: keep-all}
+#sweep-table {overflow-x: auto}
 """
 
 INTRO = """# TEMPO Explorer

@@ -80,7 +80,7 @@ def build_research_tab(app: Any, trace_state: gr.State, controls: dict[str, gr.c
                 sweep_btn = gr.Button("Sweep", elem_id="run-sweep")
                 sweep_plot = gr.Plot(show_label=False)
                 sweep_small = gr.Plot(show_label=False)
-                sweep_md = gr.Markdown()
+                sweep_md = gr.Markdown(elem_id="sweep-table")
 
     def refresh(data: dict | None):
         if not data:

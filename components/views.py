@@ -229,10 +229,14 @@ def _empty(title: str, height: int) -> dict:
 
 
 def at_risk(trace: Trace) -> list[tuple[int, int, Candidate]]:
-    """Candidates that were ever at risk of pruning: pruned, or scored below twice the threshold in force."""
+    """Candidates that were ever at risk of pruning: pruned, or scored below twice the threshold in force. A step's
+    only candidate is never at risk while `preserve_isolated_tokens` keeps such steps out of pruning."""
     thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
+    isolated_safe = trace.settings.get("preserve_isolated_tokens", True)
     out = []
     for st in trace.steps:
+        if isolated_safe and len(st.candidates) == 1:
+            continue
         for i, c in enumerate(st.candidates):
             if c.pruned_at is not None and trace.mode != "mcts":
                 out.append((st.step, i, c))

@@ -74,7 +74,8 @@ def path_distributions(lm: LoadedModel, prompt: list[int], paths: list[list[int]
 def kl(p: torch.Tensor, q: torch.Tensor) -> float:
     p, q = p.double(), q.double().clamp_min(1e-30)
     mask = p > 0
-    return float((p[mask] * (p[mask].log() - q[mask].log())).sum())
+    # KL >= 0; a sum a hair below 0 (-1e-9: p and q each sum to 1 only up to rounding) is 0, not "-0.000"
+    return max(0.0, float((p[mask] * (p[mask].log() - q[mask].log())).sum()))
 
 
 def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) -> float:

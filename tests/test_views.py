@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 
+import pytest
 from gradio.utils import diff
 
 from components.compare_tab import HISTORY, add_run, choices, compare, numbers_table
@@ -224,3 +225,19 @@ def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
     for c in pruned:
         assert max(c.attention_by_step) == c.pruned_at  # nothing recorded after the decision
         assert c.attention == sum(c.attention_by_step.values()) / len(c.attention_by_step)
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+def test_the_heatmap_lists_only_candidates_that_could_be_pruned(preserve):
+    lm = _lm()
+    trace = run(lm, build_settings({**LONG, "max_tokens": 60, "preserve_isolated_tokens": preserve}))
+    fig = heatmap_view(trace)
+    rows = fig["layout"]["yaxis"]["categoryarray"]
+    listed = {tuple(int(x) for x in label.rsplit("(", 1)[1].rstrip(")").split(":")) for label in rows}
+    singles = {(st.step, 0) for st in trace.steps if len(st.candidates) == 1}
+    pruned = {(st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None}
+    assert pruned <= listed  # every pruned candidate has its row, with its numbers
+    if preserve:
+        assert not listed & singles
+    else:
+        assert listed & singles  # unprotected single candidates can come near the threshold
