@@ -35,7 +35,7 @@ from components.live import live_traces
 from components.inspect import MAX_UPLOAD_BYTES, find_node, node_choices, node_details, read_upload, trace_at
 from components.research_tab import build_research_tab
 from components.sessions import Slots, StopFlags, TraceStore, session_key
-from components.views import curve_view, heatmap_view, show_token, text_view, tree_view, units
+from components.views import curve_view, empty_figure, heatmap_view, show_token, text_view, tree_view, units
 from components.widgets import CSS as WIDGET_CSS
 from components.widgets import PLOTLY_JS, RANGE_NOTE_HEAD, branching_text, plotly_view
 from tempo_core import LoadedModel, ModelError, SettingsError, Trace, __version__, build_settings, generate
@@ -45,6 +45,7 @@ from tempo_core.steer import continue_from, lower_threshold_preview
 from tempo_core.trace import rewind
 
 log = logging.getLogger("tempo.app")
+NO_TRACE = Trace("", "tempo", {}, "", "", [])  # what the page shows before any run
 MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
 
 
@@ -518,6 +519,11 @@ def _parse_param(v: str) -> Any:
         return v
 
 
+def lesson_buttons(i: int) -> tuple[gr.Button, gr.Button]:
+    """Prev and Next, each clickable only where there is a lesson to go to."""
+    return gr.Button(interactive=i > 0), gr.Button(interactive=i < len(LESSONS) - 1)
+
+
 def build_learn_tab() -> dict[str, Any]:
     """The guided walkthrough (components/learn.py): a lesson's text beside its figure, Prev / Next, try it live."""
     text, figure, where = lesson_view(0)
@@ -526,7 +532,7 @@ def build_learn_tab() -> dict[str, Any]:
             with gr.Column(scale=2, min_width=300):
                 lesson_text = gr.Markdown(text, elem_id="lesson-text")
                 with gr.Row():
-                    prev = gr.Button("◀ Prev", elem_id="lesson-prev", min_width=70)
+                    prev = gr.Button("◀ Prev", elem_id="lesson-prev", min_width=70, interactive=False)
                     nxt = gr.Button("Next ▶", elem_id="lesson-next", variant="primary", min_width=70)
                 where_line = gr.Markdown(where, elem_id="lesson-where")
                 try_live = gr.Button("Try it live with these settings", elem_id="lesson-try", size="sm")
@@ -574,9 +580,7 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                 ui["reveal"] = gr.Button("Reveal", elem_id="reveal", size="sm")
                                 ui["reveal_md"] = gr.Markdown("", elem_id="reveal-result")
                                 ui["question"] = gr.Markdown("", elem_id="reflection")
-                        controls, expert = build_controls(limits, after_prompt=under_prompt,
-                                                          expert_visible=not limits.demo)
-                        advanced = gr.Checkbox(value=False, label="Advanced settings", visible=limits.demo)
+                        controls, _ = build_controls(limits, after_prompt=under_prompt, expert_visible=not limits.demo)
                         with gr.Row():
                             recorded_buttons = {name: gr.Button(label, size="sm", elem_id=f"recorded-{name}")
                                                 for name, label in (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"),
@@ -596,12 +600,12 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                             "long orange bar: steps with one candidate each (click to expand). Drag "
                                             "the slider under the tree to see the whole run.*",
                                             elem_classes="legend-line")
-                                tree_plot = plotly_view(elem_id="tempo-tree")
+                                tree_plot = plotly_view(tree_view(NO_TRACE), elem_id="tempo-tree")
                                 with gr.Row():
                                     # any value is accepted here and checked by find_node (API callers name a node)
                                     node_pick = gr.Dropdown([], label="Inspect candidate", scale=1,
                                                             allow_custom_value=True)
-                                    details = gr.Markdown(node_details(Trace("", "tempo", {}, "", "", []), ""))
+                                    details = gr.Markdown(node_details(NO_TRACE, ""))
                                 with gr.Row():
                                     continue_btn = gr.Button("Continue from here (only this candidate)",
                                                              elem_id="continue-here", size="sm")
@@ -613,7 +617,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                             "steps after theirs; colour: the attention those steps paid them (darker "
                                             "= more); red outline: below the threshold then; ✕ where one was pruned "
                                             "(click it for its rewind).*", elem_classes="legend-line")
-                                heat_plot = plotly_view(elem_id="tempo-heatmap", max_height=620)
+                                heat_plot = plotly_view(empty_figure(
+                                    "Pruning heatmap — press Generate (with pruning on) to fill it", 300),
+                                    elem_id="tempo-heatmap", max_height=620)
                             with gr.Tab("Threshold curve", id="curve"):
                                 gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU "
                                             "curve), with each step's set size and the candidates pruned at it.*",
@@ -683,18 +689,23 @@ def build_demo(app: Explorer) -> gr.Blocks:
         for source in (text_box, tree_plot, heat_plot):
             source.click(clicked, [trace_state, expanded], click_outputs, api_visibility="private", **view)
         replay.input(replay_to, [trace_state, replay], [*figures, status], api_name="replay", **view)
+        clear_reveal = lambda: ("", "", gr.update(choices=[], value=[], visible=False))  # noqa: E731
+        for source in (ui["run"], continue_btn, *recorded_buttons.values()):
+            source.click(clear_reveal, None, [ui["reveal_md"], ui["question"], ui["choices"]], queue=False,
+                         api_visibility="private")
+        upload.upload(clear_reveal, None, [ui["reveal_md"], ui["question"], ui["choices"]], queue=False,
+                      api_visibility="private")
         after_trace(upload.upload(app.load_trace, [history, upload], [*outputs, *inputs], api_visibility="private",
                                   **view))
         for name, button in recorded_buttons.items():
             after_trace(button.click(lambda runs, name=name: app.show_recorded(runs, name), [history],
                                      [*outputs, *inputs], api_visibility="private", **view))
-        advanced.change(lambda on: gr.Column(visible=on), advanced, expert, queue=False, api_visibility="private")
 
         # the Learn tab: lessons from recorded runs; "try it live" fills the form and opens Explore
         def go(i: int, delta: int):
             i = max(0, min(len(LESSONS) - 1, int(i or 0) + delta))
-            return (i, *lesson_view(i))
-        lesson_outputs = [lesson, learn["text"], learn["plot"], learn["where"]]
+            return (i, *lesson_view(i), *lesson_buttons(i))
+        lesson_outputs = [lesson, learn["text"], learn["plot"], learn["where"], learn["prev"], learn["next"]]
         learn["prev"].click(lambda i: go(i, -1), lesson, lesson_outputs, queue=False, api_visibility="private")
         learn["next"].click(lambda i: go(i, 1), lesson, lesson_outputs, queue=False, api_visibility="private")
         learn["try"].click(app.try_lesson, lesson, [*inputs, top], queue=False, api_visibility="private")

@@ -82,6 +82,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
                                          label="Selection threshold", info=_help("selection_threshold"))
     c["max_tokens"] = setting_slider(1, max_tokens, value=d.max_tokens, step=1, label="Max tokens")
     c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
+    # a classroom page hides the expert groups behind one switch, right above them
+    advanced = gr.Checkbox(value=False, label="Advanced settings", visible=not expert_visible, elem_id="advanced")
     with gr.Column(visible=expert_visible, elem_id="expert-settings") as expert:
         with gr.Accordion("Retroactive pruning", open=False):
             # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
@@ -143,6 +145,7 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
             c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=d.faithfulness_paths, step=1,
                                                 label="Explicit paths per step (most probable)")
+    advanced.change(lambda on: gr.Column(visible=on), advanced, expert, queue=False, api_visibility="private")
     return c, expert
 
 

@@ -132,7 +132,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     """The token tree as a Plotly figure dict, showing the newest WINDOW steps (a range slider for the rest).
     `expanded`: first steps of collapsed stretches the user opened; `live`: leave room for the next steps."""
     if not trace.steps:
-        return _empty("Token tree — press Generate (or load a trace) to grow it", height)
+        return empty_figure("Token tree — press Generate (or load a trace) to grow it", height)
     path = main_path(trace)
     cols = units(trace, expanded)
     nodes, misses, runs = _Nodes(), _Nodes(), _Nodes()
@@ -166,7 +166,8 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
                 leaving.append((st.step, -i, nid))
         k = len(st.candidates)
         for j, alt in enumerate(st.alternatives[:3] if trace.mode == "tempo" else []):
-            misses.add(st.step, -(k + j), f"{show_token(alt['text'])[:8]} {alt['prob']:.2f}" if j == 0 else "",
+            label = show_token(alt["text"])[:6] if j == 0 and st.step % 2 == 0 else ""  # room for one label a column pair
+            misses.add(st.step, -(k + j), label,
                        f"not kept: <b>{html.escape(show_token(alt['text']))}</b> p = {alt['prob']:.4f} "
                        f"(below the selection threshold {st.selection_threshold:.3f} or past the set cap)",
                        f"miss:{st.step}:{j}", MISS, 7, "circle-open", 1, "bottom center")
@@ -199,7 +200,8 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     if last >= WINDOW:
         xaxis["rangeslider"] = {"visible": True, "thickness": 0.07}
     n = sum(len(st.candidates) for st in trace.steps)
-    layout = {"title": {"text": f"Token tree — {trace.mode}, {last + 1} steps, {n} candidates", "font": {"size": 14},
+    layout = {"meta": "tempo-tree",  # the page narrows a tree's window on a phone (widgets.PHONE_STEPS)
+              "title": {"text": f"Token tree — {trace.mode}, {last + 1} steps, {n} candidates", "font": {"size": 14},
                         "x": 0.01, "xanchor": "left", "y": 0.98},
               "template": "plotly_white", "uirevision": UIREVISION, "hovermode": "closest", "height": height,
               "margin": {"l": 10, "r": 10, "t": 70, "b": 30}, "showlegend": True, "xaxis": xaxis,
@@ -222,7 +224,8 @@ def _scatter(n: _Nodes, name: str, font: int, colour: str) -> dict:
                        "line": {"width": n.ring, "color": [PATH if w == 3 else "#333" for w in n.ring]}}}
 
 
-def _empty(title: str, height: int) -> dict:
+def empty_figure(title: str, height: int) -> dict:
+    """A figure with nothing to draw yet: its title says what to do."""
     return {"data": [], "layout": {"title": {"text": title, "font": {"size": 15}}, "template": "plotly_white",
                                    "uirevision": UIREVISION, "height": height, "xaxis": {"visible": False},
                                    "yaxis": {"visible": False}}}
@@ -251,11 +254,11 @@ def heatmap_view(trace: Trace) -> dict:
     one column per step after it (1 .. pruning window), so the grid stays as narrow as the window at any run
     length and its height grows by one short row per candidate (the page scrolls it)."""
     if trace.mode != "tempo" or not trace.settings.get("use_retroactive_pruning"):
-        return _empty("Pruning heatmap — retroactive pruning is off: tick 'Prune by later attention' "
+        return empty_figure("Pruning heatmap — retroactive pruning is off: tick 'Prune by later attention' "
                       "(Retroactive pruning) and generate", 300)
     rows = at_risk(trace)
     if not rows:
-        return _empty("Pruning heatmap — no candidate has come near the pruning threshold yet "
+        return empty_figure("Pruning heatmap — no candidate has come near the pruning threshold yet "
                       "(raise the attention threshold to prune more)", 300)
     thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
     window = max((s - st for st, _, c in rows for s in c.attention_by_step), default=1)
@@ -333,13 +336,16 @@ def curve_view(trace_or_settings, current_step: int | None = None) -> dict:
     kind = ("ReLU" if s.use_relu else "Bezier") if s.dynamic_threshold else "constant"
     note = "" if s.use_retroactive_pruning and s.mode == "tempo" else (
         " — no effect: retroactive pruning is off" if s.mode == "tempo" else f" — no effect in {s.mode} mode")
+    most = max((max(bar["y"], default=0) for bar in data if bar["type"] == "bar"), default=1)
     layout = {"title": {"text": f"Pruning threshold schedule ({kind}){note}", "font": {"size": 15}},
               "template": "plotly_white", "barmode": "overlay", "uirevision": UIREVISION, "height": 320,
               "margin": {"l": 10, "r": 10, "t": 40, "b": 30}, "legend": {"orientation": "h", "y": -0.25},
-              "xaxis": {"title": {"text": "logical step"}},
-              "yaxis": {"title": {"text": "attention threshold"}, "rangemode": "tozero"},
+              "xaxis": {"title": {"text": "logical step"}, "automargin": True},
+              "yaxis": {"title": {"text": "attention threshold"}, "rangemode": "tozero", "automargin": True},
+              # token counts are whole numbers: ticks 0, 1, 2, ... (every few when sets are large)
               "yaxis2": {"title": {"text": "tokens"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
-                         "showgrid": False}}
+                         "showgrid": False, "automargin": True, "tick0": 0, "dtick": max(1, -(-most // 5)),
+                         "tickformat": "d"}}
     return {"data": data, "layout": layout}
 
 

@@ -16,17 +16,21 @@ import plotly
 PLOTLY_JS = plotly.__path__[0] + "/package_data/plotly.min.js"  # served at /assets/plotly.min.js (no CDN)
 PLOTLY_HEAD = '<script src="assets/plotly.min.js"></script>'
 
-_PLOT_JS = """
+PHONE_STEPS = 9  # tree columns in view on a screen under 600 px wide
+
+_PLOT_JS = f"const PHONE_STEPS = {PHONE_STEPS};" + """
 const draw = () => {
   const v = props.value;
   const el = element.querySelector('.tempo-plot');
   if (!v || !v.data || !el || !window.Plotly) return;
   let layout = v.layout;
   const x = layout.xaxis;
-  if (el.clientWidth && el.clientWidth < 600 && x && x.range && x.rangeslider) {
-    // a phone: a third of the steps in view (the range slider still shows the whole run)
+  if (el.clientWidth && el.clientWidth < 600 && x && x.range && v.layout.meta === 'tempo-tree' &&
+      x.range[1] - x.range[0] > PHONE_STEPS + 1) {
+    // a phone: the newest PHONE_STEPS steps in view, a range slider under the tree for the whole run
     const hi = x.range[1];
-    layout = Object.assign({}, layout, {xaxis: Object.assign({}, x, {range: [Math.max(x.range[0], hi - 9), hi]})});
+    layout = Object.assign({}, layout, {xaxis: Object.assign({}, x, {range: [hi - PHONE_STEPS, hi],
+      rangeslider: x.rangeslider || {visible: true, thickness: 0.07}})});
   }
   if (el.clientWidth && el.clientWidth < 600) layout = Object.assign({}, layout, {showlegend: false});
   window.Plotly.react(el, v.data, layout, {displaylogo: false, responsive: true, displayModeBar: false});

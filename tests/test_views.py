@@ -12,7 +12,7 @@ from gradio.utils import diff
 from components.compare_tab import HISTORY, add_run, choices, compare, numbers_table
 from components.inspect import node_details
 from components.live import apply_delta, delta_of, live_traces
-from components.views import (COLLAPSE_MIN, LABEL_PROB, WINDOW, curve_view, heatmap_view, main_path, text_view,
+from components.views import (show_token, COLLAPSE_MIN, LABEL_PROB, WINDOW, curve_view, heatmap_view, main_path, text_view,
                               tree_view, units)
 from tempo_core import Trace, build_settings, generate, run
 from tempo_core.limits import RunStop
@@ -135,7 +135,12 @@ def test_near_misses_are_drawn_greyed_and_listed_in_the_inspector():
     everything = frozenset(range(len(trace.steps)))  # no collapsed stretches
     misses = next(t for t in tree_view(trace, expanded=everything)["data"] if t["name"] == "near miss")
     assert "miss:0:0" in misses["customdata"] and misses["marker"]["symbol"][0] == "circle-open"
-    assert misses["text"][0].endswith(f"{trace.steps[0].alternatives[0]['prob']:.2f}")
+    best = trace.steps[0].alternatives[0]
+    assert misses["text"][0] == show_token(best["text"])[:6]  # the token; its probability in the hover
+    assert f"p = {best['prob']:.4f}" in misses["hovertext"][0]
+    # one label per pair of columns, so neighbouring labels never run into each other
+    labelled = [x for x, t in zip(misses["x"], misses["text"]) if t]
+    assert labelled and all(x % 2 == 0 for x in labelled)
     assert "top alternatives not chosen" in node_details(trace, "0:0")
 
 
