@@ -83,7 +83,7 @@ def test_generate_in_a_real_browser(app_url):
         points = page.locator("#tempo-tree .scatterlayer .trace .points path")
         expect(points.first).to_be_visible(timeout=20_000)
         status = page.locator("#status").inner_text()
-        steps = int(status.split("step ")[1].split(" ")[0])
+        steps = _steps(status)
         assert points.count() >= steps  # at least one node per logical step (plus the siblings)
         tokens = page.locator("#tempo-text .tok")
         assert tokens.count() >= steps
@@ -112,7 +112,7 @@ def test_generate_in_a_real_browser(app_url):
         step_box = page.locator("input[aria-label='number input for Replay: step (no model needed)']")
         step_box.fill("2")
         step_box.press("Enter")
-        expect(page.locator("#status")).to_contain_text("Replay: step 3 of", timeout=20_000)
+        expect(page.locator("#status")).to_contain_text("Replay: at step 2 (steps 0–", timeout=20_000)
         with page.expect_download() as download:
             page.get_by_text("Download JSON trace").click()
         saved = ARTIFACTS / "downloaded-trace.json"
@@ -146,7 +146,9 @@ def _page(browser, errors: list[str], phone: bool = False):
 
 
 def _steps(status: str) -> int:
-    return int(status.split("step ")[1].split(" ")[0]) if "step " in status else 0
+    """How many steps the status line says the run has made ("... at step 11 (12 steps) ...")."""
+    found = re.search(r"\((\d+) steps?\)", status)
+    return int(found.group(1)) if found else 0
 
 
 def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
@@ -196,7 +198,7 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
         expect(min_box).to_have_value("0")
         page.wait_for_timeout(500)
         page.locator("#generate").click()
-        expect(page.locator("#status")).not_to_contain_text("step 200", timeout=60_000)
+        expect(page.locator("#status")).not_to_contain_text("(200 steps)", timeout=60_000)
         expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
         page.get_by_role("tab", name="Compare").click()
         numbers = page.locator("#compare-numbers")
@@ -267,7 +269,7 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
         page.screenshot(path=str(ARTIFACTS / "predict.png"))
         page.locator("#predict input").uncheck()
         page.locator("#step").click()
-        expect(page.locator("#status")).to_contain_text("step 2 ", timeout=30_000)
+        expect(page.locator("#status")).to_contain_text("at step 1 (2 steps)", timeout=30_000)
 
         # a recorded run (instant), a node, and "continue from here"
         page.locator("#recorded-tempo").click()

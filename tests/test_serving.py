@@ -417,6 +417,13 @@ def test_a_bad_upload_is_a_message_in_the_page(lm, tmp_path, monkeypatch):
     (b"", 422, ["body"], "body: is empty"),
     (b"[" * 50_000, 422, ["body"], "body: is nested too deeply"),
     (b'{"prompt": "' + b"a" * 300_000 + b'"}', 413, ["body"], "body: is 300,014 bytes; this server accepts at most"),
+    (b'{"prompt": "x", "max_tokens": ' + b"7" * 5000 + b'}', 422, ["body", "max_tokens"],
+     "max_tokens: must be an integer in [1, 200] on this server, got inf"),
+    (b'{"prompt": "x", "mode": "mcts", "temperature": 1e-300}', 422, ["body", "temperature"],
+     "temperature: must be a number in [0.01, 10], got 1e-300"),
+    # the tiny model's context is 512 positions; each "7 " is a token or more
+    (b'{"prompt": "' + b"7 " * 600 + b'"}', 422, ["body", "prompt"], "prompt: is "),
+    (b'{"prompt": "' + b"7 " * 200 + b'", "max_tokens": 200}', 422, ["body", "max_tokens"], "max_tokens: prompt ("),
 ])
 def test_bad_bodies_get_a_message_naming_the_field(lm, body, status, loc, message):
     client = TestClient(tempo_app.build_app(lm))
@@ -424,6 +431,30 @@ def test_bad_bodies_get_a_message_naming_the_field(lm, body, status, loc, messag
     assert r.status_code == status, r.text
     detail = r.json()["detail"][0]
     assert detail["loc"] == loc and detail["msg"].startswith(message), detail
+
+
+def test_a_prompt_past_the_context_is_refused_naming_the_context_before_any_run(lm):
+    client = TestClient(tempo_app.build_app(lm))
+    r = client.post("/api/generate", json={"prompt": "7 " * 600})
+    assert r.status_code == 422 and "the model's context is 512 tokens" in r.json()["detail"][0]["msg"]
+    explorer = tempo_app.Explorer(lm, Limits())
+    frames = list(explorer.run_stream(types.SimpleNamespace(session_hash="long"), [], prompt="7 " * 600))
+    assert frames[-1][4].startswith("**Error:** prompt: is ") and "context is 512 tokens" in frames[-1][4]
+    out = explorer.step(types.SimpleNamespace(session_hash="long-step"), False, prompt="7 " * 600)
+    assert out[4].startswith("**Error:** prompt: is ") and "max_tokens <= 1" not in out[4]
+
+
+def test_a_run_that_ends_at_step_0_answers_with_strict_json():
+    """A faithfulness run whose first token is EOS has no text, so no perplexity: null, never NaN (a 500)."""
+    lm = tiny_llama(seed=3)
+    first = run(lm, build_settings({"prompt": "the cat", "max_tokens": 1})).steps[0].candidates[0].token_id
+    lm.model.generation_config.eos_token_id = [lm.tokenizer.eos_token_id, first]
+    client = TestClient(tempo_app.build_app(lm))
+    r = client.post("/api/generate", json={"prompt": "the cat", "max_tokens": 5, "faithfulness": True})
+    assert r.status_code == 200, r.text
+    data = json.loads(r.text)  # strict: json.loads would also read NaN, so check the text itself
+    assert "NaN" not in r.text and data["stop_reason"] == "eos" and data["steps"] == []
+    assert data["faithfulness"]["clean_ppl"] is None
 
 
 def test_a_stop_pressed_while_the_run_is_queued_is_kept_for_that_run():
