@@ -443,11 +443,13 @@ def what_if_lower(data: dict | None, node: str | None) -> str:
     cap = trace.settings.get("max_parallel_tokens")
     lines = []
     for r in lower_threshold_preview(trace, step):
-        fate = {"kept": "in the set",
-                "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}): a lower "
-                          "threshold adds nothing",
-                "by_hand": "passed the threshold; this set was chosen by hand (continue from here)",
-                "joins": f"joins at a threshold ≤ {r['joins_at']:.4f}"}[r["status"]]
+        if r["status"] == "joins":
+            fate = f"joins at a threshold ≤ {r['joins_at']:.4f}"
+        else:
+            fate = {"kept": "in the set",
+                    "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}): a lower "
+                              "threshold adds nothing",
+                    "by_hand": "passed the threshold; this set was chosen by hand (continue from here)"}[r["status"]]
         if r["needs_cap"]:
             fate += f" with max_parallel_tokens ≥ {r['needs_cap']}"
         lines.append(f"| `{html.escape(show_token(r['text']))}` | {r['prob']:.4f} | {fate} |")

@@ -23,6 +23,17 @@ const draw = () => {
   const v = props.value;
   const el = element.querySelector('.tempo-plot');
   if (!v || !v.data || !el || !window.Plotly) return;
+  if (!el.clientWidth) {
+    // a hidden tab: Plotly cannot scale axes in 0 px ("Something went wrong with axis scaling") and the work
+    // is wasted; draw the latest value once the plot is shown
+    el.__tempoPending = true;
+    if (!el.__tempoWatch && window.ResizeObserver) {
+      el.__tempoWatch = new ResizeObserver(() => { if (el.clientWidth && el.__tempoPending) draw(); });
+      el.__tempoWatch.observe(el);
+    }
+    return;
+  }
+  el.__tempoPending = false;
   let layout = v.layout;
   const x = layout.xaxis;
   if (el.clientWidth && el.clientWidth < 600 && x && x.range && v.layout.meta === 'tempo-tree' &&

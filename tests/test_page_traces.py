@@ -226,3 +226,25 @@ def test_a_share_link_gives_back_every_setting_on_a_fresh_page(page):
         values = page.fill_from_link(opened, **fresh)[:-1]
         form = {n: fresh[n] if isinstance(v, dict) else v for n, v in zip(names, values)}  # a skip keeps the form
         assert page.settings(form) == s, changed
+
+
+def test_what_if_states_each_rows_threshold_as_the_engine_computed_it(page, lm):
+    from tempo_core.steer import lower_threshold_preview
+    reference = run(lm, page.settings(dict(FORM, max_parallel_tokens=2, selection_threshold=0.02)))
+    data = reference.to_plain()
+    statuses = set()
+    for st in reference.steps:
+        table = tempo_app.what_if_lower(data, f"{st.step}:0")
+        lines = [line for line in table.splitlines() if line.startswith("| `")]
+        rows = lower_threshold_preview(reference, st.step)
+        assert len(lines) == len(rows)
+        for line, r in zip(lines, rows):
+            statuses.add(r["status"])
+            assert f"| {r['prob']:.4f} |" in line
+            if r["status"] == "joins":
+                assert f"joins at a threshold ≤ {r['joins_at']:.4f}" in line
+            elif r["status"] == "capped":
+                assert "the set was full (max_parallel_tokens = 2)" in line and "joins" not in line
+            if r["needs_cap"]:
+                assert f"max_parallel_tokens ≥ {r['needs_cap']}" in line
+    assert {"kept", "joins", "capped"} <= statuses
