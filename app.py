@@ -526,6 +526,16 @@ def lesson_buttons(i: int) -> tuple[gr.Button, gr.Button]:
     return gr.Button(interactive=i > 0), gr.Button(interactive=i < len(LESSONS) - 1)
 
 
+LESSON_DETAILS = "*Click a token in the figure for its details.*"
+
+
+def lesson_node(index: int, evt: gr.EventData) -> str:
+    """A token clicked in a lesson's figure: its details, from the lesson's recorded run."""
+    node = str((getattr(evt, "_data", None) or {}).get("node") or "")
+    trace = LESSONS[max(0, min(len(LESSONS) - 1, int(index or 0)))].trace
+    return node_details(trace, node) if find_node(trace, node) else gr.skip()
+
+
 def build_learn_tab() -> dict[str, Any]:
     """The guided walkthrough (components/learn.py): a lesson's text beside its figure, Prev / Next, try it live."""
     text, figure, where = lesson_view(0)
@@ -537,13 +547,14 @@ def build_learn_tab() -> dict[str, Any]:
                     prev = gr.Button("◀ Prev", elem_id="lesson-prev", min_width=70, interactive=False)
                     nxt = gr.Button("Next ▶", elem_id="lesson-next", variant="primary", min_width=70)
                 where_line = gr.Markdown(where, elem_id="lesson-where")
+                lesson_details = gr.Markdown(LESSON_DETAILS, elem_id="lesson-details")
                 try_live = gr.Button("Try it live with these settings", elem_id="lesson-try", size="sm")
             with gr.Column(scale=3, min_width=320):
                 lesson_plot = plotly_view(figure, elem_id="lesson-figure")
         with gr.Accordion("Glossary", open=False):
             gr.Markdown(GLOSSARY)
     return {"text": lesson_text, "plot": lesson_plot, "where": where_line, "prev": prev, "next": nxt,
-            "try": try_live}
+            "try": try_live, "details": lesson_details}
 
 
 def build_demo(app: Explorer) -> gr.Blocks:
@@ -607,7 +618,7 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                     # any value is accepted here and checked by find_node (API callers name a node)
                                     node_pick = gr.Dropdown([], label="Inspect candidate", scale=1,
                                                             allow_custom_value=True)
-                                    details = gr.Markdown(node_details(NO_TRACE, ""))
+                                    details = gr.Markdown(node_details(NO_TRACE, ""), elem_id="node-details")
                                 with gr.Row():
                                     continue_btn = gr.Button("Continue from here (only this candidate)",
                                                              elem_id="continue-here", size="sm")
@@ -637,6 +648,7 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                     with gr.Column():
                                         downloads = gr.HTML("", elem_id="downloads")
                                         share = gr.Textbox(label="Link with these settings", interactive=False,
+                                                           elem_id="share-link",
                                                            buttons=["copy"])
                 gr.Examples(examples(limits), [controls["prompt"], controls["selection_threshold"],
                                                controls["max_tokens"], controls["mode"]], label="Examples")
@@ -706,11 +718,13 @@ def build_demo(app: Explorer) -> gr.Blocks:
         # the Learn tab: lessons from recorded runs; "try it live" fills the form and opens Explore
         def go(i: int, delta: int):
             i = max(0, min(len(LESSONS) - 1, int(i or 0) + delta))
-            return (i, *lesson_view(i), *lesson_buttons(i))
-        lesson_outputs = [lesson, learn["text"], learn["plot"], learn["where"], learn["prev"], learn["next"]]
+            return (i, *lesson_view(i), *lesson_buttons(i), LESSON_DETAILS)
+        lesson_outputs = [lesson, learn["text"], learn["plot"], learn["where"], learn["prev"], learn["next"],
+                          learn["details"]]
         learn["prev"].click(lambda i: go(i, -1), lesson, lesson_outputs, queue=False, api_visibility="private")
         learn["next"].click(lambda i: go(i, 1), lesson, lesson_outputs, queue=False, api_visibility="private")
         learn["try"].click(app.try_lesson, lesson, [*inputs, top], queue=False, api_visibility="private")
+        learn["plot"].click(lesson_node, lesson, learn["details"], api_visibility="private", **view)
 
         # the curve redraws as soon as its controls change, before any generation
         preview = lambda **form: preview_curve(limits, **form)  # noqa: E731

@@ -221,7 +221,7 @@ def _faithfulness_body(t: Trace) -> str:
 
 
 def _tree(t: Trace, step: int | None = None, label: str = "") -> dict:
-    fig = tree_view(t, height=420)
+    fig = tree_view(t, height=420, labelled=frozenset({step}) if step is not None else frozenset())
     return outline_step(fig, step, label) if step is not None else fig
 
 

@@ -128,9 +128,10 @@ class _Nodes:
 
 
 def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int] = frozenset(),
-              live: bool = False, height: int = 470) -> dict:
+              live: bool = False, height: int = 470, labelled: frozenset[int] = frozenset()) -> dict:
     """The token tree as a Plotly figure dict, showing the newest WINDOW steps (a range slider for the rest).
-    `expanded`: first steps of collapsed stretches the user opened; `live`: leave room for the next steps."""
+    `expanded`: first steps of collapsed stretches the user opened; `live`: leave room for the next steps;
+    `labelled`: steps whose every candidate is labelled (a lesson's outlined set), however improbable."""
     if not trace.steps:
         return empty_figure("Token tree — press Generate (or load a trace) to grow it", height)
     path = main_path(trace)
@@ -156,7 +157,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
         for i, c in enumerate(st.candidates):
             nid = f"{st.step}:{i}"
             on_path = nid in path
-            label = show_token(c.shown)[:8] if on_path or c.prob >= LABEL_PROB else ""
+            label = show_token(c.shown)[:8] if on_path or c.prob >= LABEL_PROB or st.step in labelled else ""
             nodes.add(st.step, -i, label, _hover(st, c, trace.mode), nid,
                       PRUNED if not c.alive else prob_colour(c.prob), 8 + 20 * c.prob ** 0.5,
                       "x" if not c.alive else "circle", 3 if on_path else 0.5,

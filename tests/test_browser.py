@@ -32,9 +32,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url():
+    yield from _serve({})
+
+
+@pytest.fixture(scope="module")
+def demo_url():
+    """A classroom server (TEMPO_DEMO=1: the Learn tab first, lower caps, expert settings behind one switch)."""
+    yield from _serve({"TEMPO_DEMO": "1"})
+
+
+def _serve(extra_env: dict):
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", **extra_env}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -55,7 +65,7 @@ def app_url():
     proc.wait(timeout=20)
 
 
-def test_generate_in_a_real_browser(app_url):
+def test_generate_in_a_real_browser(app_url, engine):
     from playwright.sync_api import expect, sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -127,6 +137,43 @@ def test_generate_in_a_real_browser(app_url):
         expect(page.locator("#status")).to_contain_text("Loaded trace", timeout=20_000)
         # the upload refills the form with the trace's settings
         expect(page.locator("#prompt textarea")).to_have_value("What is the capital of France?", timeout=20_000)
+
+        # what the page showed is the engine's trace for the same settings: the download, the tree's labels
+        from components.views import show_token
+        from tempo_core import Trace, build_settings, run
+        shown = json.loads(saved.read_text())
+        made = run(engine, build_settings(shown["settings"]))
+        assert [[(c["token_id"], c["pruned_at"]) for c in st["candidates"]] for st in shown["steps"]] == \
+               [[(c.token_id, c.pruned_at) for c in st.candidates] for st in made.steps]
+        assert [c["prob"] for st in shown["steps"] for c in st["candidates"]] == \
+               pytest.approx([c.prob for st in made.steps for c in st.candidates], abs=1e-5)
+        assert [st["step"] for st in shown["steps"]] == list(range(len(made.steps)))
+        page.get_by_role("tab", name="Tree").click()
+        nodes = next(t for t in _plot(page, "#tempo-tree") if t["name"] == "candidate")
+        trace = Trace.from_dict(shown)
+        assert nodes["customdata"]
+        for node, label in zip(nodes["customdata"], nodes["text"]):
+            s, i = (int(x) for x in node.split(":"))
+            assert label in ("", show_token(trace.steps[s].candidates[i].shown)[:8]), (node, label)
+        assert sum(1 for label in nodes["text"] if label) >= len(trace.steps) // 2  # labels are really drawn
+
+        # the share link gives back every setting on a fresh page
+        page.get_by_role("tab", name="Replay & export").click()
+        link = page.locator("#share-link textarea, #share-link input").first.input_value()
+        assert link.startswith(app_url) and "faithfulness=true" in link
+        fresh = _page(browser, errors)
+        fresh.goto(link, wait_until="load")
+        expect(fresh.locator("input[aria-label='number input for Max tokens']")).to_have_value("24", timeout=60_000)
+        fresh.wait_for_timeout(1000)
+        _open_settings(page)
+        _open_settings(fresh)
+        here, there = _form(page), _form(fresh)
+        settings_inputs = [k for k in here if k.startswith("number input for") and not any(
+            w in k for w in ("Replay", "Play speed", "number input for Step"))]
+        assert len(settings_inputs) >= 15
+        assert {k: there.get(k) for k in settings_inputs} == {k: here[k] for k in settings_inputs}
+        for box in ("Prune by later attention", "Measure faithfulness after the run (Research tab)"):
+            assert there[box] == here[box] is True, box
         browser.close()
     assert errors == []
 
@@ -143,6 +190,55 @@ def _page(browser, errors: list[str], phone: bool = False):
             else browser.new_page(viewport={"width": 1280, "height": 800}))
     page.on("pageerror", lambda e: errors.append(str(e)))
     return page
+
+
+PLOT_DATA = """sel => { const el = document.querySelector(sel);
+  return el && el.data ? el.data.map(t => ({name: t.name || '', x: t.x || [], y: t.y || [], text: t.text || [],
+                                            hovertext: t.hovertext || [], customdata: t.customdata || []})) : null; }"""
+
+
+def _plot(page, selector: str) -> list[dict]:
+    """The traces a Plotly figure on the page draws (what it says, read from the browser)."""
+    return page.evaluate(PLOT_DATA, selector + " .js-plotly-plot")
+
+
+def _download_trace(page, name: str) -> dict:
+    """The trace the page offers for download (Replay & export)."""
+    page.get_by_role("tab", name="Replay & export").click()
+    link = page.get_by_text("Download JSON trace")
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    saved = ARTIFACTS / name
+    download.value.save_as(saved)
+    return json.loads(saved.read_text())
+
+
+def _form(page) -> dict:
+    """The settings form as the page holds it: every labelled input's value (checkboxes as true/false)."""
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('input, textarea')]
+      .filter(e => e.getAttribute('aria-label') || (e.closest('label') && e.type === 'checkbox'))
+      .map(e => [e.getAttribute('aria-label') || e.closest('label').innerText.trim(),
+                 e.type === 'checkbox' ? e.checked : e.value]))""")
+
+
+SETTING_GROUPS = ("Retroactive pruning", "Dynamic threshold (Bezier / ReLU)", "Parallel sets, cache and prompt",
+                  "MCTS and sampling", "Research options")
+
+
+def _open_settings(page) -> None:
+    """Open every group of expert settings (a closed group's inputs are not on the page)."""
+    for group in SETTING_GROUPS:
+        page.get_by_text(group, exact=True).first.click()
+    page.get_by_text("Thinking system prompt (Cogito)").wait_for(timeout=10_000)
+    page.wait_for_timeout(500)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The embedded model in this process: the browser's traces are checked against what it makes."""
+    from tempo_core import load_model
+    return load_model()
 
 
 def _steps(status: str) -> int:
@@ -225,7 +321,7 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
     assert errors == []
 
 
-def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
+def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url, engine):
     """The Learn tab start to end; a step-mode run with one prediction; "continue from here" on a tree node."""
     from playwright.sync_api import expect, sync_playwright
 
@@ -241,6 +337,17 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
             expect(page.locator("#lesson-text")).to_contain_text(lesson.title, timeout=20_000)
             expect(page.locator("#lesson-where")).to_contain_text(f"Lesson {i + 1} of {len(LESSONS)}")
             expect(page.locator("#lesson-figure .js-plotly-plot")).to_be_visible(timeout=20_000)
+            (expect(page.locator("#lesson-prev")).to_be_disabled if i == 0 else
+             expect(page.locator("#lesson-prev")).to_be_enabled)()
+            (expect(page.locator("#lesson-next")).to_be_disabled if i == len(LESSONS) - 1 else
+             expect(page.locator("#lesson-next")).to_be_enabled)()
+            # every token the lesson names is in the figure beside it (a label, a hover text or an outline)
+            page.wait_for_timeout(300)
+            words = json.dumps(_plot(page, "#lesson-figure"), ensure_ascii=False) + page.evaluate(
+                "() => [...document.querySelectorAll('#lesson-figure .annotation-text')].map(e => e.textContent)"
+                ".join(' ')")
+            for token in page.locator("#lesson-text code").all_inner_texts():
+                assert token in words, (i, token)
             if i in (1, 3, 5):
                 page.wait_for_timeout(400)
                 page.screenshot(path=str(ARTIFACTS / f"learn-{i + 1}.png"))
@@ -282,13 +389,35 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
         expect(page.get_by_text("token id").first).to_be_visible(timeout=20_000)
         page.locator("#what-if").click()
         expect(page.locator("#what-if-result")).to_contain_text("at lower thresholds", timeout=20_000)
+        details = page.locator("#node-details").inner_text()
+        step = int(re.search(r"logical step (\d+)", details).group(1))
+        index = int(re.search(r"rank (\d+) of", details).group(1)) - 1
         page.locator("#continue-here").click()
         expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "continued.png"))
+        # the continued run the page holds is the engine's continue_from of the recorded run at that node
+        from components.learn import recorded
+        from tempo_core.steer import continue_from
+        continued = _download_trace(page, "continued-trace.json")
+        original = recorded("tempo")
+        made = None
+        for made in continue_from(engine, original, step, index):
+            pass
+        made = made.trace
+        assert [st["step"] for st in continued["steps"]] == list(range(len(made.steps)))
+        assert [[c["token_id"] for c in st["candidates"]] for st in continued["steps"]] == \
+               [[c.token_id for c in st.candidates] for st in made.steps]
+        assert continued["text"] == made.text
         page.get_by_role("tab", name="Compare").click()
         expect(page.locator("#compare-a input")).to_have_value(re.compile("continued"), timeout=30_000)
         expect(page.locator("#compare-b input")).to_have_value(re.compile("recorded"))
         expect(page.locator("#compare-diff")).to_contain_text("only in", timeout=20_000)
+        diff = {t["name"]: t for t in _plot(page, "#compare-diff")}
+        assert diff["only in A"]["x"] and diff["only in B"]["x"] and diff["same in both"]["x"]  # every colour
+        points = [(x, y) for name in ("only in A", "only in B", "same in both")
+                  for x, y in zip(diff[name]["x"], diff[name]["y"])]
+        assert len(points) == len(set(points))  # nothing hides under anything else
+        page.locator("#compare-diff").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "compare-continued.png"))
 
         phone = _page(browser, errors, phone=True)
@@ -299,5 +428,78 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url):
         phone.wait_for_timeout(400)
         phone.screenshot(path=str(ARTIFACTS / "phone-learn.png"), full_page=True)
         assert phone.evaluate("document.documentElement.scrollWidth") <= 392
+        browser.close()
+    assert errors == []
+
+
+def test_demo_mode_walkthrough_generates_and_steps_within_the_classroom_caps(demo_url):
+    """A teacher's first clicks on a classroom server: each lesson's Try it live, the recorded examples and the
+    Examples rows, each followed by Generate (and Step), all within the demo caps, with no error anywhere."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from components.controls import EXAMPLES
+    from components.learn import LESSONS
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        errors: list[str] = []
+        page = _page(browser, errors)
+        page.goto(demo_url + "/", wait_until="load")
+        expect(page.locator("#lesson-text")).to_contain_text(LESSONS[0].title, timeout=60_000)
+
+        def generate_and_step(what: str) -> None:
+            before = page.locator("#status").inner_text()
+            page.locator("#generate").click()
+            page.wait_for_function("prev => { const t = document.querySelector('#status').innerText;"
+                                   " return t !== prev && (t.startsWith('Done') || t.includes('Error')); }",
+                                   arg=before, timeout=180_000)
+            assert page.locator("#status").inner_text().startswith("Done"), (what, page.locator("#status").inner_text())
+            page.locator("#step").click()  # a classroom predicts first: the step's question, or the step itself
+            expect(page.locator("#status")).to_have_text(re.compile(r"Step 0: which tokens pass|\(1 step\)"),
+                                                         timeout=60_000)
+            assert page.locator(".toast-body").count() == 0, (what, page.locator(".toast-body").all_inner_texts())
+
+        for i in range(len(LESSONS)):
+            page.get_by_role("tab", name="Learn").click()
+            expect(page.locator("#lesson-where")).to_contain_text(f"Lesson {i + 1} of", timeout=20_000)
+            if i in (0, 6, 7):  # greedy, the threshold curve (32 tokens) and faithfulness (a research phase)
+                page.locator("#lesson-try").click()
+                expect(page.locator("#generate")).to_be_visible(timeout=20_000)
+                generate_and_step(f"lesson {i + 1}")
+                page.get_by_role("tab", name="Learn").click()
+            if i < len(LESSONS) - 1:
+                page.locator("#lesson-next").click()
+        page.get_by_role("tab", name="Explore").click()
+        for name in ("greedy", "tempo", "curve"):
+            page.locator(f"#recorded-{name}").click()
+            expect(page.locator("#status")).to_contain_text("Recorded run", timeout=20_000)
+            generate_and_step(f"recorded {name}")
+        longest = max(EXAMPLES, key=lambda row: row[2])  # 60 tokens, over the classroom's 48
+        page.get_by_text(longest[0], exact=True).first.click()
+        expect(page.locator("#prompt textarea")).to_have_value(longest[0], timeout=20_000)
+        expect(page.locator("input[aria-label='number input for Max tokens']")).to_have_value("48")
+        generate_and_step("the longest example")
+        # the expert settings open right under their switch
+        switch = page.locator("#advanced").bounding_box()
+        page.locator("#advanced input").check()
+        expect(page.locator("#expert-settings")).to_be_visible(timeout=10_000)
+        assert page.locator("#expert-settings").bounding_box()["y"] > switch["y"]
+        page.screenshot(path=str(ARTIFACTS / "demo-explore.png"))
+
+        phone = _page(browser, errors, phone=True)
+        phone.goto(demo_url + "/", wait_until="load")
+        expect(phone.locator("#lesson-text")).to_contain_text(LESSONS[0].title, timeout=60_000)
+        for i in range(len(LESSONS)):
+            if i in (0, 2, 5, 7):
+                phone.wait_for_timeout(500)
+                phone.screenshot(path=str(ARTIFACTS / f"phone-lesson-{i + 1}.png"), full_page=True)
+            if i < len(LESSONS) - 1:
+                phone.locator("#lesson-next").click()
+                expect(phone.locator("#lesson-where")).to_contain_text(f"Lesson {i + 2} of", timeout=20_000)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 392
+        phone.get_by_role("tab", name="Explore").click()
+        phone.wait_for_timeout(500)
+        phone.screenshot(path=str(ARTIFACTS / "phone-demo-explore.png"), full_page=True)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 392  # the Examples table too
         browser.close()
     assert errors == []

@@ -248,3 +248,13 @@ def test_what_if_states_each_rows_threshold_as_the_engine_computed_it(page, lm):
             if r["needs_cap"]:
                 assert f"max_parallel_tokens ≥ {r['needs_cap']}" in line
     assert {"kept", "joins", "capped"} <= statuses
+
+
+def test_a_token_clicked_in_a_lesson_figure_shows_its_details_from_the_lessons_run():
+    from components.inspect import node_details
+    for i, lesson in enumerate(LESSONS):
+        st = lesson.trace.steps[1]
+        node = f"1:{len(st.candidates) - 1}"
+        assert tempo_app.lesson_node(i, SimpleNamespace(_data={"node": node})) == node_details(lesson.trace, node)
+        assert f"token id {st.candidates[-1].token_id}" in tempo_app.lesson_node(i, SimpleNamespace(_data={"node": node}))
+        assert isinstance(tempo_app.lesson_node(i, SimpleNamespace(_data={"node": "99:0"})), dict)  # ignored
