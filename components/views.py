@@ -183,9 +183,9 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
          "line": {"color": "rgba(120,120,140,0.35)", "width": 1}, "name": "seen by next step"},
         {"type": "scatter", "x": edges[True][0], "y": edges[True][1], "mode": "lines", "hoverinfo": "skip",
          "line": {"color": PATH, "width": 3}, "name": "main path"},
-        _scatter(nodes, "candidate", 11, "#222"),
-        _scatter(misses, "near miss", 9, "#999"),
-        _scatter(runs, "one-candidate steps", 11, "#222"),
+        _scatter(nodes, "candidate"), _scatter(misses, "near miss"), _scatter(runs, "one-candidate steps"),
+        _labels(nodes, "candidate", 11, "#222"), _labels(misses, "near miss", 9, "#999"),
+        _labels(runs, "one-candidate steps", 11, "#222"),
     ]
     ids = set(nodes.ids)
     if selected and selected in ids:
@@ -208,6 +208,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
               "margin": {"l": 10, "r": 10, "t": 70, "b": 30}, "showlegend": True, "xaxis": xaxis,
               "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 1, "xanchor": "right",
                          "font": {"size": 11}},
+              "xaxis2": {"matches": "x", "overlaying": "x", "visible": False},  # the labels' axis (_labels)
               "yaxis": {"visible": False, "range": [-(deepest - 0.4), 0.9], "fixedrange": True}}
     return {"data": data, "layout": layout}
 
@@ -217,12 +218,21 @@ def _line(xy: tuple[list, list], a: tuple[float, float], b: tuple[float, float])
     xy[1].extend((a[1], b[1], None))
 
 
-def _scatter(n: _Nodes, name: str, font: int, colour: str) -> dict:
-    return {"type": "scatter", "x": n.x, "y": n.y, "mode": "markers+text", "text": n.text, "textposition": n.pos,
-            "textfont": {"size": font, "color": colour}, "customdata": n.ids, "hovertext": n.hover,
+def _scatter(n: _Nodes, name: str) -> dict:
+    return {"type": "scatter", "x": n.x, "y": n.y, "mode": "markers", "customdata": n.ids, "hovertext": n.hover,
             "hoverinfo": "text", "name": name, "cliponaxis": False,
             "marker": {"size": n.size, "color": n.colour, "symbol": n.symbol,
                        "line": {"width": n.ring, "color": [PATH if w == 3 else "#333" for w in n.ring]}}}
+
+
+def _labels(n: _Nodes, name: str, font: int, colour: str) -> dict:
+    """The nodes' labels as a trace of their own on `x2`, an invisible axis that follows x's range: the range
+    slider under the tree draws only x's traces, so its overview is not a band of repeated labels."""
+    keep = [i for i, t in enumerate(n.text) if t]
+    return {"type": "scatter", "xaxis": "x2", "x": [n.x[i] for i in keep], "y": [n.y[i] for i in keep],
+            "mode": "text", "text": [n.text[i] for i in keep], "customdata": [n.ids[i] for i in keep],
+            "textposition": [n.pos[i] for i in keep], "textfont": {"size": font, "color": colour},
+            "hoverinfo": "skip", "name": f"{name} labels", "showlegend": False, "cliponaxis": False}
 
 
 def empty_figure(title: str, height: int) -> dict:

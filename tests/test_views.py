@@ -22,6 +22,12 @@ LONG = {"prompt": "the cat", "max_tokens": 200, "selection_threshold": 0.05, "us
         "attention_threshold": 0.05}
 
 
+def labels_of(fig: dict, name: str) -> dict[str, str]:
+    """The labels a tree draws for its `name` nodes: {node id: label}."""
+    t = next(t for t in fig["data"] if t["name"] == f"{name} labels")
+    return dict(zip(t["customdata"], t["text"]))
+
+
 def _lm():
     return tiny_llama(seed=3)
 
@@ -115,10 +121,17 @@ def test_labels_only_where_they_fit_and_the_view_follows_the_newest_steps():
     trace = run(lm, build_settings(LONG))
     fig = tree_view(trace, live=True)
     nodes = next(t for t in fig["data"] if t["name"] == "candidate")
+    labels = labels_of(fig, "candidate")
     path = main_path(trace)
-    probs = {f"{st.step}:{i}": c.prob for st in trace.steps for i, c in enumerate(st.candidates)}
-    for nid, label in zip(nodes["customdata"], nodes["text"]):
-        assert bool(label) == (nid in path or probs[nid] >= LABEL_PROB)
+    cands = {f"{st.step}:{i}": c for st in trace.steps for i, c in enumerate(st.candidates)}
+    for nid in nodes["customdata"]:
+        c = cands[nid]
+        assert (nid in labels) == (nid in path or c.prob >= LABEL_PROB)
+        assert labels.get(nid, show_token(c.shown)[:8]) == show_token(c.shown)[:8]
+    # the labels sit on x2, which follows x and is not drawn in the range slider's overview
+    assert fig["layout"]["xaxis2"] == {"matches": "x", "overlaying": "x", "visible": False}
+    assert all(t.get("xaxis") == "x2" for t in fig["data"] if t["name"].endswith(" labels"))
+    assert all(t["mode"] == "markers" for t in fig["data"] if t["name"] in ("candidate", "near miss"))
     lo, hi = fig["layout"]["xaxis"]["range"]
     assert hi - lo <= WINDOW + 1.5 and hi > 199  # the newest steps
     assert fig["layout"]["xaxis"]["rangeslider"]["visible"]  # and an overview of all of them
@@ -136,11 +149,11 @@ def test_near_misses_are_drawn_greyed_and_listed_in_the_inspector():
     misses = next(t for t in tree_view(trace, expanded=everything)["data"] if t["name"] == "near miss")
     assert "miss:0:0" in misses["customdata"] and misses["marker"]["symbol"][0] == "circle-open"
     best = trace.steps[0].alternatives[0]
-    assert misses["text"][0] == show_token(best["text"])[:6]  # the token; its probability in the hover
+    labels = labels_of(tree_view(trace, expanded=everything), "near miss")
+    assert labels["miss:0:0"] == show_token(best["text"])[:6]  # the token; its probability in the hover
     assert f"p = {best['prob']:.4f}" in misses["hovertext"][0]
     # one label per pair of columns, so neighbouring labels never run into each other
-    labelled = [x for x, t in zip(misses["x"], misses["text"]) if t]
-    assert labelled and all(x % 2 == 0 for x in labelled)
+    assert labels and all(int(node.split(":")[1]) % 2 == 0 for node in labels)
     assert "top alternatives not chosen" in node_details(trace, "0:0")
 
 
