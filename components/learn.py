@@ -220,9 +220,23 @@ def _faithfulness_body(t: Trace) -> str:
             f"**Explore** and press Generate.")
 
 
-def _tree(t: Trace, step: int | None = None, label: str = "") -> dict:
-    fig = tree_view(t, height=420, labelled=frozenset({step}) if step is not None else frozenset())
-    return outline_step(fig, step, label) if step is not None else fig
+LESSON_STEPS = 9  # tree columns a lesson shows (the part it talks about among them), on a laptop and a phone
+
+
+def _near(fig: dict, step: int, steps: int) -> dict:
+    """Show LESSON_STEPS columns from just before `step`, the rest a drag of the range slider away (the page
+    leaves a lesson's window as it is, phones included)."""
+    lo = max(-0.6, step - 2.5)
+    fig["layout"]["meta"] = "tempo-lesson"
+    fig["layout"]["xaxis"]["range"] = [lo, lo + LESSON_STEPS + 0.2]
+    if steps > LESSON_STEPS:
+        fig["layout"]["xaxis"]["rangeslider"] = {"visible": True, "thickness": 0.07}
+    return fig
+
+
+def _tree(t: Trace, step: int, label: str) -> dict:
+    fig = tree_view(t, height=420, labelled=frozenset({step}))
+    return outline_step(_near(fig, step, len(t.steps)), step, label)
 
 
 def _greedy_tree(t: Trace) -> dict:
@@ -230,8 +244,7 @@ def _greedy_tree(t: Trace) -> dict:
     first step outlined."""
     fig = tree_view(t, expanded=frozenset(range(len(t.steps))), height=420)
     first = t.steps[0].candidates[0]
-    fig["layout"]["xaxis"]["range"] = [-0.6, min(len(t.steps), 9) - 0.4]  # the first steps readable
-    return outline_step(fig, 0, f"{show_token(first.shown)} {first.prob:.2f}")
+    return outline_step(_near(fig, 0, len(t.steps)), 0, f"{show_token(first.shown)} {first.prob:.2f}")
 
 
 def _heatmap(t: Trace) -> dict:

@@ -105,3 +105,12 @@ def test_lesson_8_says_what_the_faithfulness_numbers_show():
     high = sum(s["kl"] > 0.5 for s in f["steps"])
     assert f"agrees at {agree} of {len(f['steps'])} steps" in text and f"{high} steps have KL above 0.5" in text
     assert "shortcut holds" not in text if agree < 0.8 * len(f["steps"]) else "shortcut holds" in text
+
+
+@pytest.mark.parametrize("index", [0, 1, 4])
+def test_a_lesson_tree_shows_the_step_it_talks_about_in_a_window_a_phone_can_read(index):
+    _, fig, _ = lesson_view(index)
+    box = next(s for s in fig["layout"]["shapes"] if s.get("xref") == "x")
+    lo, hi = fig["layout"]["xaxis"]["range"]
+    assert lo <= box["x0"] and box["x1"] <= hi and hi - lo <= 9.2
+    assert fig["layout"]["meta"] == "tempo-lesson"  # the page keeps this window on a phone too
