@@ -66,6 +66,13 @@ CSS = WIDGET_CSS + """
 .legend-line p {font-size: 12.5px; color: #666; margin: 0}
 .tempo-downloads a {margin-right: .4em}
 #sweep-table th {white-space: nowrap; word-break: keep-all}
+/* the Examples tables fit a phone: cells wrap instead of the table scrolling sideways */
+@media (max-width: 600px) {
+  .table-wrap {overflow-x: hidden !important}
+  .table-wrap table {table-layout: fixed; width: 100%}
+  .table-wrap td, .table-wrap th {white-space: normal !important; overflow-wrap: anywhere; padding: 4px !important;
+                                  font-size: 12px}
+}
 #sweep-table {overflow-x: auto}
 """
 
@@ -631,7 +638,7 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                             "= more); red outline: below the threshold then; ✕ where one was pruned "
                                             "(click it for its rewind).*", elem_classes="legend-line")
                                 heat_plot = plotly_view(empty_figure(
-                                    "Pruning heatmap — press Generate (with pruning on) to fill it", 300),
+                                    "Pruning heatmap", 300, "press Generate (with pruning on) to fill it"),
                                     elem_id="tempo-heatmap", max_height=620)
                             with gr.Tab("Threshold curve", id="curve"):
                                 gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU "

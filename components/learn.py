@@ -91,11 +91,26 @@ def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tupl
                      "bgcolor": "rgba(255,255,255,0.85)"}, label)
 
 
+def _one_panel(fig: dict, axis: str) -> dict:
+    """Of the positions & mask figure's two panels, keep the one on x axis `axis` ("x": positions, "x2": the
+    mask), full width: side by side they do not fit a phone. The panels' own titles go (the lesson titles the
+    figure)."""
+    fig["data"] = [tr for tr in fig["data"] if tr.get("xaxis", "x") == axis]
+    fig["layout"][f"xaxis{axis[1:]}"]["domain"] = [0.0, 1.0]
+    other = "x2" if axis == "x" else "x"
+    fig["layout"][f"xaxis{other[1:]}"]["visible"] = False
+    fig["layout"][f"yaxis{other[1:]}"]["visible"] = False
+    fig["layout"]["annotations"] = [a for a in fig["layout"].get("annotations", []) if a.get("xref") != "paper"]
+    return fig
+
+
 def _positions(t: Trace, part: str) -> dict:
     """The positions & mask figure of the first set, its rows (left) or its siblings' mask cells (right) outlined."""
     b = first_branch(t)
     st = t.steps[b]
-    fig = positions_figure(t, b).to_dict()
+    fig = _one_panel(positions_figure(t, b).to_dict(), "x" if part == "positions" else "x2")
+    fig["layout"]["title"]["text"] = (f"Step {b}: {len(st.candidates)} siblings at position {st.position}"
+                                      if part == "positions" else f"Step {b}: what its candidates may attend to")
     first, k = st.candidates[0].row, len(st.candidates)
     # zoom in on the set and the tokens just before it (the whole prompt stays a drag away)
     fig["layout"].setdefault("xaxis", {})["range"] = [first - 10.5, first + k + 0.5]

@@ -40,14 +40,14 @@ def faithfulness_figure(trace: Trace) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=[s["set_jaccard"] for s in steps], name="selected-set overlap (Jaccard)",
                              mode="lines+markers", line=dict(color=PATH)), secondary_y=True)
     ppl = lambda v: "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"  # noqa: E731 - no text: no perplexity
-    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}, top token agrees "
-                             f"{sum(s['top_agree'] for s in steps)}/{len(steps)}<br><sup>clean-text perplexity "
-                             f"{ppl(f['clean_ppl'])} vs greedy {ppl(f['greedy_ppl'])}</sup>"),
+    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}<br><sup>top token agrees "
+                             f"{sum(s['top_agree'] for s in steps)}/{len(steps)} · perplexity "
+                             f"{ppl(f['clean_ppl'])} (clean text) vs {ppl(f['greedy_ppl'])} (greedy)</sup>"),
                       template="plotly_white", height=340, uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title="logical step (red bar: the top tokens differ)")
     fig.update_yaxes(title="KL (nats)", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title="overlap", range=[0, 1.05], secondary_y=True, showgrid=False)
+    fig.update_yaxes(title="overlap", range=[0, 1.05], dtick=0.25, secondary_y=True, showgrid=False)
     return fig
 
 

@@ -133,7 +133,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     `expanded`: first steps of collapsed stretches the user opened; `live`: leave room for the next steps;
     `labelled`: steps whose every candidate is labelled (a lesson's outlined set), however improbable."""
     if not trace.steps:
-        return empty_figure("Token tree — press Generate (or load a trace) to grow it", height)
+        return empty_figure("Token tree", height, "press Generate (or load a trace) to grow it")
     path = main_path(trace)
     cols = units(trace, expanded)
     nodes, misses, runs = _Nodes(), _Nodes(), _Nodes()
@@ -235,9 +235,11 @@ def _labels(n: _Nodes, name: str, font: int, colour: str) -> dict:
             "hoverinfo": "skip", "name": f"{name} labels", "showlegend": False, "cliponaxis": False}
 
 
-def empty_figure(title: str, height: int) -> dict:
-    """A figure with nothing to draw yet: its title says what to do."""
-    return {"data": [], "layout": {"title": {"text": title, "font": {"size": 15}}, "template": "plotly_white",
+def empty_figure(title: str, height: int, hint: str = "") -> dict:
+    """A figure with nothing to draw yet: its title, and under it (short lines, for a phone) what to do."""
+    text = f"{title}<br><sup>{hint}</sup>" if hint else title
+    return {"data": [], "layout": {"title": {"text": text, "font": {"size": 15}, "x": 0.01, "xanchor": "left"},
+                                   "template": "plotly_white",
                                    "uirevision": UIREVISION, "height": height, "xaxis": {"visible": False},
                                    "yaxis": {"visible": False}}}
 
@@ -265,12 +267,12 @@ def heatmap_view(trace: Trace) -> dict:
     one column per step after it (1 .. pruning window), so the grid stays as narrow as the window at any run
     length and its height grows by one short row per candidate (the page scrolls it)."""
     if trace.mode != "tempo" or not trace.settings.get("use_retroactive_pruning"):
-        return empty_figure("Pruning heatmap — retroactive pruning is off: tick 'Prune by later attention' "
-                      "(Retroactive pruning) and generate", 300)
+        return empty_figure("Pruning heatmap", 300, "retroactive pruning is off: tick 'Prune by later "
+                                                    "attention'<br>(Retroactive pruning) and generate")
     rows = at_risk(trace)
     if not rows:
-        return empty_figure("Pruning heatmap — no candidate has come near the pruning threshold yet "
-                      "(raise the attention threshold to prune more)", 300)
+        return empty_figure("Pruning heatmap", 300, "no candidate has come near the pruning threshold yet<br>"
+                                                    "(raise the attention threshold to prune more)")
     thr = {st.step: st.pruning_threshold or 0.0 for st in trace.steps}
     window = max((s - st for st, _, c in rows for s in c.attention_by_step), default=1)
     cols = list(range(1, window + 1))
@@ -307,7 +309,8 @@ def heatmap_view(trace: Trace) -> dict:
     shown = f"{lo:.3f}" if abs(hi - lo) < 1e-9 else f"{lo:.3f}–{hi:.3f} (see Threshold curve)"
     plot = 20 * len(rows)  # px of rows; the title, the legend and the column labels sit above them
     height = plot + 150
-    layout = {"title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk · pruning threshold {shown}",
+    layout = {"title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk<br>"
+                                f"<sup>pruning threshold {shown}</sup>",
                         "font": {"size": 14}, "x": 0.01, "xanchor": "left", "y": 1 - 12 / height, "yanchor": "top"},
               "template": "plotly_white", "uirevision": UIREVISION, "height": height,
               "margin": {"l": 10, "r": 10, "t": 120, "b": 30},
