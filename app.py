@@ -434,7 +434,8 @@ def play_speed(value: Any) -> float:
     except (TypeError, ValueError, OverflowError):
         speed = float("nan")
     if not lo <= speed <= hi:  # NaN fails too
-        raise SettingsError("play_speed", f"must be a number in [{lo:g}, {hi:g}] steps a second, got {echo_value(value)}")
+        raise SettingsError("play_speed",
+                            f"must be a number in [{lo:g}, {hi:g}] steps a second, got {echo_value(value)}")
     return speed
 
 
@@ -592,7 +593,8 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                     ui["step"] = gr.Button("Step", elem_id="step", min_width=60)
                                     ui["play"] = gr.Button("Play", elem_id="play", min_width=60)
                                     ui["pause"] = gr.Button("Pause", elem_id="pause", min_width=60)
-                                ui["speed"] = gr.Slider(*PLAY_SPEEDS, value=1, step=0.5, label="Play speed (steps a second)")
+                                ui["speed"] = gr.Slider(*PLAY_SPEEDS, value=1, step=0.5,
+                                                        label="Play speed (steps a second)")
                                 ui["predict"] = gr.Checkbox(value=limits.demo, label="Predict before each step",
                                                             elem_id="predict")
                                 ui["choices"] = gr.CheckboxGroup([], label="Which tokens pass the threshold?",

@@ -87,7 +87,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
     with gr.Column(visible=expert_visible, elem_id="expert-settings") as expert:
         with gr.Accordion("Retroactive pruning", open=False):
             # on by default in the app, at a threshold where the examples visibly prune (a few candidates each)
-            c["use_retroactive_pruning"] = gr.Checkbox(value=d.use_retroactive_pruning, label="Prune by later attention")
+            c["use_retroactive_pruning"] = gr.Checkbox(value=d.use_retroactive_pruning,
+                                                       label="Prune by later attention")
             c["attention_threshold"] = setting_slider(0.0, 0.2, value=d.attention_threshold, step=0.001,
                                                  label="Attention threshold")
             c["pruning_window"] = setting_slider(1, 16, value=d.pruning_window, step=1, label="Pruning window (steps)")
@@ -132,7 +133,8 @@ def build_controls(limits: Limits, after_prompt: Callable[[], None] | None = Non
             c["show_token_ids"] = gr.Checkbox(value=False, label="Show token ids in the text")
         with gr.Accordion("MCTS and sampling", open=False):
             with gr.Row():
-                c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=d.mcts_simulations, step=1, label="MCTS simulations")
+                c["mcts_simulations"] = setting_slider(1, limits.mcts_simulations, value=d.mcts_simulations, step=1,
+                                                       label="MCTS simulations")
                 c["mcts_depth"] = setting_slider(1, limits.mcts_depth, value=d.mcts_depth, step=1,
                                             label="MCTS depth")
             c["mcts_c_puct"] = setting_slider(0.1, 10.0, value=d.mcts_c_puct, step=0.1, label="MCTS c_puct")

@@ -80,7 +80,8 @@ def report_html(trace: Trace) -> str:
             f"opacity:.6}} .set{{background:#f3f0ff}} td{{padding:0 8px}}</style></head><body>"
             f"<h1>TEMPO run</h1><p><b>Model</b> {esc(trace.model)} · <b>mode</b> {esc(trace.mode)} · "
             f"<b>stop</b> {esc(trace.stop_reason)}</p><p><b>Prompt</b> {esc(trace.prompt)}</p>"
-            f"{text_html(trace)}{faithfulness_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table></body></html>")
+            f"{text_html(trace)}{faithfulness_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table>"
+            f"</body></html>")
 
 
 def save_figures(trace: Trace, out: Path) -> list[str]:

@@ -118,7 +118,7 @@ def _positions(t: Trace, part: str) -> dict:
     fig["layout"].setdefault("xaxis2", {})["range"] = [first - 8.5, first + k - 0.5]
     if part == "positions":
         return outline_box(fig, "x", "y", (first - 0.6, first + k - 0.4), (st.position - 0.8, st.position + 0.8),
-                           f"{k} rows, one position")
+                           f"{k} rows, one position", label_left=True)
     return outline_box(fig, "x2", "y2", (first - 0.5, first + k - 0.5), (-0.5, k - 0.5), "siblings hidden",
                        label_left=True)
 
@@ -165,7 +165,8 @@ def _threshold_body(t: Trace) -> str:
 def _position_body(t: Trace) -> str:
     b = first_branch(t)
     st = t.steps[b]
-    return (f"All tokens of a set go into the **same** sequence, one after another (left: physical rows), but "
+    return (f"All tokens of a set go into the **same** sequence, one after another (the figure: physical rows "
+            f"across, position ids up), but "
             f"they get the **same position id**, {st.position}, so the model's rotary position encoding (RoPE) "
             f"sees them all as “the token at position {st.position}”. One sequence and one KV cache hold every "
             f"branch at once; no copies of the prompt.")
@@ -173,7 +174,8 @@ def _position_body(t: Trace) -> str:
 
 def _mask_body(t: Trace) -> str:
     b = first_branch(t)
-    return (f"Right: the **mask** of step {b}'s queries. A row is one candidate, a column a token it might look at "
+    return (f"The figure: the **mask** of step {b}'s queries. A row is one candidate, a column a token it might "
+            f"look at "
             f"(dark = allowed). Every candidate sees the whole prompt and the earlier steps, but **not its "
             f"siblings**: they are alternatives, not a phrase, so none of them may read the others. Rows pruned "
             f"earlier are hidden the same way.")

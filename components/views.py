@@ -167,7 +167,8 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
                 leaving.append((st.step, -i, nid))
         k = len(st.candidates)
         for j, alt in enumerate(st.alternatives[:3] if trace.mode == "tempo" else []):
-            label = show_token(alt["text"])[:6] if j == 0 and st.step % 2 == 0 else ""  # room for one label a column pair
+            # room for one near-miss label per pair of columns
+            label = show_token(alt["text"])[:6] if j == 0 and st.step % 2 == 0 else ""
             misses.add(st.step, -(k + j), label,
                        f"not kept: <b>{html.escape(show_token(alt['text']))}</b> p = {alt['prob']:.4f} "
                        f"(below the selection threshold {st.selection_threshold:.3f} or past the set cap)",

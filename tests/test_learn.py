@@ -86,7 +86,8 @@ def test_lesson_1_shows_every_greedy_step_and_outlines_the_first_token_with_its_
     first = greedy.steps[0]
     from components.views import show_token
     label = f"{show_token(first.candidates[0].shown)} {first.candidates[0].prob:.2f}"
-    assert any(label in a["text"] for a in fig["layout"]["annotations"]) and f"p = {first.candidates[0].prob:.2f}" in text
+    assert any(label in a["text"] for a in fig["layout"]["annotations"])
+    assert f"p = {first.candidates[0].prob:.2f}" in text
     misses = next(t for t in fig["data"] if t["name"] == "near miss")
     assert 0 in misses["x"] and show_token(first.alternatives[0]["text"]) in text
 

@@ -256,5 +256,6 @@ def test_a_token_clicked_in_a_lesson_figure_shows_its_details_from_the_lessons_r
         st = lesson.trace.steps[1]
         node = f"1:{len(st.candidates) - 1}"
         assert tempo_app.lesson_node(i, SimpleNamespace(_data={"node": node})) == node_details(lesson.trace, node)
-        assert f"token id {st.candidates[-1].token_id}" in tempo_app.lesson_node(i, SimpleNamespace(_data={"node": node}))
+        shown = tempo_app.lesson_node(i, SimpleNamespace(_data={"node": node}))
+        assert f"token id {st.candidates[-1].token_id}" in shown
         assert isinstance(tempo_app.lesson_node(i, SimpleNamespace(_data={"node": "99:0"})), dict)  # ignored
