@@ -706,8 +706,9 @@ def build_demo(app: Explorer) -> gr.Blocks:
                                        api_name="continue_from", **model))
         what_if_btn.click(what_if_lower, [trace_state, node_pick], what_if, api_visibility="private", **view)
 
-        node_pick.change(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
-                         api_visibility="private", **view)
+        # .input, not .change: a click already drew the tree and the details; only a pick from the list redraws
+        node_pick.input(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
+                        api_visibility="private", **view)
         click_outputs = [tree_plot, details, node_pick, research["rewind_pick"], outer, research["tabs"], expanded]
         for source in (text_box, tree_plot, heat_plot):
             source.click(clicked, [trace_state, expanded], click_outputs, api_visibility="private", **view)

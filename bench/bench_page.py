@@ -62,25 +62,6 @@ def main() -> None:
             after = [d for t, d in long_tasks if t + d >= done_at]
 
             page.locator("#tempo-tree").scroll_into_view_if_needed()
-            clicks = []
-            nodes = page.locator("#tempo-tree .scatterlayer .trace:nth-child(3) .points path")
-            for i in range(args.rounds):
-                box = nodes.nth(nodes.count() - 1 - 2 * i).bounding_box()
-                page.evaluate("""() => {
-                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'))
-                      || document.body;
-                  window.__detailsText = el.innerText;
-                }""")
-                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                page.evaluate("window.__t0 = performance.now()")
-                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-                page.wait_for_function("""() => {
-                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'));
-                  if (!el || el.innerText === window.__detailsText) return false;
-                  window.__t1 = performance.now(); return true;
-                }""", timeout=30_000, polling="raf")
-                clicks.append(page.evaluate("window.__t1 - window.__t0"))
-
             drags = []
             slider = page.locator("#tempo-tree .rangeslider-slidebox")
             for i in range(args.rounds):
@@ -103,6 +84,34 @@ def main() -> None:
                 # the redraw is done once two animation frames have passed after the range changed
                 drags.append(page.evaluate("""() => new Promise(r => requestAnimationFrame(() =>
                   requestAnimationFrame(() => r(performance.now() - window.__t0))))"""))
+            # nodes in view: the first steps (a long run's last ones are often one collapsed stretch)
+            page.evaluate("Plotly.relayout(document.querySelector('#tempo-tree .js-plotly-plot'), "
+                          "{'xaxis.range': [-0.6, 24.5]})")
+            page.wait_for_timeout(1000)
+            area = page.locator("#tempo-tree .nsewdrag").first.bounding_box()
+            # the candidates' markers (the third trace, after the two edge traces), those inside the plot area
+            boxes = [b for b in (p.bounding_box() for p in
+                                 page.locator("#tempo-tree .scatterlayer .trace:nth-child(3) .points path").all())
+                     if b and area["x"] < b["x"] + b["width"] / 2 < area["x"] + area["width"]
+                     and area["y"] < b["y"] + b["height"] / 2 < area["y"] + area["height"]]
+            clicks = []
+            for i in range(args.rounds):
+                box = boxes[(3 * i) % len(boxes)]
+                page.evaluate("""() => {
+                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'))
+                      || document.body;
+                  window.__detailsText = el.innerText;
+                }""")
+                page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.evaluate("window.__t0 = performance.now()")
+                page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_function("""() => {
+                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'));
+                  if (!el || el.innerText === window.__detailsText) return false;
+                  window.__t1 = performance.now(); return true;
+                }""", timeout=30_000, polling="raf")
+                clicks.append(page.evaluate("window.__t1 - window.__t0"))
+
             browser.close()
     finally:
         proc.terminate()
