@@ -474,31 +474,42 @@ def preview_curve(limits: Limits, **form: Any):
         return gr.skip()
 
 
-def clicked(data: dict | None, expanded: list | None, evt: gr.EventData):
-    """A node of the tree or heatmap, or a token of the text, was clicked: (tree, details, pick, rewind pick,
-    outer tab, research tab, expanded stretches). A collapsed stretch expands; a pruned cross in the heatmap
-    opens its rewind."""
-    event = getattr(evt, "_data", None) or {}
-    node = str(event.get("node") or "")
-    skip = (gr.skip(),) * 7
-    if not data or not node:
-        return skip
+def expand_stretch(data: dict | None, expanded: list | None, evt: gr.EventData):
+    """A collapsed stretch of the tree was clicked: (tree with it opened, expanded stretches)."""
+    node = str((getattr(evt, "_data", None) or {}).get("node") or "")
+    if not data or not node.startswith("run:"):
+        return gr.skip(), gr.skip()
     trace = Trace.from_dict(data)
     opened = frozenset(expanded or ())
-    if node.startswith("run:"):
-        stretch = next((u for u in units(trace, opened) if u.collapsed and u.id == node), None)
-        if stretch is None:  # only a stretch this tree really shows (the browser's id is not trusted)
-            return skip
-        opened = opened | {stretch.first}
-        return (tree_view(trace, expanded=opened), *[gr.skip()] * 5, sorted(opened))
-    found = find_node(trace, node)
+    stretch = next((u for u in units(trace, opened) if u.collapsed and u.id == node), None)
+    if stretch is None:  # only a stretch this tree really shows (the browser's id is not trusted)
+        return gr.skip(), gr.skip()
+    opened = opened | {stretch.first}
+    return tree_view(trace, expanded=opened), sorted(opened)
+
+
+def clicked_in_tree(data: dict | None, expanded: list | None, evt: gr.EventData):
+    """A candidate clicked in the tree: (details, pick, rewind pick, outer tab, research tab). The page rings it
+    itself (widgets.py), so the tree is not an output: Gradio redraws an output even when it sends nothing new,
+    and a 200-step tree takes Plotly about a second."""
+    return clicked(data, expanded, evt, redraw_tree=False)
+
+
+def clicked(data: dict | None, expanded: list | None, evt: gr.EventData, redraw_tree: bool = True):
+    """A candidate in the heatmap or a token of the text was clicked: (tree with it ringed, details, pick, rewind
+    pick, outer tab, research tab). A pruned cross in the heatmap opens its rewind."""
+    event = getattr(evt, "_data", None) or {}
+    node = str(event.get("node") or "")
+    found = find_node(Trace.from_dict(data), node) if data and node else None
     if found is None:
-        return skip
+        return (gr.skip(),) * (6 if redraw_tree else 5)
+    trace = Trace.from_dict(data)
     pruned = found[2].pruned_at is not None and trace.mode == "tempo"
     from_heatmap = "heatmap" in str(event.get("source") or "")
-    return (tree_view(trace, node, opened), node_details(trace, node), node, node if pruned else gr.skip(),
-            gr.Tabs(selected="research") if pruned and from_heatmap else gr.skip(),
-            gr.Tabs(selected="rewind") if pruned and from_heatmap else gr.skip(), gr.skip())
+    out = (node_details(trace, node), node, node if pruned else gr.skip(),
+           gr.Tabs(selected="research") if pruned and from_heatmap else gr.skip(),
+           gr.Tabs(selected="rewind") if pruned and from_heatmap else gr.skip())
+    return (tree_view(trace, node, frozenset(expanded or ())), *out) if redraw_tree else out
 
 
 def show_node(data: dict | None, node: str | None, expanded: list | None):
@@ -709,9 +720,13 @@ def build_demo(app: Explorer) -> gr.Blocks:
         # .input, not .change: a click already drew the tree and the details; only a pick from the list redraws
         node_pick.input(show_node, [trace_state, node_pick, expanded], [tree_plot, details],
                         api_visibility="private", **view)
-        click_outputs = [tree_plot, details, node_pick, research["rewind_pick"], outer, research["tabs"], expanded]
-        for source in (text_box, tree_plot, heat_plot):
-            source.click(clicked, [trace_state, expanded], click_outputs, api_visibility="private", **view)
+        click_outputs = [details, node_pick, research["rewind_pick"], outer, research["tabs"]]
+        for source in (text_box, heat_plot):
+            source.click(clicked, [trace_state, expanded], [tree_plot, *click_outputs], api_visibility="private",
+                         **view)
+        tree_plot.click(clicked_in_tree, [trace_state, expanded], click_outputs, api_visibility="private", **view)
+        tree_plot.expand(expand_stretch, [trace_state, expanded], [tree_plot, expanded], api_visibility="private",
+                         **view)
         replay.input(replay_to, [trace_state, replay], [*figures, status], api_name="replay", **view)
         clear_reveal = lambda: ("", "", gr.update(choices=[], value=[], visible=False))  # noqa: E731
         for source in (ui["run"], continue_btn, *recorded_buttons.values()):

@@ -19,6 +19,13 @@ PLOTLY_HEAD = '<script src="assets/plotly.min.js"></script>'
 PHONE_STEPS = 9  # tree columns in view on a screen under 600 px wide
 
 _PLOT_JS = f"const PHONE_STEPS = {PHONE_STEPS};" + """
+const ring = (el, p) => {
+  let r = el.querySelector('.tempo-ring');
+  if (!r) { r = document.createElement('div'); r.className = 'tempo-ring'; el.appendChild(r); }
+  r.style.left = (p.xaxis._offset + p.xaxis.l2p(p.x) - 17) + 'px';
+  r.style.top = (p.yaxis._offset + p.yaxis.l2p(p.y) - 17) + 'px';
+  r.style.display = 'block';
+};
 const draw = () => {
   const v = props.value;
   const el = element.querySelector('.tempo-plot');
@@ -34,6 +41,14 @@ const draw = () => {
     return;
   }
   el.__tempoPending = false;
+  // Gradio calls this again for an event that left the value as it was (gr.skip()): a 200-step tree costs
+  // Plotly about a second to redraw on a small machine, comparing it costs a few ms
+  const json = JSON.stringify(v);
+  if (json === el.__tempoDrawn && el.clientWidth === el.__tempoWidth) return;
+  el.__tempoDrawn = json;
+  el.__tempoWidth = el.clientWidth;
+  const old = el.querySelector('.tempo-ring');
+  if (old) old.style.display = 'none';  // a redrawn figure rings its own selection
   let layout = v.layout;
   const x = layout.xaxis;
   if (el.clientWidth && el.clientWidth < 600 && x && x.range && v.layout.meta === 'tempo-tree' &&
@@ -49,8 +64,14 @@ const draw = () => {
     el.__tempoHooked = true;
     el.on('plotly_click', (ev) => {
       const p = ev.points && ev.points[0];
-      if (p && typeof p.customdata === 'string') trigger('click', {node: p.customdata, source: (element.closest('[id]') || {}).id || ''});
+      if (!p || typeof p.customdata !== 'string') return;
+      // a candidate clicked in the tree is ringed here at once; the server then sends only its details (a
+      // 200-step tree takes Plotly about a second to redraw on a small machine)
+      if (p.customdata.startsWith('run:')) { trigger('expand', {node: p.customdata}); return; }  // a stretch
+      if ((props.value.layout || {}).meta === 'tempo-tree' && /^\\d+:\\d+$/.test(p.customdata)) ring(el, p);
+      trigger('click', {node: p.customdata, source: (element.closest('[id]') || {}).id || ''});
     });
+    el.on('plotly_relayout', () => { const r = el.querySelector('.tempo-ring'); if (r) r.style.display = 'none'; });
   }
 };
 watch('value', draw);
@@ -86,7 +107,9 @@ CSS = """
 .tempo-text .set {background: #f1edff; border-radius: 4px; white-space: nowrap}
 .tempo-text .clean {margin-top: .6em; font-family: sans-serif; font-size: 14px; color: #444; max-height: 6em;
                     overflow-y: auto}
-.tempo-plot {width: 100%}
+.tempo-plot {width: 100%; position: relative}
+.tempo-ring {position: absolute; width: 34px; height: 34px; border: 3px solid #1f77b4; border-radius: 50%;
+             box-sizing: border-box; pointer-events: none; display: none; z-index: 2}
 .tempo-range-note {color: #b42318; font-size: 12.5px; margin-top: 4px}
 """
 

@@ -215,24 +215,31 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     lm = _lm()
     narrow = run(lm, build_settings({"prompt": "the cat", "max_tokens": 60, "selection_threshold": 0.3}))
     stretch = next(u for u in units(narrow) if u.collapsed)
-    out = tempo_app.clicked(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": stretch.id}))
+    out = tempo_app.expand_stretch(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": stretch.id}))
     nodes = next(t for t in out[0]["data"] if t["name"] == "candidate")
     assert f"{stretch.first}:0" in nodes["customdata"] and out[-1] == [stretch.first]
     import gradio as gr
     for bogus in ("run:999999-1000000", "run:x", f"run:{stretch.first}-{stretch.last + 5}"):  # not on the page
-        out = tempo_app.clicked(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": bogus}))
+        out = tempo_app.expand_stretch(narrow.to_dict(), [], types.SimpleNamespace(_data={"node": bogus}))
         assert all(v == gr.skip() for v in out)  # nothing changes, the expanded list does not grow
     trace = run(lm, build_settings(LONG))
     data = trace.to_dict()
     pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
-    tree, details, pick, rewind, outer, inner, _ = tempo_app.clicked(
+    tree, details, pick, rewind, outer, inner = tempo_app.clicked(
         data, [], types.SimpleNamespace(_data={"node": pruned, "source": "tempo-heatmap"}))
     assert pick == pruned and rewind == pruned and "pruned** after step" in details
     assert outer.selected == "research" and inner.selected == "rewind"
     # from the tree, a pruned node opens its details but stays on the tree
-    _, _, _, rewind, outer, _, _ = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": pruned}))
+    _, _, rewind, outer, _ = tempo_app.clicked_in_tree(data, [], types.SimpleNamespace(_data={"node": pruned}))
     assert rewind == pruned and not hasattr(outer, "selected")
-    assert tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": "-1:0"}))[0] is not None
+    assert all(v == gr.skip() for v in tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": "-1:0"})))
+    # a node clicked in the tree is ringed by the page itself: only its details come back (the tree is not an
+    # output); from the text, the tree is redrawn with the node ringed
+    from_tree = tempo_app.clicked_in_tree(data, [], types.SimpleNamespace(_data={"node": "3:0"}))
+    assert from_tree[0] == node_details(trace, "3:0") and from_tree[1] == "3:0" and len(from_tree) == 5
+    from_text = tempo_app.clicked(data, [], types.SimpleNamespace(_data={"node": "3:0", "source": "tempo-text"}))
+    ringed = next(t for t in from_text[0]["data"] if t["name"] == "selected")
+    assert (ringed["x"], ringed["y"]) == ([3], [0])
 
 
 def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
