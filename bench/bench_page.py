@@ -94,20 +94,19 @@ def main() -> None:
                                  page.locator("#tempo-tree .scatterlayer .trace:nth-child(3) .points path").all())
                      if b and area["x"] < b["x"] + b["width"] / 2 < area["x"] + area["width"]
                      and area["y"] < b["y"] + b["height"] / 2 < area["y"] + area["height"]]
+            # the node details (found once by their text, so that polling reads one element, not the page)
+            page.evaluate("""() => { window.__details = [...document.querySelectorAll('.prose, .md')]
+                .filter(e => e.innerText.includes('Select a candidate')).pop(); }""")
             clicks = []
             for i in range(args.rounds):
                 box = boxes[(3 * i) % len(boxes)]
-                page.evaluate("""() => {
-                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'))
-                      || document.body;
-                  window.__detailsText = el.innerText;
-                }""")
+                page.evaluate("window.__detailsText = window.__details.innerText")
                 page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
                 page.evaluate("window.__t0 = performance.now()")
                 page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
                 page.wait_for_function("""() => {
-                  const el = [...document.querySelectorAll('.prose, .md')].find(e => e.innerText.includes('token id'));
-                  if (!el || el.innerText === window.__detailsText) return false;
+                  const text = window.__details.innerText;
+                  if (!text.includes('token id') || text === window.__detailsText) return false;
                   window.__t1 = performance.now(); return true;
                 }""", timeout=30_000, polling="raf")
                 clicks.append(page.evaluate("window.__t1 - window.__t0"))
