@@ -158,6 +158,7 @@ class Explorer:
     executor: ThreadPoolExecutor | None = None  # the model's threads (model_executor); made here if not given
     research_executor: ThreadPoolExecutor = field(init=False)
     form_names: tuple[str, ...] = ()  # the form's settings, in order (build_demo fills it when it lays them out)
+    waiting_runs: Callable[[str], int] = lambda session_hash: 0  # runs of a session in Gradio's queue (build_app)
     stepped: SteppedRuns = field(init=False)  # step mode: each session's paused run
 
     def __post_init__(self) -> None:
@@ -192,7 +193,11 @@ class Explorer:
         self.stops.arm(session_key(request))
 
     def stop(self, request: gr.Request) -> None:
-        self.stops.stop(session_key(request))
+        key = session_key(request)
+        if not self.stops.stop(key) and self.waiting_runs(getattr(request, "session_hash", None) or ""):
+            # a client that never pressed the page's Generate (gradio_client) has a run waiting in the queue
+            self.stops.arm(key)
+            self.stops.stop(key)
         self.pause(request)  # Stop also halts Play
 
     def end_session(self, request: gr.Request) -> None:
@@ -783,8 +788,20 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
                               head=RANGE_NOTE_HEAD, max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
     api.state.explorer, api.state.demo = app, demo
+    app.waiting_runs = lambda session_hash: waiting_model_events(demo, session_hash)
     api.add_middleware(BodyLimit)
     return api
+
+
+def waiting_model_events(demo: gr.Blocks, session_hash: str) -> int:
+    """How many of a session's events wait in Gradio's queue for the model ("model" concurrency group). Reads
+    the queue's own list (gradio 6.31's `event_queue_per_concurrency_id`); 0 if that ever changes shape."""
+    try:
+        waiting = demo._queue.event_queue_per_concurrency_id.get("model")
+        return sum(1 for event in (waiting.queue if waiting else []) if event.session_hash == session_hash)
+    except AttributeError:
+        log.warning("cannot read Gradio's queue: a Stop sent before the page's Generate reaches only running runs")
+        return 0
 
 
 def main() -> None:

@@ -485,6 +485,26 @@ def test_stop_while_queued_through_the_page(lm):
             assert status == "no steps (stopped)", status
 
 
+def test_stop_from_a_client_that_never_pressed_generate_reaches_its_run_waiting_in_the_queue(lm):
+    """gradio_client calls /generate then /stop, with no page Generate to arm the stop: the run still waits in
+    Gradio's queue (the model group is full) and must start stopped."""
+    with serve(lm, concurrency=1, limits=ROOMY) as (url, fastapi_app):
+        explorer = fastapi_app.state.explorer
+        with ThreadPoolExecutor(2) as pool:
+            holder = Browser(url, fastapi_app, "holder")
+            held = pool.submit(holder.call, "run_stream", holder.form(prompt="the cat", mode="MCTS",
+                                                                      mcts_simulations=500, max_tokens=200))
+            assert wait_until(lambda: explorer.slots.active == 1)
+            client = Browser(url, fastapi_app, "api-client")
+            result = pool.submit(client.call, "run_stream", client.form(prompt="the dog", max_tokens=50))
+            assert wait_until(lambda: explorer.waiting_runs("api-client") == 1)  # in Gradio's queue, not started
+            client.call("stop", [])
+            holder.call("stop", [])
+            assert held.result(timeout=60)["data"][4].startswith("Done (stopped)")
+            status = result.result(timeout=60)["data"][4]
+            assert status == "no steps (stopped)", status
+
+
 # --- deployment ------------------------------------------------------------------------------------------------
 
 def test_zerogpu_runs_model_work_under_the_spaces_decorator(lm, monkeypatch):
