@@ -13,10 +13,10 @@ from urllib.parse import unquote_plus
 import pytest
 
 import app as tempo_app
-from components.controls import examples, page_defaults, research_examples, RESEARCH_FIELDS, form_values
+from components.controls import RESEARCH_FIELDS, examples, form_values, page_defaults, research_examples
 from components.learn import LESSONS, RECORDINGS, recorded
 from components.views import curve_view, heatmap_view, text_view, tree_view
-from tempo_core import Trace, build_settings, run
+from tempo_core import Trace, run
 from tempo_core.limits import DEMO_CAPS, Limits
 from tempo_core.steer import continue_from
 from tempo_core.trace import rewind
