@@ -40,10 +40,12 @@ def faithfulness_figure(trace: Trace) -> go.Figure:
     fig.add_trace(go.Scatter(x=x, y=[s["set_jaccard"] for s in steps], name="selected-set overlap (Jaccard)",
                              mode="lines+markers", line=dict(color=PATH)), secondary_y=True)
     ppl = lambda v: "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"  # noqa: E731 - no text: no perplexity
-    fig.update_layout(title=(f"Faithfulness — mean KL {f['mean_kl']:.3f}<br><sup>top token agrees "
-                             f"{sum(s['top_agree'] for s in steps)}/{len(steps)} · perplexity "
-                             f"{ppl(f['clean_ppl'])} (clean text) vs {ppl(f['greedy_ppl'])} (greedy)</sup>"),
-                      template="plotly_white", height=340, uirevision=UIREVISION, margin=dict(l=10, r=10, t=50, b=30),
+    # short lines: the title must fit a phone
+    fig.update_layout(title=dict(text=(f"Faithfulness — mean KL {f['mean_kl']:.3f}<br><sup>top token agrees "
+                                       f"{sum(s['top_agree'] for s in steps)}/{len(steps)}<br>perplexity "
+                                       f"{ppl(f['clean_ppl'])} (clean text) vs {ppl(f['greedy_ppl'])} (greedy)</sup>"),
+                                 y=0.93, yanchor="top"),
+                      template="plotly_white", height=390, uirevision=UIREVISION, margin=dict(l=10, r=10, t=105, b=30),
                       legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title="logical step (red bar: the top tokens differ)")
     fig.update_yaxes(title="KL (nats)", secondary_y=False, rangemode="tozero")
