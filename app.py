@@ -505,10 +505,10 @@ def clicked(data: dict | None, expanded: list | None, evt: gr.EventData, redraw_
     pick, outer tab, research tab). A pruned cross in the heatmap opens its rewind."""
     event = getattr(evt, "_data", None) or {}
     node = str(event.get("node") or "")
-    found = find_node(Trace.from_dict(data), node) if data and node else None
+    trace = Trace.from_dict(data) if data and node else None
+    found = find_node(trace, node) if trace is not None else None
     if found is None:
         return (gr.skip(),) * (6 if redraw_tree else 5)
-    trace = Trace.from_dict(data)
     pruned = found[2].pruned_at is not None and trace.mode == "tempo"
     from_heatmap = "heatmap" in str(event.get("source") or "")
     out = (node_details(trace, node), node, node if pruned else gr.skip(),

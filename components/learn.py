@@ -233,8 +233,7 @@ def _faithfulness_body(t: Trace) -> str:
             f"distribution at each step (KL divergence: 0 means identical). On this run the mean KL is "
             f"{f.get('mean_kl', 0):.3f} nats, the top token agrees at {agree} of {len(steps)} steps (the others are "
             f"the red bars), and {high} step{'s' if high != 1 else ''} have KL above {KL_HIGH}, {verdict}. Now try it "
-            f"yourself: "
-            f"**Explore** and press Generate.")
+            f"yourself: **Explore** and press Generate.")
 
 
 LESSON_STEPS = 9  # tree columns a lesson shows (the part it talks about among them), on a laptop and a phone

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from test_app_api import steps_made
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -244,10 +246,7 @@ def engine():
     return load_model()
 
 
-def _steps(status: str) -> int:
-    """How many steps the status line says the run has made ("... at step 11 (12 steps) ...")."""
-    found = re.search(r"\((\d+) steps?\)", status)
-    return int(found.group(1)) if found else 0
+_steps = steps_made  # how many steps the status line says the run has made
 
 
 def test_a_200_step_run_streams_stays_readable_and_compares(app_url):
