@@ -1,4 +1,4 @@
-"""`python -m tempo_core`: run TEMPO from the command line.
+"""`python -m tempo_core` (the engine alone) and `python cli.py` (with figures): run TEMPO from the command line.
 
 Flags mirror the settings fields (`selection_threshold` -> `--selection-threshold`) plus the seeds' aliases.
 Bad input exits non-zero with one line naming the field and its allowed range; no traceback.
@@ -11,7 +11,7 @@ import cProfile
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .config import FIELDS, SettingsError, TempoSettings, describe_range, load_settings
 from .model import ModelError, load_model
@@ -91,7 +91,12 @@ def _explicit_settings(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if k in FIELDS}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# (trace, folder) -> the names of the files written. The engine draws nothing: the figures live above it
+# (components/figures/report.py), and `cli.py` at the top of the repository passes them in.
+FigureWriter = Callable[[Trace, Path], list[str]]
+
+
+def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = None) -> int:
     ns = build_parser().parse_args(argv)
     opts = vars(ns)
     logging.basicConfig(level=logging.DEBUG if opts.get("debug_mode") else logging.WARNING,
@@ -102,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError("prompt", "must be a non-empty string (use --prompt)")
         if opts.get("save_visualization") and not opts.get("output_dir"):
             raise SettingsError("save_visualization", "needs --output-dir")
+        if opts.get("save_visualization") and save_figures is None:
+            raise SettingsError("save_visualization", "the engine alone draws no figures: run `python cli.py` "
+                                                      "(the same flags) for them")
         lm = load_model(opts.get("model"), opts.get("device"), opts.get("dtype"), opts.get("cuda_graphs"))
         profiler = cProfile.Profile() if opts.get("use_cprofile") else None
         if profiler:
@@ -124,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .faithfulness import summary_line
         print(summary_line(trace.faithfulness), file=sys.stderr)
     if opts.get("output_dir"):
-        _write_outputs(trace, Path(opts["output_dir"]), bool(opts.get("save_visualization")))
+        _write_outputs(trace, Path(opts["output_dir"]), save_figures if opts.get("save_visualization") else None)
     if opts.get("json"):
         print(trace.to_json(indent=2))
     else:
@@ -171,18 +179,13 @@ def _print_profile(trace: Trace, load_s: float) -> None:
           f"CUDA graphs {s.get('cuda_graphs', 'n/a')}", file=sys.stderr)
 
 
-def _write_outputs(trace: Trace, out: Path, figures: bool) -> None:
+def _write_outputs(trace: Trace, out: Path, save_figures: FigureWriter | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "trace.json").write_text(trace.to_json(indent=2))
     (out / "text.txt").write_text(f"{trace.text}\n\nclean: {trace.clean_text}\n")
     written = ["trace.json", "text.txt"]
-    if figures:
-        try:
-            from components.figures import save_figures
-        except ImportError as exc:
-            print(f"warning: figures need plotly and networkx ({exc})", file=sys.stderr)
-        else:
-            written += save_figures(trace, out)
+    if save_figures is not None:
+        written += save_figures(trace, out)
     print(f"wrote {', '.join(written)} to {out}", file=sys.stderr)
 
 

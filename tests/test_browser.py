@@ -141,7 +141,7 @@ def test_generate_in_a_real_browser(app_url, engine):
         expect(page.locator("#prompt textarea")).to_have_value("What is the capital of France?", timeout=20_000)
 
         # what the page showed is the engine's trace for the same settings: the download, the tree's labels
-        from components.views import show_token
+        from components.figures.views import show_token
         from tempo_core import Trace, build_settings, run
         shown = json.loads(saved.read_text())
         made = run(engine, build_settings(shown["settings"]))
@@ -327,7 +327,7 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url, engine):
     """The Learn tab start to end; a step-mode run with one prediction; "continue from here" on a tree node."""
     from playwright.sync_api import expect, sync_playwright
 
-    from components.learn import LESSONS
+    from components.figures.lessons import LESSONS
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)
@@ -398,7 +398,7 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url, engine):
         expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "continued.png"))
         # the continued run the page holds is the engine's continue_from of the recorded run at that node
-        from components.learn import recorded
+        from components.figures.lessons import recorded
         from tempo_core.steer import continue_from
         continued = _download_trace(page, "continued-trace.json")
         original = recorded("tempo")
@@ -439,8 +439,8 @@ def test_demo_mode_walkthrough_generates_and_steps_within_the_classroom_caps(dem
     Examples rows, each followed by Generate (and Step), all within the demo caps, with no error anywhere."""
     from playwright.sync_api import expect, sync_playwright
 
-    from components.controls import EXAMPLES
-    from components.learn import LESSONS
+    from components.tabs.controls import EXAMPLES
+    from components.figures.lessons import LESSONS
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)

@@ -20,11 +20,12 @@ def model_dir(tmp_path_factory):
     return str(path)
 
 
-def cli(*args, env=None):
+def cli(*args, env=None, command=("cli.py",)):
+    """The command-line program (`python cli.py`; `command=("-m", "tempo_core")` for the engine's own)."""
     import os
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPO_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "tempo_core", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, *command, *args], capture_output=True, text=True, cwd=ROOT,
                           env=full_env, timeout=300)
 
 
@@ -70,6 +71,20 @@ def test_output_dir_profile_debug_and_cprofile(model_dir, tmp_path):
     assert "CUDA graphs off: switched off (--no-cuda-graphs" in r.stderr
     assert "step 0 pos" in r.stderr  # --debug-mode logs every step
     assert prof.stat().st_size > 0
+
+
+def test_the_engines_own_command_runs_without_the_figures_and_says_where_they_are(model_dir, tmp_path):
+    """`python -m tempo_core` never imports the page's code: it writes the trace, and asks for `cli.py` when
+    figures are wanted (before loading any model)."""
+    engine = ("-m", "tempo_core")
+    r = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "3", "--output-dir", str(tmp_path / "a"),
+            command=engine)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a" / "trace.json").read_text())["steps"]
+    r = cli("--model", model_dir, "--prompt", "the cat", "--output-dir", str(tmp_path / "b"), "--save-visualization",
+            command=engine)
+    assert r.returncode == 2 and r.stderr.startswith("error: save_visualization: the engine alone draws no figures")
+    assert "python cli.py" in r.stderr and not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from components.figures import attention_figure, report_html, text_html, threshold_figure, tree_figure, tree_graph
-from components.views import units
-from components.inspect import find_node, node_choices, node_details, trace_at
+from components.figures.report import attention_figure, report_html, text_html, threshold_figure, tree_figure, tree_graph
+from components.figures.views import units
+from components.figures.inspect import find_node, node_choices, node_details, trace_at
 from tempo_core import build_settings, run
 from tempo_core.schedule import threshold_curve
 from tempo_core.trace import Candidate, Step, Trace
@@ -122,7 +122,7 @@ def test_figures_of_a_real_run_and_report(tmp_path):
 
 
 def test_the_html_report_carries_the_measured_faithfulness():
-    from components.learn import recorded
+    from components.figures.lessons import recorded
     from tempo_core.faithfulness import summary_line
     measured = recorded("tempo")
     report = report_html(measured)

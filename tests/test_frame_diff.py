@@ -4,8 +4,8 @@ import random
 
 from gradio_client.utils import apply_diff
 
-from components.frame_diff import diff
-from components.views import tree_view
+from components.server.frame_diff import diff
+from components.figures.views import tree_view
 from tempo_core import build_settings, run
 from tiny import tiny_llama
 

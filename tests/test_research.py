@@ -4,7 +4,7 @@ sweep reuse, baselines."""
 import pytest
 import torch
 
-from components.research import (aligned_html, beam_tree_figure, diff_figure, diff_trees, faithfulness_figure,
+from components.figures.research import (aligned_html, beam_tree_figure, diff_figure, diff_trees, faithfulness_figure,
                                   positions_figure, rewind_figure, step_mask_rows, sweep_figure, sweep_multiples,
                                   sweep_table)
 from tempo_core import build_settings, run
@@ -83,7 +83,7 @@ def test_tree_diff_figure_shows_every_token_of_both_runs_in_its_own_place(lm):
     assert only_a and only_b  # both colours are present, each with its own marker
     points = [(x, y) for x, y, _ in only_a + only_b + both]
     assert len(points) == len(set(points))  # nothing is drawn over anything else
-    from components.views import show_token
+    from components.figures.views import show_token
     for run_, own in ((a, only_a), (b, only_b)):
         other = b if run_ is a else a
         for st in run_.steps:

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 
 import app as tempo_app
 import tempo_core.attention as attention
-from components.figures import report_html
-from components.inspect import read_trace_file
-from components.sessions import StopFlags, TraceStore, session_key
+from components.figures.report import report_html
+from components.figures.inspect import read_trace_file
+from components.server.sessions import StopFlags, TraceStore, session_key
 from tempo_core import Trace, build_settings, run
 from tempo_core.limits import Limits, RunStop, check_budget, estimate_cost
 from tiny import tiny_llama

@@ -9,10 +9,10 @@ import threading
 import pytest
 from gradio.utils import diff
 
-from components.compare_tab import HISTORY, add_run, choices, compare, numbers_table
-from components.inspect import node_details
-from components.live import apply_delta, delta_of, live_traces
-from components.views import (COLLAPSE_MIN, LABEL_PROB, WINDOW, curve_view, heatmap_view, main_path, show_token,
+from components.tabs.compare import HISTORY, add_run, choices, compare, numbers_table
+from components.figures.inspect import node_details
+from components.server.live import apply_delta, delta_of, live_traces
+from components.figures.views import (COLLAPSE_MIN, LABEL_PROB, WINDOW, curve_view, heatmap_view, main_path, show_token,
                               text_view, tree_view, units)
 from tempo_core import Trace, build_settings, generate, run
 from tempo_core.limits import RunStop

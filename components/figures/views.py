@@ -388,3 +388,22 @@ def text_view(trace: Trace) -> dict:
     """The `[a/b]` text as one HTML piece per step (a frame changes only the pieces that changed)."""
     return {"steps": [step_html(st, trace.mode) for st in trace.steps], "clean": html.escape(trace.clean_text),
             "n": len(trace.steps)}
+
+
+def status_line(trace: Trace, running: bool, paused: bool = False, progress: str | None = None) -> str:
+    """One line under the prompt. Steps are named by their number in the trace (from 0), as in the tree, the
+    node details, step mode and replay. `progress`: what a phase after the steps (faithfulness) is doing."""
+    n = len(trace.steps)
+    if n == 0:
+        return "Starting…" if running else f"no steps ({trace.stop_reason})"
+    last = trace.steps[-1]
+    if running and progress:
+        return f"Steps 0–{last.step} done · {progress}…"
+    rate = trace.timings.get("steps_per_s", 0.0)
+    pruned = trace.stats.get("pruned", 0)
+    if paused:
+        head = "Paused (press Step or Play to go on)"
+    else:
+        head = "Generating" if running else f"Done ({trace.stop_reason.replace('_', ' ')})"
+    return (f"{head} · at step {last.step} ({n} step{'s' if n != 1 else ''}) · set size {len(last.candidates)} · "
+            f"mean set {trace.stats.get('mean_set_size', 0):.2f} · {pruned} pruned · {rate:.1f} steps/s")

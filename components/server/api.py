@@ -18,13 +18,13 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from tempo_core import LoadedModel, SettingsError, Trace, __version__, build_settings
+from tempo_core import LoadedModel, SettingsError, StepEvent, Trace, __version__, build_settings
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.events import check_context, encode_prompt
 from tempo_core.limits import Limits, RunStop, check_budget
 
-from .figures import report_html
+from ..figures.report import report_html
 from .live import step_by_step
 from .sessions import Slots, TraceStore
 
@@ -157,13 +157,12 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             stop = RunStop(limits.max_seconds)
             finished: Future[Trace] = Future()
 
-            def on_event(trace: Trace | None, done: bool, exc: BaseException | None) -> None:
-                if exc is not None:
+            def on_event(event: StepEvent | None, exc: BaseException | None) -> None:
+                if event is None:
                     finished.set_exception(exc)
-                elif done:
-                    finished.set_result(trace)
-            events = lambda: ((e.trace, e.done) for e in tempo_generate(lm, s, stop))  # noqa: E731
-            step_by_step(executor, events, on_event, stop.extend)  # a step at a time, fair to the page's runs
+                elif event.done:
+                    finished.set_result(event.trace)
+            step_by_step(executor, lambda: tempo_generate(lm, s, stop), on_event, stop.extend)  # a step at a time, fair to the page's runs
             work = asyncio.wrap_future(finished)
             while not work.done():
                 await asyncio.wait({work}, timeout=0.2)

@@ -24,7 +24,7 @@ def node_id(step: int, idx: int) -> str:
 
 def tree_graph(trace: Trace) -> nx.DiGraph:
     """Nodes = candidates; an edge joins every candidate to each candidate of the next step that could see it.
-    (For the tree as it stood at an earlier step, pass `components.inspect.trace_at(trace, step)`.)"""
+    (For the tree as it stood at an earlier step, pass `components.figures.inspect.trace_at(trace, step)`.)"""
     steps = trace.steps
     g = nx.DiGraph()
     path = main_path(trace)

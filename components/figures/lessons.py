@@ -19,7 +19,7 @@ from tempo_core import Trace
 from .research import faithfulness_figure, positions_figure
 from .views import curve_view, heatmap_view, show_token, tree_view
 
-LEARN_DIR = Path(__file__).resolve().parents[1] / "assets" / "learn"
+LEARN_DIR = Path(__file__).resolve().parents[2] / "assets" / "learn"
 PROMPT = "Write one sentence about the sea."
 # the recorded runs (embedded model): name -> settings. scripts/record_walkthrough.py writes assets/learn/<name>.json
 RECORDINGS: dict[str, dict[str, Any]] = {

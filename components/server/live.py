@@ -15,7 +15,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from tempo_core import Step, Trace
+from tempo_core import Step, StepEvent, Trace
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
 _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness")
@@ -24,15 +24,26 @@ _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfuln
 @dataclass
 class StepDelta:
     """What one engine event changed: the newest steps (a step can change earlier ones within the pruning
-    window), the total step count, and the trace-level fields. `done` marks the finished trace."""
+    window), the total step count, and the trace-level fields. `done` marks the finished trace; `progress` says
+    what a phase after the steps (faithfulness) is doing."""
     first: int  # index of steps[0] in the run
     steps: list[Step]
     fields: dict
     done: bool = False
+    progress: str | None = None
     error: BaseException | None = None
 
 
-def delta_of(trace: Trace, window: int, done: bool, sent: int | None = None) -> StepDelta:
+@dataclass
+class Frame:
+    """What the page draws: the replica of the run's trace, whether it has finished, and the phase in progress."""
+    trace: Trace
+    done: bool
+    progress: str | None = None
+
+
+def delta_of(trace: Trace, window: int, done: bool, sent: int | None = None, progress: str | None = None
+             ) -> StepDelta:
     """The delta that brings a replica holding the first `sent` steps (None: all but the last) up to `trace`.
     Steps before the pruning window cannot change any more, so only those the replica lacks are copied; a run
     that starts with many steps at once (continue from here feeds its prefix in one event) sends them all, and
@@ -41,7 +52,7 @@ def delta_of(trace: Trace, window: int, done: bool, sent: int | None = None) -> 
     if sent is not None:
         first = min(first, sent)
     fields = {k: getattr(trace, k) for k in _CONSTANT} | {k: copy.copy(getattr(trace, k)) for k in _CHANGING}
-    return StepDelta(first, copy.deepcopy(trace.steps[first:]), fields, done)
+    return StepDelta(first, copy.deepcopy(trace.steps[first:]), fields, done, progress)
 
 
 def apply_delta(replica: Trace, delta: StepDelta) -> None:
@@ -52,40 +63,40 @@ def apply_delta(replica: Trace, delta: StepDelta) -> None:
         setattr(replica, k, v)
 
 
-def step_by_step(executor: Executor, events: Callable[[], Iterator[tuple[Trace, bool]]],
-                 on_event: Callable[[Trace | None, bool, BaseException | None], None],
+def step_by_step(executor: Executor, events: Callable[[], Iterator[StepEvent]],
+                 on_event: Callable[[StepEvent | None, BaseException | None], None],
                  waited: Callable[[float], None] | None = None) -> None:
     """Advance `events()` one step per task on `executor`, each task queued behind the steps of every other run:
     one model thread serves all runs a step at a time, so a class that presses Generate together all see their
     first steps within seconds, and a long run never holds the model for its whole length.
 
-    `on_event(trace, done, error)` is called on the executor's thread after each step (once with an error if the
+    `on_event(event, error)` is called on the executor's thread after each step (once with (None, error) if the
     run fails); `waited(seconds)` with the time each step queued behind other runs (its clock stands still)."""
 
-    def work(it: Iterator[tuple[Trace, bool]] | None, queued_at: float) -> None:
+    def work(it: Iterator[StepEvent] | None, queued_at: float) -> None:
         if waited is not None:
             waited(time.monotonic() - queued_at)
         try:
             it = events() if it is None else it
-            trace, done = next(it)
+            event = next(it)
         except StopIteration:
-            on_event(None, True, RuntimeError("the run produced no events"))
+            on_event(None, RuntimeError("the run produced no events"))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
-            on_event(None, True, exc)
+            on_event(None, exc)
         else:
-            on_event(trace, done, None)
-            if not done:
+            on_event(event, None)
+            if not event.done:
                 executor.submit(work, it, time.monotonic())
 
     executor.submit(work, None, time.monotonic())
 
 
-def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int, min_frame_s: float = 0.1,
+def live_traces(events: Callable[[], Iterator[StepEvent]], window: int, min_frame_s: float = 0.1,
                 executor: Executor | None = None, waited: Callable[[float], None] | None = None
-                ) -> Iterator[tuple[Trace, bool]]:
-    """Run `events()` (yielding (trace, done) per step) step by step on `executor` (the model's own thread: see
-    `app.model_executor`) or a thread of its own; yield (replica, done) at most every `min_frame_s` seconds (and
-    at least 3x the last frame's consumer time apart), always the last state.
+                ) -> Iterator[Frame]:
+    """Run `events()` (the engine's events) step by step on `executor` (the model's own thread: see
+    `shared.model_executor`) or a thread of its own; yield a `Frame` of the replica at most every `min_frame_s`
+    seconds (and at least 3x the last frame's consumer time apart), always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
     frames rarer, never the decoding slower."""
@@ -93,13 +104,13 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
 
     sent = 0  # steps the replica has been sent so far
 
-    def on_event(trace: Trace | None, done: bool, error: BaseException | None) -> None:
+    def on_event(event: StepEvent | None, error: BaseException | None) -> None:
         nonlocal sent
-        if error is not None:
-            q.put(StepDelta(0, [], {}, True, error))
+        if event is None:
+            q.put(StepDelta(0, [], {}, True, error=error))
             return
-        q.put(delta_of(trace, window, done, sent))
-        sent = len(trace.steps)
+        q.put(delta_of(event.trace, window, event.done, sent, event.progress))
+        sent = len(event.trace.steps)
 
     own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if executor is None else None
     step_by_step(executor or own, events, on_event, waited)
@@ -110,8 +121,9 @@ def live_traces(events: Callable[[], Iterator[tuple[Trace, bool]]], window: int,
             own.shutdown(wait=False)
 
 
-def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[tuple[Trace, bool]]:
+def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[Frame]:
     replica = Trace("", "", {}, "", "", [])
+    progress: str | None = None
     next_frame, pending = 0.0, False
     while True:
         try:  # with a frame pending, wait no longer than until it is due
@@ -122,12 +134,13 @@ def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[t
             if delta.error is not None:
                 raise delta.error
             apply_delta(replica, delta)
+            progress = delta.progress
             pending = True
             if not delta.done and time.perf_counter() < next_frame:
                 continue
         done = delta is not None and delta.done
         t0 = time.perf_counter()
-        yield replica, done
+        yield Frame(replica, done, progress)
         if done:
             return
         pending = False

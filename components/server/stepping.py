@@ -1,0 +1,108 @@
+"""Step mode: a run a student advances one logical step at a time.
+
+A stepped run is the engine's own event generator, paused between steps (so a stepped run makes exactly the trace
+Generate makes). Each session holds at most one; they live in memory, at most `max_runs` at once, and one unused
+for `idle_s` seconds is dropped (its KV cache with it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from tempo_core import StepEvent, Trace
+
+from ..figures.predict import Score
+
+
+@dataclass
+class SteppedRun:
+    events: Iterator[StepEvent]
+    trace: Trace | None = None  # the run so far (the engine's live trace)
+    done: bool = False
+    hidden: bool = False  # the newest step was made but waits for the student's prediction
+    playing: bool = False
+    score: Score = field(default_factory=Score)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SteppedRuns:
+    """The sessions' paused runs. Advancing one runs a single engine step on the model's executor, queued
+    fairly behind other runs' steps."""
+
+    def __init__(self, executor: Executor, max_runs: int = 40, idle_s: float = 300.0):
+        self.executor, self.max_runs, self.idle_s = executor, max_runs, idle_s
+        self._runs: OrderedDict[str, SteppedRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def start(self, session: str, events: Callable[[], Iterator[StepEvent]]) -> SteppedRun:
+        """A new stepped run for `session` (replacing its previous one). `events` is called on the model thread."""
+        run = SteppedRun(iter(()))
+        run.events = self.executor.submit(events).result()
+        with self._lock:
+            self._expire()
+            old = self._runs.pop(session, None)
+            self._runs[session] = run
+            while len(self._runs) > self.max_runs:  # the least recently used goes first
+                _, dropped = self._runs.popitem(last=False)
+                self._close(dropped)
+        if old is not None:
+            self._close(old)
+        return run
+
+    def get(self, session: str) -> SteppedRun | None:
+        with self._lock:
+            self._expire()
+            run = self._runs.get(session)
+            if run is not None:
+                run.last_used = time.monotonic()
+                self._runs.move_to_end(session)
+            return run
+
+    def advance(self, run: SteppedRun) -> Trace:
+        """One logical step (or the run's end). Returns the trace so far."""
+        def step() -> None:
+            event = next(run.events, None)
+            if event is not None:
+                run.trace, run.done = event.trace, event.done
+                # a phase after the steps (faithfulness) reports progress events: keep going to the end
+                while event.progress and not run.done:
+                    event = next(run.events)
+                    run.trace, run.done = event.trace, event.done
+            else:
+                run.done = True
+        if not run.done:
+            self.executor.submit(step).result()
+        run.last_used = time.monotonic()
+        return run.trace
+
+    def drop(self, session: str) -> None:
+        with self._lock:
+            run = self._runs.pop(session, None)
+        if run is not None:
+            self._close(run)
+
+    def close_all(self) -> None:
+        """Drop every paused run (their generators closed on the model thread)."""
+        with self._lock:
+            runs, self._runs = list(self._runs.values()), OrderedDict()
+        for run in runs:
+            self._close(run)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._expire()
+            return len(self._runs)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, r in self._runs.items() if now - r.last_used > self.idle_s]:
+            self._close(self._runs.pop(key))
+
+    def _close(self, run: SteppedRun) -> None:
+        run.playing = False
+        self.executor.submit(run.events.close)  # frees the KV cache; on the model thread, after any running step
