@@ -84,7 +84,11 @@ def step_by_step(executor: Executor, events: Callable[[], Iterator[StepEvent]],
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
             on_event(None, exc)
         else:
-            on_event(event, None)
+            try:
+                on_event(event, None)
+            except BaseException as exc:  # noqa: BLE001 - an event the consumer cannot read ends the run
+                on_event(None, exc)
+                return
             if not event.done:
                 executor.submit(work, it, time.monotonic())
 

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.faithfulness import measure, tempo_distributions, top_paths, visible_sets
-from tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.config import SettingsError
 from tempo_core.engine import tempo_events
 from tempo_core.steer import continue_from, lower_threshold_preview
-from tiny import tiny_llama
 
 TOL = 1e-5
 

@@ -12,10 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_gradio_client import steps_made
 
-from test_app_api import steps_made
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
@@ -439,8 +438,8 @@ def test_demo_mode_walkthrough_generates_and_steps_within_the_classroom_caps(dem
     Examples rows, each followed by Generate (and Step), all within the demo caps, with no error anywhere."""
     from playwright.sync_api import expect, sync_playwright
 
-    from components.tabs.controls import EXAMPLES
     from components.figures.lessons import LESSONS
+    from components.tabs.controls import EXAMPLES
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = _browser(p)

@@ -224,10 +224,10 @@ def test_empty_prompt_is_refused_before_any_model_work():
 
 
 def test_unsupported_model_is_refused_with_a_reason():
+    from tiny import tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from tempo_core import ModelError, wrap_model
-    from tiny import tiny_tokenizer
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320))
     with pytest.raises(ModelError, match="rotary"):
         wrap_model(gpt2, tiny_tokenizer())
@@ -235,6 +235,7 @@ def test_unsupported_model_is_refused_with_a_reason():
 
 def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
     from tiny import tiny_llama
+
     from tempo_core import run
     lm = tiny_llama(seed=0)
     trace = run(lm, build_settings(dict(prompt="once upon a time", max_tokens=14, selection_threshold=0.05,
@@ -253,9 +254,10 @@ def test_a_pruned_candidate_keeps_the_score_that_pruned_it():
 def test_the_streamed_text_at_every_step_is_the_text_rebuilt_from_all_steps(show_ids):
     """The engine keeps the text current a step at a time (trace.RunningText); at every event it must be what
     rendering every step afresh gives, pruned candidates included."""
+    from tiny import tiny_llama
+
     from tempo_core.engine import tempo_events
     from tempo_core.trace import bracket_text, clean_token_ids
-    from tiny import tiny_llama
     lm = tiny_llama(seed=0)
     s = build_settings(dict(prompt="once upon a time", max_tokens=24, selection_threshold=0.03, raw_prompt=True,
                             use_retroactive_pruning=True, attention_threshold=0.06, show_token_ids=show_ids))

@@ -1,10 +1,10 @@
 """Every engine setting changes what a run does (a flag that changes nothing should not exist)."""
 
 import pytest
+from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.config import FIELDS
-from tiny import tiny_llama
 
 BASE = dict(prompt="the cat sat on", max_tokens=10, selection_threshold=0.05, raw_prompt=True)
 PRUNE = dict(BASE, use_retroactive_pruning=True, attention_threshold=0.08)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import networkx as nx
 
-PACKAGE = Path(__file__).resolve().parents[1] / "tempo_core"
+PACKAGE = Path(__file__).resolve().parents[2] / "tempo_core"
 
 
 def test_tempo_core_imports_form_no_cycle():
@@ -25,10 +25,10 @@ def test_the_cpu_fast_path_is_scoped_to_tempos_forwards_and_undone():
     """fast_rows patches the model's nn.Linear layers only while TEMPO's own forward runs; a model passed in
     comes out as it went in, and its plain forwards give the same numbers."""
     import torch
+    from tiny import tiny_llama
 
     from tempo_core import build_settings, run
     from tempo_core.fastpath import fast_rows
-    from tiny import tiny_llama
     lm = tiny_llama(seed=0)
     linears = [m for m in lm.model.modules() if type(m) is torch.nn.Linear]
     assert linears and not any("forward" in vars(m) for m in linears)  # wrapping a model leaves them alone

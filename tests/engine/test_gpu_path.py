@@ -7,14 +7,13 @@ import dataclasses
 
 import pytest
 import torch
-
 import torch.nn.functional as F
+from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.attention import stacked_gqa_attention
 from tempo_core.engine import ParallelSequence, tempo_events
 from tempo_core.graphs import SlotPool, graphs_unavailable
-from tiny import tiny_llama
 
 
 @pytest.fixture()

@@ -4,9 +4,9 @@ import threading
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
-from tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-
 from tiny import tiny_llama
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +104,8 @@ def test_bad_input_exits_nonzero_with_one_clear_line(args, needle):
 
 
 def test_unsupported_model_is_refused(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from tiny import tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320)).save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
     r = cli("--model", str(tmp_path), "--prompt", "x")

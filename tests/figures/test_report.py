@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from components.figures.report import attention_figure, report_html, text_html, threshold_figure, tree_figure, tree_graph
-from components.figures.views import units
 from components.figures.inspect import find_node, node_choices, node_details, trace_at
+from components.figures.report import (attention_figure, report_html, text_html, threshold_figure, tree_figure,
+                                       tree_graph)
+from components.figures.views import units
 from tempo_core import build_settings, run
 from tempo_core.schedule import threshold_curve
 from tempo_core.trace import Candidate, Step, Trace

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.engine import ParallelSequence
 from tempo_core.selection import mixture, to_probs
-from tiny import tiny_llama
 
 TOL = 1e-4
 

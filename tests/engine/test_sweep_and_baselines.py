@@ -1,0 +1,70 @@
+"""Research runs in the engine: a sweep equals runs from scratch, baselines side by side, multi-scale pruning's shares."""
+
+import pytest
+
+from components.figures.research import (aligned_html, beam_tree_figure, rewind_figure, sweep_figure, sweep_multiples,
+                                         sweep_table)
+from tempo_core import build_settings, run
+from tempo_core.compare import baselines, kv_bytes_per_row
+from tempo_core.sweep import reusable_prefix, sweep
+from tiny import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=6)
+
+
+def s(**kw):
+    return build_settings({"prompt": "the cat sat", "max_tokens": 8, "raw_prompt": True, **kw})
+
+
+@pytest.mark.parametrize("extra", [{}, {"use_retroactive_pruning": True, "attention_threshold": 0.1}])
+def test_sweep_reuses_prefixes_and_equals_runs_from_scratch(lm, extra):
+    base = s(max_tokens=10, **extra)
+    runs = sweep(lm, base, [0.3, 0.05, 0.15])
+    assert [t.settings["selection_threshold"] for t in runs] == [0.05, 0.15, 0.3]
+    assert sum(t.stats.get("reused_steps", 0) for t in runs) > 0
+    for t in runs:
+        fresh = run(lm, base.replace(selection_threshold=t.settings["selection_threshold"]))
+        assert [[c.token_id for c in st.candidates] for st in t.steps] == \
+               [[c.token_id for c in st.candidates] for st in fresh.steps]
+        assert [[c.pruned_at for c in st.candidates] for st in t.steps] == \
+               [[c.pruned_at for c in st.candidates] for st in fresh.steps]
+        for x, y in zip(t.steps, fresh.steps):
+            assert max(abs(c.prob - d.prob) for c, d in zip(x.candidates, y.candidates)) < 1e-5
+    assert reusable_prefix(runs[-1], 0.05) == 0  # a lower threshold can never reuse a higher one's steps
+    assert len(sweep_figure(runs).data) == 3 and "| 0.05 |" in sweep_table(runs)
+    panels = sweep_multiples(runs)
+    alive = [tr for tr in panels.data if tr.name == "alive"]
+    assert len(alive) == 3 and list(alive[0].y) == [len(st.alive) for st in runs[0].steps]
+
+
+def test_baselines_side_by_side(lm):
+    r = baselines(lm, s(selection_threshold=0.05, max_tokens=6), num_beams=3)
+    cost = r["cost"]
+    assert cost["beam"]["num_beams"] == 3 and len(r["beam"]["sequences"]) == 3
+    p = len(r["tempo"].prompt_token_ids)
+    assert cost["tempo"]["peak_kv_rows"] == p + r["tempo"].stats["physical_tokens"]
+    assert cost["beam"]["peak_kv_rows"] > cost["greedy"]["peak_kv_rows"]
+    assert cost["greedy"]["peak_kv_mb"] == pytest.approx(cost["greedy"]["peak_kv_rows"] * kv_bytes_per_row(lm) / 2**20)
+    html = aligned_html(r)
+    assert html.count("<tr>") >= 4 and "forward passes" in html
+    fig = beam_tree_figure(r["beam"])
+    assert len(fig.layout.annotations) == 3
+
+
+def test_multiscale_rewind_records_each_layers_share(lm):
+    from tempo_core.pruning import layer_weights
+    trace = run(lm, s(selection_threshold=0.05, use_retroactive_pruning=True, attention_threshold=0.1,
+                      use_multi_scale_attention=True))
+    weights = layer_weights(lm.model.config.num_hidden_layers, build_settings(trace.settings))
+    scored = [c for st in trace.steps for c in st.candidates if c.attention_by_layer]
+    assert scored
+    for c in scored:
+        for step, per in c.attention_by_layer.items():  # the score is the weighted sum of the layers' shares
+            assert sum(weights[layer] * v for layer, v in per.items()) == pytest.approx(c.attention_by_step[step],
+                                                                                         rel=1e-5, abs=1e-8)
+    step, idx = next((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if not c.alive)
+    fig = rewind_figure(trace, f"{step}:{idx}")
+    assert any(tr.type == "heatmap" for tr in fig.data)

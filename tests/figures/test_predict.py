@@ -1,0 +1,45 @@
+"""Predict then reveal: the choices give nothing away, the scoring marks each choice, the reveal says what happened."""
+
+import pytest
+from components.figures.predict import prediction_choices, reflection_question, reveal_markdown, score_prediction
+from tiny import tiny_llama
+
+from tempo_core import build_settings, run
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=0)
+
+
+def settings(**kw):
+    return build_settings({"prompt": "once upon a time", "max_tokens": 10, "selection_threshold": 0.08,
+                           "use_retroactive_pruning": True, "attention_threshold": 0.05, **kw})
+
+
+def test_prediction_choices_hide_the_order_and_scoring_marks_each_choice(lm):
+    trace = run(lm, settings(max_tokens=6))
+    st = next(st for st in trace.steps if len(st.candidates) > 1)
+    choices = prediction_choices(st)
+    assert choices == sorted(choices)
+    assert len(choices) == len(st.candidates) + len(st.alternatives) == len(set(choices))
+    kept = [c for c in choices if c in {m[0] for m in score_prediction(st, []).marks if m[2]}]
+    perfect = score_prediction(st, kept)
+    assert perfect.right == perfect.total == len(choices)
+    nothing = score_prediction(st, [])
+    assert nothing.right == len(st.alternatives)  # every near miss correctly left out, every candidate missed
+    everything = score_prediction(st, choices)
+    assert everything.right == len(st.candidates)
+    probs = [m[1] for m in everything.marks]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_reveal_and_reflection_say_what_happened(lm):
+    from components.figures.predict import Score
+    trace = run(lm, settings(max_tokens=6))
+    i = next(i for i, st in enumerate(trace.steps) if len(st.candidates) > 1)
+    st = trace.steps[i]
+    text = reveal_markdown(st, score_prediction(st, []), Score(3, 8))
+    assert f"Step {st.step}" in text and "3/8" in text and "not kept" in text
+    question = reflection_question(trace, i)
+    assert "share position" in question or "pruned" in question

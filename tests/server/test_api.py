@@ -1,0 +1,111 @@
+"""The JSON API: /health, /api/generate (the engine's trace), errors that name the field, the docs."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from tiny import tiny_llama
+
+import app as tempo_app
+from tempo_core import Trace, build_settings, run
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=3)
+
+
+@pytest.fixture(scope="module")
+def client(lm):
+    return TestClient(tempo_app.build_app(lm, concurrency=2))
+
+
+@pytest.fixture(scope="module")
+def server(lm):
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = uvicorn.Config(tempo_app.build_app(lm, concurrency=2), host="127.0.0.1", port=port, log_level="error")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_health(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_loaded"] is True and body["model"] == "tiny-llama-3" and body["device"] == "cpu"
+    assert body["version"]
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/v2/generate"])
+def test_generate_returns_the_trace(client, lm, path):
+    body = {"prompt": "the cat", "max_tokens": 6, "selection_threshold": 0.05, "use_retroactive_pruning": True}
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    trace = Trace.from_dict(r.json())
+    direct = run(lm, build_settings(body))
+    assert [[c.token_id for c in st.candidates] for st in trace.steps] == \
+           [[c.token_id for c in st.candidates] for st in direct.steps]
+    assert trace.settings["use_retroactive_pruning"] is True
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"prompt": "x", "selection_threshold": 1.5}, "selection_threshold"),
+    ({"prompt": "x", "selection_threshold": "high"}, "selection_threshold"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 100000}, "max_tokens"),
+    ({"prompt": "x", "max_parallel_tokens": 64}, "max_parallel_tokens"),  # above this server's cap of 16
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   "}, "prompt"),
+    ({"selection_threshold": 0.1}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": "x", "temperature": 0}, "temperature"),
+    ({"prompt": "x", "complete_pruning_mode": "nuke"}, "complete_pruning_mode"),
+    ({"prompt": "x", "use_mcts": True, "default_mode": True}, "use_mcts"),
+    ({"prompt": "x", "unknown_knob": 1}, "unknown_knob"),
+    ([1, 2, 3], "body"),
+    ("just a string", "body"),
+])
+def test_malformed_bodies_are_422_naming_the_field(client, body, field):
+    r = client.post("/api/generate", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == (["body"] if field == "body" else ["body", field]) and field in detail["msg"]
+
+
+def test_invalid_json_and_nan_are_422(client):
+    r = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/api/generate", content=b'{"prompt": "x", "selection_threshold": NaN}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "selection_threshold" in r.text
+
+
+def test_docs_are_served(client):
+    assert client.get("/docs").status_code == 200
+    assert "/api/generate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_concurrent_runs_do_not_interfere(client, lm):
+    bodies = [{"prompt": "the cat sat", "max_tokens": 8, "selection_threshold": 0.05, "seed": 1},
+              {"prompt": "hello world", "max_tokens": 8, "selection_threshold": 0.02, "use_retroactive_pruning": True,
+               "attention_threshold": 0.1}]
+    alone = [client.post("/api/generate", json=b).json() for b in bodies]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: client.post("/api/generate", json=b).json(), bodies * 3))
+    for i, t in enumerate(together):
+        ref = alone[i % 2]
+        assert t["text"] == ref["text"] and t["clean_text"] == ref["clean_text"]

@@ -1,0 +1,119 @@
+"""The live replica: decoding in a worker, deltas applied to the page's copy, frames that never slow decoding."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+from gradio.utils import diff
+
+from components.figures.views import curve_view, heatmap_view, text_view, tree_view
+from components.server.live import apply_delta, delta_of, live_traces
+from tempo_core import Trace, build_settings, generate, run
+from tempo_core.limits import RunStop
+from tiny import tiny_llama
+
+LONG = {"prompt": "the cat", "max_tokens": 200, "selection_threshold": 0.05, "use_retroactive_pruning": True,
+        "attention_threshold": 0.05}
+
+
+def _lm():
+    return tiny_llama(seed=3)
+
+
+def test_applying_each_steps_delta_gives_the_engines_trace_at_every_step():
+    lm = _lm()
+    s = build_settings(LONG)
+    replica = Trace("", "", {}, "", "", [])
+    pruned_late = 0
+    for event in generate(lm, s):
+        apply_delta(replica, delta_of(event.trace, s.pruning_window, event.done))
+        assert replica.to_dict() == event.trace.to_dict()
+        pruned_late += sum(1 for c in event.pruned if c.pruned_at > 0)
+    assert pruned_late > 0  # deltas really had to carry changes to earlier steps
+    final = event.trace
+    for build in (tree_view, heatmap_view, text_view, curve_view):
+        assert build(replica) == build(final)
+
+
+def test_live_frames_end_with_the_finished_trace_and_never_block_decoding():
+    lm = _lm()
+    s = build_settings(LONG)
+    frames = []
+    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, 0.0):
+        trace = frame.trace
+        frames.append((len(trace.steps), frame.done))
+    reference = run(lm, s)
+    assert frames[-1] == (len(reference.steps), True)
+    decisions = lambda t: [[(c.token_id, c.prob, c.pruned_at, c.attention) for c in st.candidates]  # noqa: E731
+                           for st in t.steps]
+    assert decisions(trace) == decisions(reference)
+    assert [n for n, _ in frames] == sorted(n for n, _ in frames)
+
+    # a consumer that takes its time sees fewer frames, and the decoding is not held back by it
+    gate = threading.Event()
+    slow = []
+    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, 0.0):
+        slow.append(len(frame.trace.steps))
+        gate.wait(0.3 if not slow[1:] else 0)  # the first frame stalls; decoding goes on meanwhile
+    assert slow[1] - slow[0] > 1 and slow[-1] == len(reference.steps)
+
+
+def test_stop_ends_a_live_run_within_a_step():
+    lm = _lm()
+    s = build_settings(LONG)
+    stop = RunStop()
+    seen = []
+    for frame in live_traces(lambda: generate(lm, s, stop), 3, 0.0):
+        trace, done = frame.trace, frame.done
+        seen.append(len(trace.steps))
+        if len(seen) == 1:
+            stop.stop()
+            at_stop = len(trace.steps)
+    assert trace.stop_reason == "stopped" and done
+    assert len(trace.steps) <= at_stop + 2  # the step in flight, at most one more that was already queued
+
+
+def test_a_frames_diff_carries_the_new_steps_not_the_whole_run():
+    lm = _lm()
+    s = build_settings(LONG)
+    trace = run(lm, s)
+    assert len(trace.steps) == 200
+    before = copy.deepcopy(trace)
+    before.steps = before.steps[:195]
+    for view in (lambda t: tree_view(t, live=True), text_view, heatmap_view):
+        old, new = view(before), view(trace)
+        edits = diff(old, new)
+        touched = [e for e in edits if e[0] != "replace" or e[1][:1] == ["steps"]]
+        assert edits and len(str(edits)) < len(str(new)) / 5, (len(str(edits)), len(str(new)))
+        # text: only the last steps' pieces are touched
+        if "steps" in new:
+            assert all(e[1][1] >= 195 - s.pruning_window - 1 for e in touched if e[1][:1] == ["steps"])
+
+
+def test_a_run_that_fails_mid_way_reaches_the_page_as_its_error_never_a_hang():
+    """An event the consumer cannot read, or an engine that raises, ends the frames with that error."""
+    lm = _lm()
+    s = build_settings(dict(LONG, max_tokens=5))
+
+    def broken():
+        events = generate(lm, s)
+        yield next(events)
+        raise RuntimeError("the model fell over")
+    with pytest.raises(RuntimeError, match="fell over"):
+        list(live_traces(broken, 3, 0.0))
+    with pytest.raises(AttributeError):  # not an engine event: the error reaches the page instead of hanging it
+        list(live_traces(lambda: iter([("a trace", True)]), 3, 0.0))
+
+
+def test_progress_of_a_phase_after_the_steps_travels_with_the_frames():
+    """The faithfulness phase says what it is doing; the frames carry it (the trace itself is not touched)."""
+    lm = _lm()
+    s = build_settings({"prompt": "the cat", "max_tokens": 4, "selection_threshold": 0.05, "faithfulness": True})
+    events = list(generate(lm, s))
+    said = [e.progress for e in events if e.progress]
+    assert said
+    frames = list(live_traces(lambda: iter(events), s.pruning_window, 0.0))
+    assert [f.progress for f in frames if f.progress] and frames[-1].done and frames[-1].progress is None
+    assert all("progress" not in f.trace.stats for f in frames)

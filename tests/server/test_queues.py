@@ -1,0 +1,188 @@
+"""Queues: /health answers while the model is busy, waiting is bounded, research jobs queue apart, Stop reaches a
+queued run, long work reports progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from tiny import tiny_llama
+
+from tempo_core import build_settings
+from tempo_core.limits import Limits
+
+LONG_MCTS = {"prompt": "the cat", "use_mcts": True, "mcts_simulations": 500, "mcts_depth": 4, "max_tokens": 200}
+
+
+ROOMY = Limits(mcts_simulations=1000, max_forward_passes=10**7, max_tokens_fed=10**8, max_seconds=600)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=3)
+
+
+class Browser:
+    """Calls the page's events the way its frontend does (queue/join + SSE), under a session hash we choose."""
+
+    def __init__(self, url: str, fastapi_app, session: str):
+        self.url, self.session = url, session
+        self.demo = fastapi_app.state.demo
+        self.fns = {getattr(f.fn, "__name__", None): (i, f) for i, f in self.demo.fns.items()}
+
+    def form(self, **settings) -> list:
+        """run_stream's inputs (the form) in order: the form's defaults with `settings` changed."""
+        _, fn = self.fns["run_stream"]
+        assert len(fn.inputs) == len(fn.input_keyword_names)  # the form and nothing else
+        return [settings.get(name, comp.value) for name, comp in zip(fn.input_keyword_names, fn.inputs)]
+
+    def call(self, name: str, data: list, timeout: float = 120, seen: list | None = None) -> dict:
+        """The event's output; `seen` collects every message the queue sent (progress included)."""
+        index, fn = self.fns[name]
+        if not fn.queue:
+            r = httpx.post(self.url + "/gradio_api/run/predict",
+                           json={"data": data, "fn_index": index, "session_hash": self.session}, timeout=timeout)
+            r.raise_for_status()
+            return r.json()
+        r = httpx.post(self.url + "/gradio_api/queue/join", json={"data": data, "fn_index": index,
+                                                                  "session_hash": self.session, "event_data": None,
+                                                                  "trigger_id": None}, timeout=timeout)
+        r.raise_for_status()
+        with httpx.stream("GET", self.url + "/gradio_api/queue/data", params={"session_hash": self.session},
+                          timeout=timeout) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if seen is not None:
+                        seen.append(msg)
+                    if msg.get("msg") == "process_completed":
+                        assert msg["success"], msg
+                        return msg["output"]
+        raise AssertionError("no result")
+
+
+def wait_until(cond, timeout: float = 30.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _post_and_hang_up(url: str, body: dict, after_s: float) -> None:
+    try:
+        httpx.post(url + "/api/generate", json=body, timeout=after_s)
+    except httpx.TimeoutException:
+        pass
+
+
+def _occupy(pool: ThreadPoolExecutor, url: str, slots, waiting: int, long_s: float, short_s: float) -> None:
+    """One long API run holds the model (hanging up after `long_s`); `waiting` short ones queue behind it
+    (hanging up after `short_s`)."""
+    pool.submit(_post_and_hang_up, url, LONG_MCTS, long_s)
+    assert wait_until(lambda: slots.active == 1)
+    for _ in range(waiting):
+        pool.submit(_post_and_hang_up, url, {"prompt": "the dog", "max_tokens": 4}, short_s)
+    assert wait_until(lambda: slots.waiting == waiting), slots.waiting
+
+
+def test_baselines_and_sweep_show_a_progress_bar_saying_what_is_computed(lm, live_server):
+    url, fastapi_app = live_server(lm)
+    browser = Browser(url, fastapi_app, "progress")
+    form = browser.form(prompt="the cat", max_tokens=60)  # run_sweep takes the thresholds, then the form
+    for name, data in (("run_sweep", ["0.05, 0.1, 0.2", *form]), ("run_baselines", form)):
+        seen: list = []
+        out = browser.call(name, data, seen=seen)
+        assert not any("Error" in str(v) for v in out["data"]), out["data"]
+        bars = [p for m in seen if m.get("msg") == "progress" for p in m.get("progress_data") or []]
+        assert bars, (name, [m.get("msg") for m in seen])
+        assert all(p["desc"] and " of " in p["desc"] for p in bars), bars
+
+
+def test_health_answers_while_dozens_of_api_requests_wait(lm, live_server):
+    url, fastapi_app = live_server(lm, concurrency=1, limits=ROOMY)
+    slots = fastapi_app.state.shared.slots
+    with ThreadPoolExecutor(31) as pool:
+        _occupy(pool, url, slots, 30, 12.0, 8.0)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            health = httpx.get(url + "/health", timeout=5).json()
+            assert time.perf_counter() - t0 < 1.0
+            assert health["runs_active"] == 1 and health["runs_waiting"] == 30
+        assert httpx.get(url + "/config", timeout=5).status_code == 200  # the page answers too
+        # clients that hang up leave the queue, and the long run stops: nothing is left behind
+        assert wait_until(lambda: slots.active == 0 and slots.waiting == 0, 40), (slots.active, slots.waiting)
+
+
+def test_too_many_waiting_requests_get_a_503(lm, live_server):
+    url, fastapi_app = live_server(lm, concurrency=1, limits=Limits(**{**ROOMY.__dict__, "max_waiting": 2}))
+    slots = fastapi_app.state.shared.slots
+    with ThreadPoolExecutor(3) as pool:
+        _occupy(pool, url, slots, 2, 6.0, 4.0)
+        r = httpx.post(url + "/api/generate", json={"prompt": "the dog", "max_tokens": 4}, timeout=10)
+        assert r.status_code == 503 and "retry later" in r.json()["detail"] and r.headers["retry-after"]
+        assert wait_until(lambda: slots.active == 0 and slots.waiting == 0, 30)
+
+
+def test_research_jobs_have_their_own_queue_and_slots(lm, live_server):
+    """A sweep holding the research slot does not hold up generation."""
+    url, fastapi_app = live_server(lm)
+    group = {f.api_name: f.concurrency_id for f in fastapi_app.state.demo.fns.values()}
+    assert group["generate"] != group["sweep"] and group["sweep"] == group["baselines"]
+    explorer = fastapi_app.state.shared
+    from gradio_client import Client
+    client = Client(url + "/", verbose=False)
+    with explorer.research_slots.hold():
+        job = client.submit("0.1", prompt="the cat", max_tokens=4, api_name="/sweep")
+        assert client.predict(prompt="the cat", max_tokens=4, api_name="/generate")[4].startswith("Done")
+        assert not job.done()  # the sweep still waits for its slot
+    assert "| 0.1 |" in job.result(timeout=60)[2]
+
+
+def test_stop_while_queued_through_the_page(lm, live_server):
+    url, fastapi_app = live_server(lm, concurrency=1, limits=ROOMY)
+    slots = fastapi_app.state.shared.slots
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(_post_and_hang_up, url, LONG_MCTS, 4.0)  # holds the model, then hangs up
+        assert wait_until(lambda: slots.active == 1)
+        browser = Browser(url, fastapi_app, "student-7")
+        browser.call("arm", [])
+        result = pool.submit(browser.call, "run_stream", browser.form(prompt="the cat", max_tokens=50))
+        assert wait_until(lambda: slots.waiting == 1)
+        browser.call("stop", [])  # pressed while the run waits for the model
+        status = result.result(timeout=60)["data"][4]
+        assert status == "no steps (stopped)", status
+
+
+def test_stop_from_a_client_that_never_pressed_generate_reaches_its_run_waiting_in_the_queue(lm, live_server):
+    """gradio_client calls /generate then /stop, with no page Generate to arm the stop: the run still waits in
+    Gradio's queue (the model group is full) and must start stopped."""
+    url, fastapi_app = live_server(lm, concurrency=1, limits=ROOMY)
+    explorer = fastapi_app.state.shared
+    with ThreadPoolExecutor(2) as pool:
+        holder = Browser(url, fastapi_app, "holder")
+        held = pool.submit(holder.call, "run_stream", holder.form(prompt="the cat", mode="MCTS",
+                                                                  mcts_simulations=500, max_tokens=200))
+        assert wait_until(lambda: explorer.slots.active == 1)
+        client = Browser(url, fastapi_app, "api-client")
+        result = pool.submit(client.call, "run_stream", client.form(prompt="the dog", max_tokens=50))
+        assert wait_until(lambda: explorer.waiting_runs("api-client") == 1)  # in Gradio's queue, not started
+        client.call("stop", [])
+        holder.call("stop", [])
+        assert held.result(timeout=60)["data"][4].startswith("Done (stopped)")
+        status = result.result(timeout=60)["data"][4]
+        assert status == "no steps (stopped)", status
+
+
+def test_the_faithfulness_phase_reports_progress_before_the_last_event(lm):
+    from tempo_core import generate
+    s = build_settings({"prompt": "the cat", "max_tokens": 4, "selection_threshold": 0.05, "faithfulness": True})
+    events = list(generate(lm, s))
+    progress = [e.progress for e in events if e.progress]
+    assert progress and progress[0] == "measuring faithfulness 0%" and all("%" in p for p in progress)
+    assert events[-1].done and events[-1].progress is None and events[-1].trace.faithfulness is not None
+    assert sum(1 for e in events if not e.progress and not e.done) == 4  # one event per step, as before

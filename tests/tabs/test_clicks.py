@@ -1,0 +1,49 @@
+"""Explore's clicks: a stretch opens, a node shows its details, a pruned cross opens its rewind."""
+
+from __future__ import annotations
+
+import types
+
+from tiny import tiny_llama
+
+from components.figures.inspect import node_details
+from components.figures.views import units
+from tempo_core import build_settings, run
+
+LONG = {"prompt": "the cat", "max_tokens": 200, "selection_threshold": 0.05, "use_retroactive_pruning": True,
+        "attention_threshold": 0.05}
+
+
+def click(node: str, source: str | None = None) -> types.SimpleNamespace:
+    return types.SimpleNamespace(_data={"node": node, "source": source})
+
+
+def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewind(built_page):
+    lm = tiny_llama(seed=3)
+    site = built_page(lm)
+    explore, tree = site.explore, site.page.view.tree
+    narrow = run(lm, build_settings({"prompt": "the cat", "max_tokens": 60, "selection_threshold": 0.3}))
+    stretch = next(u for u in units(narrow) if u.collapsed)
+    out = explore.expand_stretch(narrow.to_dict(), [], click(stretch.id))
+    nodes = next(t for t in out[tree]["data"] if t["name"] == "candidate")
+    assert f"{stretch.first}:0" in nodes["customdata"] and out[site.page.expanded] == [stretch.first]
+    for bogus in ("run:999999-1000000", "run:x", f"run:{stretch.first}-{stretch.last + 5}"):  # not on the page
+        assert explore.expand_stretch(narrow.to_dict(), [], click(bogus)) == {}  # the expanded list does not grow
+    trace = run(lm, build_settings(LONG))
+    data = trace.to_dict()
+    pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
+    out = explore.clicked(data, [], click(pruned, "tempo-heatmap"))
+    assert out[explore.node_pick] == pruned and out[explore.research.rewind_pick] == pruned
+    assert "pruned** after step" in out[explore.details]
+    assert out[explore.figure_tabs].selected == "research" and out[explore.research.tabs].selected == "rewind"
+    # from the tree, a pruned node opens its details but stays on the tree
+    out = explore.clicked_in_tree(data, [], click(pruned))
+    assert out[explore.research.rewind_pick] == pruned and explore.figure_tabs not in out
+    assert explore.clicked(data, [], click("-1:0")) == {}
+    # a node clicked in the tree is ringed by the page itself: only its details come back (the tree is not an
+    # output); from the text, the tree is redrawn with the node ringed
+    from_tree = explore.clicked_in_tree(data, [], click("3:0"))
+    assert from_tree == {explore.details: node_details(trace, "3:0"), explore.node_pick: "3:0"}
+    from_text = explore.clicked(data, [], click("3:0", "tempo-text"))
+    ringed = next(t for t in from_text[tree]["data"] if t["name"] == "selected")
+    assert (ringed["x"], ringed["y"]) == ([3], [0])
