@@ -37,8 +37,9 @@ $(FLOOR): requirements.txt
 	touch $(FLOOR)
 
 test-floor: $(FLOOR)
-	.venv-floor/bin/python -m pytest -q tests/test_equivalence.py tests/test_gpu_path.py tests/test_rules.py tests/test_modes.py \
-		tests/test_faithfulness.py tests/test_research.py tests/test_steer.py tests/test_structure.py
+	.venv-floor/bin/python -m pytest -q $(addprefix tests/engine/,test_equivalence.py test_gpu_path.py test_rules.py \
+		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py) \
+		tests/figures/test_research.py tests/test_layers.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_steps.py

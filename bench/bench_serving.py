@@ -56,7 +56,7 @@ def health_under_load(lm, waiting: int) -> dict:
     threading.Thread(target=srv.run, daemon=True).start()
     while not srv.started:
         time.sleep(0.05)
-    url, slots = f"http://127.0.0.1:{port}", fastapi_app.state.explorer.slots
+    url, slots = f"http://127.0.0.1:{port}", fastapi_app.state.shared.slots
     hang_up_s = 20.0  # every client gives up (closes its connection) after this long
 
     def post(body: dict) -> None:
@@ -82,7 +82,7 @@ def health_under_load(lm, waiting: int) -> dict:
         time.sleep(0.05)
     freed = time.perf_counter() - t_sent - hang_up_s
     pool.shutdown()
-    fastapi_app.state.explorer.stops.forget_all()
+    fastapi_app.state.shared.stops.forget_all()
     srv.should_exit = True
     return {"waiting": waiting, "health_ms_median": round(statistics.median(times), 1),
             "health_ms_max": round(max(times), 1), "seconds_to_free_after_clients_left": round(max(0.0, freed), 2)}

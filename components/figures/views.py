@@ -134,8 +134,28 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
     `labelled`: steps whose every candidate is labelled (a lesson's outlined set), however improbable."""
     if not trace.steps:
         return empty_figure("Token tree", height, "press Generate (or load a trace) to grow it")
+    nodes, misses, runs, edges = _tree_parts(trace, units(trace, expanded), labelled)
+    data = [
+        {"type": "scatter", "x": edges[False][0], "y": edges[False][1], "mode": "lines", "hoverinfo": "skip",
+         "line": {"color": "rgba(120,120,140,0.35)", "width": 1}, "name": "seen by next step"},
+        {"type": "scatter", "x": edges[True][0], "y": edges[True][1], "mode": "lines", "hoverinfo": "skip",
+         "line": {"color": PATH, "width": 3}, "name": "main path"},
+        _scatter(nodes, "candidate"), _scatter(misses, "near miss"), _scatter(runs, "one-candidate steps"),
+        _labels(nodes, "candidate", 11, "#222"), _labels(misses, "near miss", 9, "#999"),
+        _labels(runs, "one-candidate steps", 11, "#222"),
+    ]
+    if selected and selected in nodes.ids:
+        i = nodes.ids.index(selected)
+        data.append({"type": "scatter", "x": [nodes.x[i]], "y": [nodes.y[i]], "mode": "markers", "hoverinfo": "skip",
+                     "marker": {"size": 34, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#1f77b4"}},
+                     "name": "selected"})
+    return {"data": data, "layout": _tree_layout(trace, height, live)}
+
+
+def _tree_parts(trace: Trace, cols: list, labelled: frozenset[int]) -> tuple[_Nodes, _Nodes, _Nodes, dict]:
+    """The tree's candidates, near misses, collapsed stretches and edges ({on the main path: (xs, ys)}), one
+    column per unit."""
     path = main_path(trace)
-    cols = units(trace, expanded)
     nodes, misses, runs = _Nodes(), _Nodes(), _Nodes()
     edges = {False: ([], []), True: ([], [])}
     ins: list[list[tuple[float, float, str]]] = []  # per column: where edges from the previous column arrive
@@ -179,21 +199,11 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
         for a in leaving:
             for b in arriving:
                 _line(edges[a[2] in path and b[2] in path], a[:2], b[:2])
-    data = [
-        {"type": "scatter", "x": edges[False][0], "y": edges[False][1], "mode": "lines", "hoverinfo": "skip",
-         "line": {"color": "rgba(120,120,140,0.35)", "width": 1}, "name": "seen by next step"},
-        {"type": "scatter", "x": edges[True][0], "y": edges[True][1], "mode": "lines", "hoverinfo": "skip",
-         "line": {"color": PATH, "width": 3}, "name": "main path"},
-        _scatter(nodes, "candidate"), _scatter(misses, "near miss"), _scatter(runs, "one-candidate steps"),
-        _labels(nodes, "candidate", 11, "#222"), _labels(misses, "near miss", 9, "#999"),
-        _labels(runs, "one-candidate steps", 11, "#222"),
-    ]
-    ids = set(nodes.ids)
-    if selected and selected in ids:
-        i = nodes.ids.index(selected)
-        data.append({"type": "scatter", "x": [nodes.x[i]], "y": [nodes.y[i]], "mode": "markers", "hoverinfo": "skip",
-                     "marker": {"size": 34, "color": "rgba(0,0,0,0)", "line": {"width": 3, "color": "#1f77b4"}},
-                     "name": "selected"})
+    return nodes, misses, runs, edges
+
+
+def _tree_layout(trace: Trace, height: int, live: bool) -> dict:
+    """The newest WINDOW steps in view (a range slider for the rest); `live`: room for the next steps."""
     last = trace.steps[-1].step
     deepest = max(len(st.candidates) + (min(3, len(st.alternatives)) if trace.mode == "tempo" else 0)
                   for st in trace.steps)
@@ -211,7 +221,7 @@ def tree_view(trace: Trace, selected: str | None = None, expanded: frozenset[int
                          "font": {"size": 11}},
               "xaxis2": {"matches": "x", "overlaying": "x", "visible": False},  # the labels' axis (_labels)
               "yaxis": {"visible": False, "range": [-(deepest - 0.4), 0.9], "fixedrange": True}}
-    return {"data": data, "layout": layout}
+    return layout
 
 
 def _line(xy: tuple[list, list], a: tuple[float, float], b: tuple[float, float]) -> None:

@@ -132,6 +132,26 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: Limits, executor: Executor) -> Trace:
+    """The run of an API request, a step at a time on the model's thread (fair to the page's runs), ended by the
+    time limit or the client hanging up."""
+    stop = RunStop(limits.max_seconds)
+    finished: Future[Trace] = Future()
+
+    def on_event(event: StepEvent | None, exc: BaseException | None) -> None:
+        if event is None:
+            finished.set_exception(exc)
+        elif event.done:
+            finished.set_result(event.trace)
+    step_by_step(executor, lambda: tempo_generate(lm, s, stop), on_event, stop.extend)
+    work = asyncio.wrap_future(finished)
+    while not work.done():
+        await asyncio.wait({work}, timeout=0.2)
+        if not work.done() and await request.is_disconnected():
+            stop.stop("client_disconnected")
+    return work.result()
+
+
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
                executor: Executor) -> None:
     """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread."""
@@ -154,24 +174,9 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
         if not await slots.acquire_async(request.is_disconnected):
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         try:
-            stop = RunStop(limits.max_seconds)
-            finished: Future[Trace] = Future()
-
-            def on_event(event: StepEvent | None, exc: BaseException | None) -> None:
-                if event is None:
-                    finished.set_exception(exc)
-                elif event.done:
-                    finished.set_result(event.trace)
-            step_by_step(executor, lambda: tempo_generate(lm, s, stop), on_event, stop.extend)  # a step at a time, fair to the page's runs
-            work = asyncio.wrap_future(finished)
-            while not work.done():
-                await asyncio.wait({work}, timeout=0.2)
-                if not work.done() and await request.is_disconnected():
-                    stop.stop("client_disconnected")
-            try:
-                trace: Trace = work.result()
-            except SettingsError as exc:  # found only once the run started (e.g. a recorded prefix)
-                return error(exc.field, str(exc))
+            trace = await run_for(request, lm, s, limits, executor)
+        except SettingsError as exc:  # found only once the run started (e.g. a recorded prefix)
+            return error(exc.field, str(exc))
         finally:
             slots.release()
         return Response(trace.to_json(), media_type="application/json")

@@ -133,3 +133,15 @@ def test_the_html_report_carries_the_measured_faithfulness():
     assert "<h2>Faithfulness</h2>" not in report_html(recorded("greedy"))
     nan = Trace.from_dict({**measured.to_plain(), "faithfulness": {**f, "clean_ppl": None, "greedy_ppl": None}})
     assert "clean-text perplexity n/a (no text)" in report_html(nan)  # a run of no text still reports
+
+
+EVIL = "</script><script>alert('x')</script><img src=x onerror=alert(1)>"
+
+
+def test_the_report_escapes_every_trace_string():
+    trace = run(tiny_llama(seed=3), build_settings({"prompt": EVIL, "max_tokens": 3}))
+    trace.mode, trace.stop_reason, trace.model = EVIL, EVIL, EVIL
+    trace.steps[0].candidates[0].text = EVIL
+    page = report_html(trace)
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;/script&gt;" in page

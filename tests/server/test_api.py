@@ -1,11 +1,8 @@
 """The JSON API: /health, /api/generate (the engine's trace), errors that name the field, the docs."""
 
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from tiny import tiny_llama
 
@@ -21,25 +18,6 @@ def lm():
 @pytest.fixture(scope="module")
 def client(lm):
     return TestClient(tempo_app.build_app(lm, concurrency=2))
-
-
-@pytest.fixture(scope="module")
-def server(lm):
-    import socket
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = uvicorn.Config(tempo_app.build_app(lm, concurrency=2), host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_health(client):

@@ -2,15 +2,11 @@
 endpoints answer, /stop ends the session's run."""
 
 import re
-import threading
 import time
 
 import pytest
-import uvicorn
-from fastapi.testclient import TestClient
 from tiny import tiny_llama
 
-import app as tempo_app
 
 
 @pytest.fixture(scope="module")
@@ -18,28 +14,10 @@ def lm():
     return tiny_llama(seed=3)
 
 
-@pytest.fixture(scope="module")
-def client(lm):
-    return TestClient(tempo_app.build_app(lm, concurrency=2))
-
-
-@pytest.fixture(scope="module")
-def server(lm):
-    import socket
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = uvicorn.Config(tempo_app.build_app(lm, concurrency=2), host="127.0.0.1", port=port, log_level="error")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(timeout=10)
+@pytest.fixture()
+def server(lm, live_server):
+    url, _ = live_server(lm, concurrency=2)
+    return url + "/"
 
 
 def steps_made(status: str) -> int:
