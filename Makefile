@@ -18,7 +18,7 @@ app: $(STAMP)
 	$(PY) app.py
 
 cli: $(STAMP)
-	$(PY) -m tempo_core --prompt "Explain the theory of relativity simply." --max-tokens 40
+	$(PY) cli.py --prompt "Explain the theory of relativity simply." --max-tokens 40
 
 # Debian's chromium for the real-browser test (as root); the test skips loudly when it is missing.
 browser-deps:

@@ -71,11 +71,12 @@ def build_demo(shared: Shared) -> Site:
     classroom = shared.limits.demo
     with gr.Blocks(title="TEMPO Explorer", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
-        with gr.Tabs(selected="learn" if classroom else "explore") as top:
-            page = Page(shared, demo, top)
+        page = Page(shared, demo)  # its states sit outside any Tabs (a State among tabs shows as a phantom tab)
+        with gr.Tabs(selected="learn" if classroom else "explore") as page.top:
             learn = Learn(shared, page) if classroom else None
             explore = Explore(shared, page)
             learn = learn or Learn(shared, page)
+        page.connect()  # "a trace arrived" hooks after every event that shows one, whichever tab made it
         demo.unload(shared.end_session)
     return Site(demo, page, explore, learn)
 

@@ -1,0 +1,1 @@
+"""TEMPO Explorer's page, in three layers: figures (pure) -> server (plumbing) -> tabs (Gradio)."""

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/record_walkthrough.py
 
-Run it again whenever the engine changes what it produces (tests/test_learn.py says so when it does).
+Run it again whenever the engine changes what it produces (tests/figures/test_lessons.py says so when it does).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `continue_from` keeps a run's steps before a chosen candidate, makes that candidate the only one of its set
 (its siblings dropped) and decodes onward. The earlier steps are fed in one forward (`tempo_events(prefix=...)`),
 so the shared prefix is not decoded again step by step; the result equals a run from scratch whose selection at
-that step is forced (tests/test_steer.py).
+that step is forced (tests/engine/test_steer.py).
 """
 
 from __future__ import annotations

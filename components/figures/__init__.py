@@ -1,0 +1,1 @@
+"""Pure functions from a recorded trace to figures (Plotly dicts and Figures), HTML and Markdown. No Gradio."""

@@ -1,8 +1,9 @@
-"""The Learn tab: a guided walkthrough of TEMPO on runs recorded by the engine and shipped in assets/learn/.
+"""The lessons of the Learn tab (tabs/learn.py): a guided walkthrough of TEMPO on runs recorded by the engine and
+shipped in assets/learn/.
 
 Every lesson is a few sentences next to a real figure with the part it talks about outlined. The recorded traces
 make it instant for every student even while the model is busy; `scripts/record_walkthrough.py` makes them again
-(tests/test_learn.py checks that they still equal what the engine produces). Each lesson offers "try it live"
+(tests/figures/test_lessons.py checks that they still equal what the engine produces). Each lesson offers "try it live"
 with its settings.
 """
 

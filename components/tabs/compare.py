@@ -72,8 +72,8 @@ class Compare:
 
     def __init__(self, shared: Shared, page: Page):
         self.limits = shared.limits
-        self.history = gr.State([])  # the session's recent runs (add_run); only this tab writes it
         with gr.Tab("Compare", id="compare"):
+            self.history = gr.State([])  # the session's recent runs (add_run); only this tab writes it
             gr.Markdown("Pick two of this session's runs (newest first; up to six are kept). Change a setting and "
                         "generate again: A becomes the new run, B the one before it.")
             with gr.Row():
@@ -120,13 +120,13 @@ class Compare:
     def file_arrival(self, history: list | None, data: dict | None, source: str | None) -> dict:
         """A trace arrived on the page (the hook): filed in the history, shown as A."""
         if not data or not source:
-            return {}
+            return gr.skip()
         history = add_run(history, data, source)
         return {self.history: history, self.page.arrived: None, **self.newest_pair(history)}
 
     def add_upload(self, history: list | None, file: Any) -> dict:
         if file is None:
-            return {}
+            return gr.skip()
         try:
             trace = read_upload(file, self.limits.max_tokens, self.limits.max_parallel_tokens)
         except ValueError as exc:

@@ -67,8 +67,8 @@ class Explore:
             gr.Examples(research_examples(shared.limits), [form[n] for n in RESEARCH_FIELDS],
                         example_labels=[label for label, _ in RESEARCH_EXAMPLES],
                         label="Research presets (then open the Research tab)")
-        self._wire_runs()
-        self._wire_clicks()
+            self._wire_runs()  # inside the tab: step mode's State must not sit among the top tabs
+            self._wire_clicks()
 
     # --- layout -----------------------------------------------------------------------------------------------
     def _form_column(self) -> None:
@@ -252,7 +252,7 @@ class Explore:
         trace = Trace.from_dict(data) if data and node else None
         found = find_node(trace, node) if trace is not None else None
         if found is None:
-            return {}
+            return gr.skip()
         out: Outputs = {self.details: node_details(trace, node), self.node_pick: node}
         if redraw_tree:
             out[self.page.view.tree] = tree_view(trace, node, frozenset(expanded or ()))
@@ -264,7 +264,7 @@ class Explore:
 
     def show_node(self, data: dict | None, node: str | None, expanded: list | None) -> Outputs:
         if not data or not node:
-            return {}
+            return gr.skip()
         trace = Trace.from_dict(data)
         return {self.page.view.tree: tree_view(trace, node, frozenset(expanded or ())),
                 self.details: node_details(trace, node)}
@@ -273,12 +273,12 @@ class Explore:
         """A collapsed stretch of the tree was clicked: the tree with it opened."""
         node = str((getattr(evt, "_data", None) or {}).get("node") or "")
         if not data or not node.startswith("run:"):
-            return {}
+            return gr.skip()
         trace = Trace.from_dict(data)
         opened = frozenset(expanded or ())
         stretch = next((u for u in units(trace, opened) if u.collapsed and u.id == node), None)
         if stretch is None:  # only a stretch this tree really shows (the browser's id is not trusted)
-            return {}
+            return gr.skip()
         opened = opened | {stretch.first}
         return {self.page.view.tree: tree_view(trace, expanded=opened), self.page.expanded: sorted(opened)}
 

@@ -35,8 +35,8 @@ class Learn:
     def __init__(self, shared: Shared, page: Page):
         self.limits, self.page = shared.limits, page
         text, figure, where = lesson_view(0)
-        self.lesson = gr.State(0)
         with gr.Tab("Learn", id="learn"):
+            self.lesson = gr.State(0)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=300):
                     self.text = gr.Markdown(text, elem_id="lesson-text")

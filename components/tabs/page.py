@@ -49,7 +49,7 @@ class TraceView:
         try:
             return {self.curve: curve_view(settings_from_form(form, limits))}
         except SettingsError:
-            return {}
+            return gr.skip()
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,16 @@ class Page:
     """The states every tab may read or set, and what the tabs offer each other."""
     shared: Shared
     blocks: gr.Blocks
-    top: gr.Tabs  # Learn and Explore
+    top: gr.Tabs | None = None  # Learn and Explore (app.py opens them)
     trace: gr.State = field(default_factory=lambda: gr.State(None))  # the trace on show, a plain dict
     # where the trace on show came from ("run", "uploaded", ...) until Compare has filed it in its history
     arrived: gr.State = field(default_factory=lambda: gr.State(None))
     expanded: gr.State = field(default_factory=lambda: gr.State([]))  # tree stretches opened (their first steps)
     view: TraceView | None = None  # set by Explore
     form: dict[str, Component] = field(default_factory=dict)  # the settings form by setting name (Explore)
-    on_trace: list[Hook] = field(default_factory=list)  # run after a trace arrives, in order
+    on_trace: list[Hook] = field(default_factory=list)  # run after a trace arrives, the first one first
     _form_waiters: list[Callable[[dict[str, Component]], None]] = field(default_factory=list)
+    _producers: list[Any] = field(default_factory=list)  # events that put a trace on show (trace_arrived)
 
     def when_form_ready(self, wire: Callable[[dict[str, Component]], None]) -> None:
         """`wire(form)` now if the form exists, else as soon as Explore lays it out (Learn comes first on a
@@ -94,15 +95,20 @@ class Page:
         return dict(zip(self.form.values(), form_values(s, list(self.form))))
 
     def trace_arrived(self, event: Any) -> None:
-        """After `event` (which may set `trace` and `arrived`), the hooks: downloads and links first, then the tabs
-        that redraw from the trace."""
-        if not self.on_trace:
-            return
-        first, *rest = self.on_trace
+        """`event` may put a new trace on show (it sets `trace` and `arrived`): the hooks run after it."""
+        self._producers.append(event)
+
+    def connect(self) -> None:
+        """Chain every hook after every event that puts a trace on show: downloads and links first (the first
+        hook), then the tabs that redraw from the trace. Called once, when every tab is laid out (app.py), so the
+        order in which tabs are built does not matter."""
         view = {"api_visibility": "private", **self.shared.view_events}
-        done = event.then(first.fn, first.inputs, first.outputs, **view)
-        for hook in rest:
-            done.then(hook.fn, hook.inputs, hook.outputs, **view)
+        first, *rest = self.on_trace
+        for event in self._producers:
+            done = event.then(first.fn, first.inputs, first.outputs, **view)
+            for hook in rest:
+                done.then(hook.fn, hook.inputs, hook.outputs, **view)
+        self._producers.clear()
 
 
 def arrival(trace: Trace, source: str, page: Page) -> Outputs:

@@ -49,6 +49,7 @@ class Replay:
                           **shared.view_events)
         page.trace_arrived(self.upload.upload(self.load_trace, [self.upload],
                                               [*view.outputs, page.trace, page.arrived, *form], **listen))
+        # the first hook (downloads, share link, candidate list), before the tabs that redraw from the trace
         page.on_trace.insert(0, Hook(self.after_run, [page.trace],
                                      [self.slider, node_pick, self.downloads, self.share]))
         page.blocks.load(self.fill_from_link, None, [*form, view.curve], inputs_kwargs=page.form,
@@ -57,7 +58,7 @@ class Replay:
     def replay_to(self, data: dict | None, step: Any) -> Outputs:
         """The views as they stood at `step`."""
         if not data:
-            return {}
+            return gr.skip()
         n = len(data["steps"])
         try:
             at = int(step)
@@ -72,7 +73,7 @@ class Replay:
     def after_run(self, request: gr.Request, data: dict | None) -> Outputs:
         """A trace arrived (the first hook): replay range, candidate list, download links, share link."""
         if not data:
-            return {}
+            return gr.skip()
         trace = Trace.from_dict(data)
         n = len(trace.steps)
         run_id = self.shared.store.put(session_key(request), trace.to_json())
@@ -89,7 +90,7 @@ class Replay:
     def load_trace(self, file: Any) -> Outputs:
         """An uploaded trace: its views, its settings in the form, and an entry in Compare's history."""
         if file is None:
-            return {}
+            return gr.skip()
         limits = self.shared.limits
         try:
             trace = read_upload(file, limits.max_tokens, limits.max_parallel_tokens)

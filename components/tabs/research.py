@@ -102,7 +102,7 @@ class Research:
     def refresh(self, data: dict | None) -> dict:
         """A trace arrived (the hook): its faithfulness, positions and pruned candidates."""
         if not data:
-            return {}
+            return gr.skip()
         trace = Trace.from_dict(data)
         n = len(trace.steps)
         return {self.faith_plot: faithfulness_figure(trace),
@@ -115,13 +115,13 @@ class Research:
 
     def show_rewind(self, data: dict | None, node: str | None) -> dict:
         if not data or not node:
-            return {}
+            return gr.skip()
         trace = Trace.from_dict(data)
         try:
             s, i = (int(x) for x in node.split(":"))
             c = trace.steps[s].candidates[i]
         except (ValueError, IndexError):
-            return {}
+            return gr.skip()
         at = c.pruned_at if c.pruned_at is not None else len(trace.steps) - 1
         return {self.rewind_plot: rewind_figure(trace, node), self.before_plot: tree_figure(rewind(trace, at - 1)),
                 self.after_plot: tree_figure(rewind(trace, at))}

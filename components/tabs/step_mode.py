@@ -163,4 +163,4 @@ class StepMode:
 
     def arrived(self, data: dict | None) -> Outputs:
         """A stepped run finished: its trace is the one on show."""
-        return {self.page.trace: data, self.page.arrived: "run"} if data else {}
+        return {self.page.trace: data, self.page.arrived: "run"} if data else gr.skip()

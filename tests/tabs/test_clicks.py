@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import gradio as gr
+
 from tiny import tiny_llama
 
 from components.figures.inspect import node_details
@@ -28,7 +30,7 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     nodes = next(t for t in out[tree]["data"] if t["name"] == "candidate")
     assert f"{stretch.first}:0" in nodes["customdata"] and out[site.page.expanded] == [stretch.first]
     for bogus in ("run:999999-1000000", "run:x", f"run:{stretch.first}-{stretch.last + 5}"):  # not on the page
-        assert explore.expand_stretch(narrow.to_dict(), [], click(bogus)) == {}  # the expanded list does not grow
+        assert explore.expand_stretch(narrow.to_dict(), [], click(bogus)) == gr.skip()  # the list does not grow
     trace = run(lm, build_settings(LONG))
     data = trace.to_dict()
     pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
@@ -39,7 +41,7 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     # from the tree, a pruned node opens its details but stays on the tree
     out = explore.clicked_in_tree(data, [], click(pruned))
     assert out[explore.research.rewind_pick] == pruned and explore.figure_tabs not in out
-    assert explore.clicked(data, [], click("-1:0")) == {}
+    assert explore.clicked(data, [], click("-1:0")) == gr.skip()
     # a node clicked in the tree is ringed by the page itself: only its details come back (the tree is not an
     # output); from the text, the tree is redrawn with the node ringed
     from_tree = explore.clicked_in_tree(data, [], click("3:0"))

@@ -3,6 +3,7 @@ the page is filed once, as A."""
 
 from __future__ import annotations
 
+import gradio as gr
 from tiny import tiny_llama
 
 from components.tabs.compare import HISTORY, add_run, choices, numbers_table
@@ -45,4 +46,4 @@ def test_a_trace_that_arrives_is_filed_once_with_its_source_and_shown_as_a(built
     assert out[compare.pick_a]["value"] == 2 and out[compare.pick_b]["value"] == 1  # A the newest
     assert out[compare.text_a] == compare.compare(history, 2, 1)[compare.text_a]
     # the same trace on show again with no new arrival (a run that failed, a replay) is not filed twice
-    assert compare.file_arrival(history, b, None) == {}
+    assert compare.file_arrival(history, b, None) == gr.skip()

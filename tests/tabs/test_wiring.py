@@ -1,0 +1,47 @@
+"""How the tabs are wired to each other: every event that puts a trace on show is followed by every tab's "a trace
+arrived" hook, whichever tab made the event and in whatever order the tabs were built."""
+
+import pytest
+from tiny import tiny_llama
+
+from tempo_core.limits import Limits
+
+
+@pytest.mark.parametrize("classroom", [False, True], ids=["explore first", "learn first"])
+def test_every_event_that_shows_a_trace_is_followed_by_every_hook(built_page, classroom):
+    site = built_page(tiny_llama(seed=0), Limits.from_env({"TEMPO_DEMO": "1"}) if classroom else Limits())
+    fns = site.blocks.fns
+    name = lambda f: getattr(f.fn, "__name__", "")  # noqa: E731
+    producers = {i: name(f) for i, f in fns.items() if site.page.trace._id in {o._id for o in f.outputs}}
+    producers = {i: n for i, n in producers.items() if n != "file_arrival"}  # Compare's hook reads, never shows
+    # Generate, Continue from here, three recorded examples, an upload, a stepped run that finished
+    assert sorted(producers.values()) == sorted(["run_stream", "continue_here", "<lambda>", "<lambda>", "<lambda>",
+                                                 "load_trace", "arrived"])
+    for i, producer in producers.items():
+        first = [j for j, f in fns.items() if f.trigger_after == i]
+        assert [name(fns[j]) for j in first] == ["after_run"], producer
+        then = sorted(name(f) for f in fns.values() if f.trigger_after == first[0])
+        assert then == ["file_arrival", "refresh"], producer
+
+
+@pytest.mark.parametrize("classroom", [False, True], ids=["explore first", "learn first"])
+def test_tab_bars_hold_only_tabs(built_page, classroom):
+    """Anything else among a Tabs' children (a State) is drawn by the browser as a phantom tab that shifts the
+    real ones (the page showed "Research" twice and lost "Replay & export")."""
+    site = built_page(tiny_llama(seed=0), Limits.from_env({"TEMPO_DEMO": "1"}) if classroom else Limits())
+    config = site.blocks.config
+    kind = {c["id"]: c["type"] for c in config["components"]}
+    labels = {c["id"]: c["props"].get("label") for c in config["components"]}
+    bars = []
+
+    def walk(node):
+        if kind.get(node["id"]) == "tabs":
+            bars.append([labels[c["id"]] for c in node.get("children", [])])
+            assert {kind[c["id"]] for c in node.get("children", [])} == {"tabitem"}, bars[-1]
+        for child in node.get("children", []):
+            walk(child)
+    walk(config["layout"])
+    top = ["Learn", "Explore"] if classroom else ["Explore", "Learn"]
+    assert bars[0] == top
+    assert ["Tree", "Pruning heatmap", "Threshold curve", "Compare", "Research", "Replay & export"] in bars
+    assert ["Faithfulness", "Positions & mask", "Pruning rewind", "Baselines", "Threshold sweep"] in bars
