@@ -28,7 +28,7 @@ def cli(*args, env=None, command=("cli.py",)):
                           env=full_env, timeout=300)
 
 
-def test_json_trace_schema(model_dir):
+def test_json_output_is_the_whole_trace_and_the_progress_bar_goes_to_stderr(model_dir):
     r = cli("--model", model_dir, "--prompt", "the cat", "--max-tokens", "6", "--threshold", "0.05", "--json")
     assert r.returncode == 0, r.stderr
     t = json.loads(r.stdout)
@@ -41,7 +41,7 @@ def test_json_trace_schema(model_dir):
     assert "step" in r.stderr  # the progress bar went to stderr
 
 
-def test_flags_change_behaviour(model_dir):
+def test_each_flag_changes_the_run_it_names(model_dir):
     base = ["--model", model_dir, "--prompt", "the cat", "--max-tokens", "8", "--threshold", "0.05", "--json"]
     plain = json.loads(cli(*base).stdout)
     pruned = json.loads(cli(*base, "--use-retroactive-removal", "--attention-threshold", "0.1").stdout)

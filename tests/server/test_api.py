@@ -20,7 +20,7 @@ def client(lm):
     return TestClient(tempo_app.build_app(lm, concurrency=2))
 
 
-def test_health(client):
+def test_health_names_the_model_its_device_and_version(client):
     r = client.get("/health")
     assert r.status_code == 200
     body = r.json()
@@ -29,7 +29,7 @@ def test_health(client):
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/v2/generate"])
-def test_generate_returns_the_trace(client, lm, path):
+def test_api_generate_answers_with_the_engines_trace(client, lm, path):
     body = {"prompt": "the cat", "max_tokens": 6, "selection_threshold": 0.05, "use_retroactive_pruning": True}
     r = client.post(path, json=body)
     assert r.status_code == 200, r.text
@@ -72,7 +72,7 @@ def test_invalid_json_and_nan_are_422(client):
     assert r.status_code == 422 and "selection_threshold" in r.text
 
 
-def test_docs_are_served(client):
+def test_the_api_documents_itself_at_docs(client):
     assert client.get("/docs").status_code == 200
     assert "/api/generate" in client.get("/openapi.json").json()["paths"]
 

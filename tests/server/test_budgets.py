@@ -4,13 +4,13 @@ closed connection, and a bad body gets a message that names the field."""
 from __future__ import annotations
 
 import json
-import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from page_client import wait_until
 from tiny import tiny_llama
 
 import app as tempo_app
@@ -27,15 +27,6 @@ ROOMY = Limits(mcts_simulations=1000, max_forward_passes=10**7, max_tokens_fed=1
 @pytest.fixture(scope="module")
 def lm():
     return tiny_llama(seed=3)
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_too_big_requests_are_refused_before_running_naming_the_setting(lm):

@@ -3,12 +3,12 @@ queued run, long work reports progress."""
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from page_client import PageClient, wait_until
 from tiny import tiny_llama
 
 from tempo_core import build_settings
@@ -23,54 +23,6 @@ ROOMY = Limits(mcts_simulations=1000, max_forward_passes=10**7, max_tokens_fed=1
 @pytest.fixture(scope="module")
 def lm():
     return tiny_llama(seed=3)
-
-
-class Browser:
-    """Calls the page's events the way its frontend does (queue/join + SSE), under a session hash we choose."""
-
-    def __init__(self, url: str, fastapi_app, session: str):
-        self.url, self.session = url, session
-        self.demo = fastapi_app.state.demo
-        self.fns = {getattr(f.fn, "__name__", None): (i, f) for i, f in self.demo.fns.items()}
-
-    def form(self, **settings) -> list:
-        """run_stream's inputs (the form) in order: the form's defaults with `settings` changed."""
-        _, fn = self.fns["run_stream"]
-        assert len(fn.inputs) == len(fn.input_keyword_names)  # the form and nothing else
-        return [settings.get(name, comp.value) for name, comp in zip(fn.input_keyword_names, fn.inputs)]
-
-    def call(self, name: str, data: list, timeout: float = 120, seen: list | None = None) -> dict:
-        """The event's output; `seen` collects every message the queue sent (progress included)."""
-        index, fn = self.fns[name]
-        if not fn.queue:
-            r = httpx.post(self.url + "/gradio_api/run/predict",
-                           json={"data": data, "fn_index": index, "session_hash": self.session}, timeout=timeout)
-            r.raise_for_status()
-            return r.json()
-        r = httpx.post(self.url + "/gradio_api/queue/join", json={"data": data, "fn_index": index,
-                                                                  "session_hash": self.session, "event_data": None,
-                                                                  "trigger_id": None}, timeout=timeout)
-        r.raise_for_status()
-        with httpx.stream("GET", self.url + "/gradio_api/queue/data", params={"session_hash": self.session},
-                          timeout=timeout) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
-                    if seen is not None:
-                        seen.append(msg)
-                    if msg.get("msg") == "process_completed":
-                        assert msg["success"], msg
-                        return msg["output"]
-        raise AssertionError("no result")
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _post_and_hang_up(url: str, body: dict, after_s: float) -> None:
@@ -92,7 +44,7 @@ def _occupy(pool: ThreadPoolExecutor, url: str, slots, waiting: int, long_s: flo
 
 def test_baselines_and_sweep_show_a_progress_bar_saying_what_is_computed(lm, live_server):
     url, fastapi_app = live_server(lm)
-    browser = Browser(url, fastapi_app, "progress")
+    browser = PageClient(url, fastapi_app, "progress")
     form = browser.form(prompt="the cat", max_tokens=60)  # run_sweep takes the thresholds, then the form
     for name, data in (("run_sweep", ["0.05, 0.1, 0.2", *form]), ("run_baselines", form)):
         seen: list = []
@@ -149,7 +101,7 @@ def test_stop_while_queued_through_the_page(lm, live_server):
     with ThreadPoolExecutor(2) as pool:
         pool.submit(_post_and_hang_up, url, LONG_MCTS, 4.0)  # holds the model, then hangs up
         assert wait_until(lambda: slots.active == 1)
-        browser = Browser(url, fastapi_app, "student-7")
+        browser = PageClient(url, fastapi_app, "student-7")
         browser.call("arm", [])
         result = pool.submit(browser.call, "run_stream", browser.form(prompt="the cat", max_tokens=50))
         assert wait_until(lambda: slots.waiting == 1)
@@ -164,11 +116,11 @@ def test_stop_from_a_client_that_never_pressed_generate_reaches_its_run_waiting_
     url, fastapi_app = live_server(lm, concurrency=1, limits=ROOMY)
     explorer = fastapi_app.state.shared
     with ThreadPoolExecutor(2) as pool:
-        holder = Browser(url, fastapi_app, "holder")
+        holder = PageClient(url, fastapi_app, "holder")
         held = pool.submit(holder.call, "run_stream", holder.form(prompt="the cat", mode="MCTS",
                                                                   mcts_simulations=500, max_tokens=200))
         assert wait_until(lambda: explorer.slots.active == 1)
-        client = Browser(url, fastapi_app, "api-client")
+        client = PageClient(url, fastapi_app, "api-client")
         result = pool.submit(client.call, "run_stream", client.form(prompt="the dog", max_tokens=50))
         assert wait_until(lambda: explorer.waiting_runs("api-client") == 1)  # in Gradio's queue, not started
         client.call("stop", [])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import types
 
 import httpx
 import pytest
+from page_client import PageClient
 from tiny import tiny_llama
 
 from components.server.sessions import StopFlags, TraceStore, session_key
@@ -21,53 +21,12 @@ def lm():
     return tiny_llama(seed=3)
 
 
-class Browser:
-    """Calls the page's events the way its frontend does (queue/join + SSE), under a session hash we choose."""
-
-    def __init__(self, url: str, fastapi_app, session: str):
-        self.url, self.session = url, session
-        self.demo = fastapi_app.state.demo
-        self.fns = {getattr(f.fn, "__name__", None): (i, f) for i, f in self.demo.fns.items()}
-
-    def form(self, **settings) -> list:
-        """run_stream's inputs in order: the form's defaults with `settings` changed."""
-        _, fn = self.fns["run_stream"]
-        named = len(fn.input_keyword_names)
-        values = {name: comp.value for name, comp in zip(fn.input_keyword_names, fn.inputs[-named:])}
-        states = [None] * (len(fn.inputs) - named)  # session state (history): the server keeps its own
-        return states + [settings.get(name, v) for name, v in values.items()]
-
-    def call(self, name: str, data: list, timeout: float = 120, seen: list | None = None) -> dict:
-        """The event's output; `seen` collects every message the queue sent (progress included)."""
-        index, fn = self.fns[name]
-        if not fn.queue:
-            r = httpx.post(self.url + "/gradio_api/run/predict",
-                           json={"data": data, "fn_index": index, "session_hash": self.session}, timeout=timeout)
-            r.raise_for_status()
-            return r.json()
-        r = httpx.post(self.url + "/gradio_api/queue/join", json={"data": data, "fn_index": index,
-                                                                  "session_hash": self.session, "event_data": None,
-                                                                  "trigger_id": None}, timeout=timeout)
-        r.raise_for_status()
-        with httpx.stream("GET", self.url + "/gradio_api/queue/data", params={"session_hash": self.session},
-                          timeout=timeout) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    msg = json.loads(line[5:])
-                    if seen is not None:
-                        seen.append(msg)
-                    if msg.get("msg") == "process_completed":
-                        assert msg["success"], msg
-                        return msg["output"]
-        raise AssertionError("no result")
-
-
 def test_path_like_session_ids_write_nothing_and_downloads_are_served(lm, tmp_path, live_server):
     target = tmp_path / "escape"
     hostile = ["../../../../../../.." + str(target / "rel"), str(target / "abs"), "..", "/"]
     url, fastapi_app = live_server(lm)
     for session in hostile:
-        browser = Browser(url, fastapi_app, session)
+        browser = PageClient(url, fastapi_app, session)
         out = browser.call("run_stream", browser.form(prompt="the cat", max_tokens=4))
         assert out["data"][4].startswith("Done"), out["data"][4]
         links = browser.call("after_run", [None])["data"][2]

@@ -434,7 +434,7 @@ def test_demo_mode_walkthrough_generates_and_steps_within_the_classroom_caps(dem
     from playwright.sync_api import expect
 
     from components.figures.lessons import LESSONS
-    from components.tabs.controls import EXAMPLES
+    from components.server.forms import EXAMPLES
     page = chromium.page()
     page.goto(demo_url + "/", wait_until="load")
     expect(page.locator("#lesson-text")).to_contain_text(LESSONS[0].title, timeout=60_000)

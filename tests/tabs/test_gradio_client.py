@@ -26,7 +26,7 @@ def steps_made(status: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def test_gradio_client_streams_steps(server):
+def test_generate_streams_every_step_to_a_gradio_client(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
     # every parameter is named after its setting; the rest keep the form's defaults
@@ -39,7 +39,7 @@ def test_gradio_client_streams_steps(server):
     assert steps_seen == sorted(steps_seen) and steps_seen[-1] == 12
 
 
-def test_gradio_client_bad_value_gives_a_message_not_a_crash(server):
+def test_a_bad_value_from_a_gradio_client_is_a_message_naming_the_field(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
     out = client.predict(prompt="   ", api_name="/generate")
@@ -51,7 +51,7 @@ def test_gradio_client_bad_value_gives_a_message_not_a_crash(server):
     assert client.predict(prompt="the cat", max_tokens=2, api_name="/generate")[4].startswith("Done")
 
 
-def test_gradio_client_research_endpoints(server):
+def test_sweep_and_baselines_answer_a_gradio_client(server):
     from gradio_client import Client
     client = Client(server, verbose=False)
     _, _, table = client.predict("0.3, 0.05", prompt="the cat", max_tokens=5, api_name="/sweep")

@@ -1,29 +1,14 @@
 """Step mode on the page: /step advances one step per call, demo mode opens on Learn, Play steps to the end."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
-from components.server.stepping import SteppedRuns
 from tiny import tiny_llama
 
-from tempo_core import build_settings, run
+from tempo_core import run
 
 
 @pytest.fixture(scope="module")
 def lm():
     return tiny_llama(seed=0)
-
-
-@pytest.fixture()
-def runs():
-    pool = ThreadPoolExecutor(1)
-    yield SteppedRuns(pool, max_runs=3, idle_s=60)
-    pool.shutdown()
-
-
-def settings(**kw):
-    return build_settings({"prompt": "once upon a time", "max_tokens": 10, "selection_threshold": 0.08,
-                           "use_retroactive_pruning": True, "attention_threshold": 0.05, **kw})
 
 
 def test_step_api_advances_one_step_per_call_and_continue_from_forces_a_node(lm, live_server):
