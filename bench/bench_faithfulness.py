@@ -41,22 +41,23 @@ def main() -> None:
                 per.append({"prompt": p, "steps": len(t.steps), "mean_set": t.stats["mean_set_size"],
                             "pruned": t.stats["pruned"], **{k: f[k] for k in (
                                 "mean_kl", "top_agreement", "mean_set_jaccard", "min_coverage", "clean_ppl",
-                                "greedy_ppl")}, "clean_text": t.clean_text})
+                                "greedy_ppl", "mean_w", "mean_top_share", "threaded_steps")}, "clean_text": t.clean_text})
                 print(f"thr {thr} pruning {pruning} | {p[:30]:30} | KL {f['mean_kl']:.3f} agree "
                       f"{f['top_agreement']:.2f} ppl {f['clean_ppl']:.2f}/{f['greedy_ppl']:.2f}", flush=True)
-            med = lambda k: statistics.mean(x[k] for x in per)  # noqa: E731
+            # a run that never branched has no w: the means are over the runs that have one
+            med = lambda k: statistics.mean([x[k] for x in per if x[k] is not None] or [float("nan")])  # noqa: E731
             rows.append({"threshold": thr, "pruning": pruning, "runs": per,
                          **{f"mean_{k}": med(k) for k in ("mean_set", "pruned", "mean_kl", "top_agreement",
                                                           "mean_set_jaccard", "min_coverage", "clean_ppl",
-                                                          "greedy_ppl")}})
+                                                          "greedy_ppl", "mean_w", "mean_top_share")}})
     print("\n| threshold | pruning | mean set | pruned/run | mean KL (nats) | top-token agreement | "
-          "set overlap | min coverage | clean ppl | greedy ppl |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "set overlap | min coverage | clean ppl | greedy ppl | mean w | top sibling's share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['threshold']} | {'on' if r['pruning'] else 'off'} | {r['mean_mean_set']:.2f} | "
               f"{r['mean_pruned']:.1f} | {r['mean_mean_kl']:.3f} | {r['mean_top_agreement']:.0%} | "
               f"{r['mean_mean_set_jaccard']:.2f} | {r['mean_min_coverage']:.2f} | {r['mean_clean_ppl']:.2f} | "
-              f"{r['mean_greedy_ppl']:.2f} |")
+              f"{r['mean_greedy_ppl']:.2f} | {r['mean_mean_w']:.2f} | {r['mean_mean_top_share']:.2f} |")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(rows, indent=2))
 

@@ -11,6 +11,12 @@ For every logical step t of a finished TEMPO run:
 Reported per step: KL(P_paths || P_tempo), whether the top tokens agree, and the Jaccard overlap of the sets
 the selection threshold would pick from each. Per run: the means, and the perplexity of `clean_text` under a
 plain forward pass next to greedy decoding's.
+
+Single-threadedness (arXiv 2508.03440 asks it of Soft Thinking): at a step whose set has siblings, split the
+explicit paths by whether they end in the step's most probable sibling, and fit P_tempo as
+w * P(top sibling's paths) + (1 - w) * P(the other paths) by least KL(P_tempo || mixture). w = 1: the merged
+step follows its top sibling only; w = `top_share` (that sibling's share of the paths' weight): a faithful
+mixture of its threads.
 """
 
 from __future__ import annotations
@@ -78,6 +84,39 @@ def kl(p: torch.Tensor, q: torch.Tensor) -> float:
     return max(0.0, float((p[mask] * (p[mask].log() - q[mask].log())).sum()))
 
 
+def fit_weight(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, iters: int = 60) -> float:
+    """The w in [0, 1] minimising KL(p || w a + (1 - w) b). The KL is convex in w, so w is where its derivative
+    -sum_i p_i (a_i - b_i) / (w a_i + (1 - w) b_i) crosses zero (bisection; an end when it does not cross)."""
+    p, a, b = p.double(), a.double(), b.double()
+    keep = p > 0
+    p, a, b = p[keep], a[keep], b[keep]
+
+    def slope(w: float) -> float:
+        return float(-(p * (a - b) / (w * a + (1 - w) * b).clamp_min(1e-300)).sum())
+    if slope(0.0) >= 0:
+        return 0.0
+    if slope(1.0) <= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def single_threadedness(p_tempo: torch.Tensor, dists: torch.Tensor, weights: list[float], on_top: list[bool]
+                        ) -> tuple[float, float] | None:
+    """(w, top_share) of one step (see the module doc), or None when the paths do not reach both sides."""
+    top = [i for i, t in enumerate(on_top) if t]
+    rest = [i for i, t in enumerate(on_top) if not t]
+    if not top or not rest:
+        return None
+    p_top = mixture(dists[top], [weights[i] for i in top])
+    p_rest = mixture(dists[rest], [weights[i] for i in rest])
+    share = sum(weights[i] for i in top) / sum(weights)
+    return fit_weight(p_tempo, p_top, p_rest), share
+
+
 def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) -> float:
     if not continuation:
         return float("nan")
@@ -109,9 +148,13 @@ def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[
         p_paths = mixture(dists, weights)
         sel_t = set(select_candidates(p_tempo, s.selection_threshold, s.max_parallel_tokens)[0])
         sel_p = set(select_candidates(p_paths, s.selection_threshold, s.max_parallel_tokens)[0])
+        siblings = visible_sets(trace, t)[t]
+        top = max(siblings, key=lambda c: c.prob).token_id
+        threads = single_threadedness(p_tempo, dists, weights, [path[-1] == top for path in paths])
         steps.append({"step": t, "kl": kl(p_paths, p_tempo), "top_agree": int(p_paths.argmax()) == int(p_tempo.argmax()),
                       "set_jaccard": len(sel_t & sel_p) / len(sel_t | sel_p), "paths": len(paths),
-                      "coverage": covered, "branching": sum(1 for c in visible_sets(trace, t) if len(c) > 1)})
+                      "coverage": covered, "branching": sum(1 for c in visible_sets(trace, t) if len(c) > 1),
+                      "w": threads[0] if threads else None, "top_share": threads[1] if threads else None})
     clean = clean_token_ids(trace.steps)
     greedy = _greedy_ids(lm, trace.prompt_token_ids, len(clean))
     n = len(steps)
@@ -120,9 +163,17 @@ def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[
               "top_agreement": sum(x["top_agree"] for x in steps) / n if n else 1.0,
               "mean_set_jaccard": sum(x["set_jaccard"] for x in steps) / n if n else 1.0,
               "min_coverage": min((x["coverage"] for x in steps), default=1.0),
+              **_mean_threads([x for x in steps if x["w"] is not None]),
               "clean_ppl": sequence_ppl(lm, trace.prompt_token_ids, clean),
               "greedy_ppl": sequence_ppl(lm, trace.prompt_token_ids, greedy)}
     trace.faithfulness = result
+
+
+def _mean_threads(split: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run means of w and of the top sibling's share over the steps that have them (None when none has)."""
+    n = len(split)
+    return {"threaded_steps": n, "mean_w": sum(x["w"] for x in split) / n if n else None,
+            "mean_top_share": sum(x["top_share"] for x in split) / n if n else None}
 
 
 def _greedy_ids(lm: LoadedModel, prompt: list[int], n: int) -> list[int]:
@@ -139,6 +190,10 @@ def _greedy_ids(lm: LoadedModel, prompt: list[int], n: int) -> list[int]:
 def summary_line(result: dict[str, Any]) -> str:
     """One line of a faithfulness result; a perplexity of no text (NaN, or null once it went through JSON) is n/a."""
     ppl = lambda v: f"{v:.2f}" if v is not None and math.isfinite(v) else "n/a (no text)"  # noqa: E731
+    threads = ""
+    if result.get("mean_w") is not None:
+        threads = (f", single-threadedness w {result['mean_w']:.2f} vs top sibling's share "
+                   f"{result['mean_top_share']:.2f} over {result['threaded_steps']} steps")
     return (f"faithfulness: mean KL {result['mean_kl']:.4f} nats, top-token agreement "
             f"{result['top_agreement']:.0%}, selected-set overlap {result['mean_set_jaccard']:.2f}, "
-            f"clean-text perplexity {ppl(result['clean_ppl'])} vs greedy {ppl(result['greedy_ppl'])}")
+            f"clean-text perplexity {ppl(result['clean_ppl'])} vs greedy {ppl(result['greedy_ppl'])}{threads}")

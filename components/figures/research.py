@@ -53,6 +53,33 @@ def faithfulness_figure(trace: Trace) -> go.Figure:
     return fig
 
 
+def threads_figure(trace: Trace) -> go.Figure:
+    """Single-threadedness: each step's fitted w against its top sibling's share of the paths, between the two
+    readings: w = 1 (the merged step follows its top sibling only) and w = share (a faithful mixture)."""
+    f = trace.faithfulness or {}
+    steps = [s for s in f.get("steps", []) if s.get("w") is not None]
+    fig = go.Figure()
+    layout = dict(template="plotly_white", height=360, uirevision=UIREVISION, margin=dict(l=10, r=10, t=80, b=40),
+                  legend=dict(orientation="h", y=-0.3), xaxis=dict(title="top sibling's share of the paths",
+                                                                  range=[0, 1.02]),
+                  yaxis=dict(title="fitted w", range=[-0.02, 1.05]))
+    if not steps:
+        return fig.update_layout(title="Single-threadedness (tick 'Measure faithfulness' and generate a run that "
+                                       "branches)", **layout)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[1, 1], mode="lines", name="w = 1: follows its top sibling only",
+                             line=dict(color=PRUNED, dash="dash"), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="w = share: a faithful mixture",
+                             line=dict(color=PATH, dash="dot"), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[s["top_share"] for s in steps], y=[s["w"] for s in steps], mode="markers+text",
+                             text=[str(s["step"]) for s in steps], textposition="top center", name="step",
+                             marker=dict(size=9, color="#1f77b4"), hoverinfo="text",
+                             hovertext=[f"step {s['step']}: w {s['w']:.3f}, top share {s['top_share']:.3f}"
+                                        for s in steps]))
+    return fig.update_layout(title=dict(text=(f"Single-threadedness — mean w {f['mean_w']:.2f}<br><sup>vs the top "
+                                              f"sibling's mean share {f['mean_top_share']:.2f} over "
+                                              f"{len(steps)} steps</sup>"), y=0.93, yanchor="top"), **layout)
+
+
 def step_mask_rows(trace: Trace, step: int) -> tuple[torch.Tensor, list[int]]:
     """The boolean mask step `step`'s queries were given ([k, rows so far]) and the physical rows of the run."""
     st = trace.steps[step]

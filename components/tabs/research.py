@@ -16,7 +16,7 @@ from tempo_core.trace import rewind
 
 from ..figures.report import tree_figure
 from ..figures.research import (aligned_html, beam_tree_figure, faithfulness_figure, positions_figure,
-                                rewind_figure, sweep_figure, sweep_multiples, sweep_table)
+                                rewind_figure, sweep_figure, sweep_multiples, sweep_table, threads_figure)
 from ..server.shared import Shared
 from .page import Hook, Page
 
@@ -70,8 +70,8 @@ class Research:
                             api_name="baselines", **shared.research_events)
         self.sweep_btn.click(self.run_sweep, [self.sweep_thr], [self.sweep_plot, self.sweep_small, self.sweep_md],
                              inputs_kwargs=page.form, api_name="sweep", **shared.research_events)
-        page.on_trace.append(Hook(self.refresh, [page.trace],
-                                  [self.faith_plot, self.mask_step, self.mask_plot, self.rewind_pick]))
+        page.on_trace.append(Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot, self.mask_step,
+                                                               self.mask_plot, self.rewind_pick]))
 
     def _layout(self) -> None:
         with gr.Tab("Faithfulness"):
@@ -79,6 +79,10 @@ class Research:
                         "**Measure faithfulness** (in *Research options*) and generate: each step's merged "
                         "distribution is compared with the mixture of the explicit paths run one by one.")
             self.faith_plot = gr.Plot(show_label=False, elem_id="faith-plot")
+            gr.Markdown("Does the merged step carry its threads, or only its top sibling's? Each step's merged "
+                        "distribution fitted as *w* x (the top sibling's paths) + (1 - *w*) x (the others'): "
+                        "*w* = 1 follows one thread, *w* = its share is a faithful mixture.")
+            self.threads_plot = gr.Plot(show_label=False, elem_id="threads-plot")
         with gr.Tab("Positions & mask"):
             self.mask_step = gr.Slider(0, 1, value=0, step=1, label="Step")
             self.mask_plot = gr.Plot(show_label=False, elem_id="mask-plot")
@@ -105,7 +109,7 @@ class Research:
             return gr.skip()
         trace = Trace.from_dict(data)
         n = len(trace.steps)
-        return {self.faith_plot: faithfulness_figure(trace),
+        return {self.faith_plot: faithfulness_figure(trace), self.threads_plot: threads_figure(trace),
                 self.mask_step: gr.update(maximum=max(1, n - 1), value=max(0, n - 1)),
                 self.mask_plot: positions_figure(trace, n - 1),
                 self.rewind_pick: gr.update(choices=pruned_choices(trace), value=None)}

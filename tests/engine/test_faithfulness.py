@@ -105,3 +105,60 @@ def test_the_meter_compares_shared_and_consecutive_positions(lm):
     top = replayed[0].topk(len(first_set.candidates)).indices.tolist()
     assert sorted(top) == sorted(c.token_id for c in first_set.candidates)
     assert shared.faithfulness["mean_kl"] != consecutive.faithfulness["mean_kl"]
+
+
+def own_kl(p, q):
+    p, q = p.double(), q.double()
+    m = p > 0
+    return float((p[m] * (p[m].log() - q[m].clamp_min(1e-300).log())).sum())
+
+
+def grid_weight(p, a, b, n=2001):
+    """The least-KL weight by brute force over a grid (no derivative, no bisection)."""
+    return min((own_kl(p, w * a + (1 - w) * b), w) for w in (i / (n - 1) for i in range(n)))[1]
+
+
+def test_the_weight_fit_finds_a_known_mixture_and_agrees_with_a_grid_search():
+    from tempo_core.faithfulness import fit_weight
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a, b = (torch.softmax(torch.randn(50, generator=g) * 3, -1) for _ in range(2))
+        w = float(torch.rand(1, generator=g))
+        assert fit_weight(w * a + (1 - w) * b, a, b) == pytest.approx(w, abs=1e-6)  # the truth, exactly
+        p = torch.softmax(torch.randn(50, generator=g) * 3, -1)  # no mixture of a and b: the nearest one
+        assert fit_weight(p, a, b) == pytest.approx(grid_weight(p, a, b), abs=1e-3)
+    a, b = torch.tensor([0.9, 0.1, 0.0]), torch.tensor([0.1, 0.2, 0.7])
+    assert fit_weight(a, a, b) == 1.0 and fit_weight(b, a, b) == 0.0  # the ends: one thread only
+
+
+def test_single_threadedness_per_step_matches_explicit_threads_run_alone(lm):
+    """w fitted against the explicit paths through the top sibling and through the others, each path run alone
+    through plain transformers; at step 0 the merged step IS the siblings' mixture, so w equals the share."""
+    s = build_settings(dict(prompt="the cat", max_tokens=4, selection_threshold=0.0, max_parallel_tokens=3,
+                            raw_prompt=True))
+    trace = run(lm, s)
+    merged = tempo_distributions(lm, trace)
+    result = measure(lm, trace, max_paths=81)  # 3^4 paths at most: all of them
+    threaded = [x for x in result["steps"] if x["w"] is not None]
+    assert len(threaded) == len(trace.steps) and result["threaded_steps"] == len(threaded)
+    for t, step in enumerate(result["steps"]):
+        sets = visible_sets(trace, t)
+        top = max(sets[t], key=lambda c: c.prob)
+        groups = {True: [torch.zeros(len(lm.tokenizer), dtype=torch.float64), 0.0],
+                  False: [torch.zeros(len(lm.tokenizer), dtype=torch.float64), 0.0]}
+        for combo in itertools.product(*sets):
+            w = math.prod(c.prob / sum(x.prob for x in cands) for c, cands in zip(combo, sets))
+            ids = torch.tensor([trace.prompt_token_ids + [c.token_id for c in combo]])
+            with torch.inference_mode():
+                dist = torch.softmax(lm.model(ids).logits[0, -1].double(), -1)
+            group = groups[combo[-1].token_id == top.token_id]
+            group[0] += w * dist
+            group[1] += w
+        (p_top, w_top), (p_rest, w_rest) = groups[True], groups[False]
+        share = w_top / (w_top + w_rest)
+        assert step["top_share"] == pytest.approx(share, abs=1e-9)
+        assert step["w"] == pytest.approx(grid_weight(merged[t], p_top / w_top, p_rest / w_rest), abs=1e-3)
+    assert result["steps"][0]["w"] == pytest.approx(result["steps"][0]["top_share"], abs=1e-4)
+    assert result["mean_w"] == pytest.approx(sum(x["w"] for x in threaded) / len(threaded))
+    from tempo_core.faithfulness import summary_line
+    assert f"single-threadedness w {result['mean_w']:.2f} vs top sibling's share" in summary_line(result)

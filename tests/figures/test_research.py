@@ -95,3 +95,19 @@ def test_faithfulness_figure_from_a_measured_run(lm):
     bars = fig.data[0]
     assert list(bars.y) == [x["kl"] for x in t.faithfulness["steps"]]
     assert "mean KL" in fig.layout.title.text
+
+
+def test_the_threads_figure_plots_each_steps_w_against_its_share_between_the_two_readings(lm):
+    from components.figures.research import threads_figure
+    t = run(lm, s(selection_threshold=0.05, max_tokens=6, faithfulness=True, faithfulness_paths=8))
+    measured = [x for x in t.faithfulness["steps"] if x["w"] is not None]
+    assert measured
+    fig = threads_figure(t)
+    steps = next(tr for tr in fig.data if tr.name == "step")
+    assert list(steps.x) == [x["top_share"] for x in measured] and list(steps.y) == [x["w"] for x in measured]
+    assert list(steps.text) == [str(x["step"]) for x in measured]
+    one, fair = (next(tr for tr in fig.data if tr.name.startswith(n)) for n in ("w = 1", "w = share"))
+    assert list(one.y) == [1, 1] and list(fair.x) == list(fair.y) == [0, 1]
+    assert f"mean w {t.faithfulness['mean_w']:.2f}" in fig.layout.title.text
+    t.faithfulness = None
+    assert "tick 'Measure faithfulness'" in threads_figure(t).layout.title.text

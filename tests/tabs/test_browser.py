@@ -109,6 +109,11 @@ def test_generate_in_a_real_browser(app_url, engine, chromium):
     page.screenshot(path=str(ARTIFACTS / "heatmap.png"))
     page.get_by_role("tab", name="Research").click()
     expect(page.locator("#faith-plot")).to_contain_text("mean KL", timeout=30_000)
+    expect(page.locator("#threads-plot")).to_contain_text("Single-threadedness", timeout=30_000)
+    page.locator("#threads-plot").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "threads.png"))
+    threads = next(t for t in _plot(page, "#threads-plot") if t["name"] == "step")
+    page.evaluate("window.scrollTo(0, 0)")
     page.get_by_role("tab", name="Positions & mask").click()
     expect(page.locator("#mask-plot")).to_contain_text("siblings share position", timeout=20_000)
     page.screenshot(path=str(ARTIFACTS / "research.png"))
@@ -145,6 +150,9 @@ def test_generate_in_a_real_browser(app_url, engine, chromium):
     assert [c["prob"] for st in shown["steps"] for c in st["candidates"]] == \
            pytest.approx([c.prob for st in made.steps for c in st.candidates], abs=1e-5)
     assert [st["step"] for st in shown["steps"]] == list(range(len(made.steps)))
+    # the single-threadedness figure plotted the trace's own fitted w against each step's share
+    fitted = [x for x in shown["faithfulness"]["steps"] if x["w"] is not None]
+    assert threads["x"] == [x["top_share"] for x in fitted] and threads["y"] == [x["w"] for x in fitted]
     page.get_by_role("tab", name="Tree").click()
     labels = next(t for t in _plot(page, "#tempo-tree") if t["name"] == "candidate labels")
     trace = Trace.from_dict(shown)
