@@ -250,18 +250,24 @@ def _check_faithfulness(f: Any) -> None:
         return
     keys = {"max_paths", "steps", "mean_kl", "top_agreement", "mean_set_jaccard", "min_coverage", "clean_ppl",
             "greedy_ppl"}
-    _mapping("faithfulness", f, keys, keys)
+    threads = {"mean_w", "mean_top_share", "threaded_steps"}  # single-threadedness: absent in older traces
+    _mapping("faithfulness", f, keys | threads, keys)
     for k in keys - {"steps", "clean_ppl", "greedy_ppl"}:
         _number(f"faithfulness.{k}", f[k])
     for k in ("clean_ppl", "greedy_ppl"):
         _number(f"faithfulness.{k}", f[k], nullable=True)
+    for k in ("mean_w", "mean_top_share"):
+        _number(f"faithfulness.{k}", f.get(k), 0.0, 1.0, nullable=True)
+    _integer("faithfulness.threaded_steps", f.get("threaded_steps", 0))
     if not isinstance(f["steps"], list):
         raise TraceError("faithfulness.steps: must be a list")
     step_keys = {"step", "kl", "top_agree", "set_jaccard", "paths", "coverage", "branching"}
     for i, x in enumerate(f["steps"]):
-        _mapping(f"faithfulness.steps[{i}]", x, step_keys, step_keys)
+        _mapping(f"faithfulness.steps[{i}]", x, step_keys | {"w", "top_share"}, step_keys)
         for k in step_keys - {"top_agree"}:
             _number(f"faithfulness.steps[{i}].{k}", x[k])
+        for k in ("w", "top_share"):
+            _number(f"faithfulness.steps[{i}].{k}", x.get(k), 0.0, 1.0, nullable=True)
         if not isinstance(x["top_agree"], bool):
             raise TraceError(f"faithfulness.steps[{i}].top_agree: must be true or false")
 

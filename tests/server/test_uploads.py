@@ -92,3 +92,25 @@ def test_a_bad_upload_is_a_message_in_the_page(lm, tmp_path, monkeypatch, built_
     f.write_text(json.dumps(_set(_good(lm), "steps.0.candidates.0.prob", "x")))
     out = site.explore.replay.load_trace(str(f))
     assert out[site.page.view.status].startswith("**Error:** not a TEMPO trace: steps[0].candidates[0].prob")
+
+
+def test_a_measured_trace_with_single_threadedness_is_read_back_and_its_w_is_checked(lm, tmp_path):
+    data = run(lm, build_settings({"prompt": "the cat", "max_tokens": 4, "selection_threshold": 0.05,
+                                   "faithfulness": True, "faithfulness_paths": 4})).to_plain()
+    assert data["faithfulness"]["threaded_steps"] > 0
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps(data))
+    assert read_trace_file(str(f), 200, 16).faithfulness == data["faithfulness"]
+    older = json.loads(json.dumps(data))  # a trace saved before the fit existed
+    for key in ("mean_w", "mean_top_share", "threaded_steps"):
+        del older["faithfulness"][key]
+    for st in older["faithfulness"]["steps"]:
+        del st["w"], st["top_share"]
+    f.write_text(json.dumps(older))
+    assert read_trace_file(str(f), 200, 16).faithfulness == older["faithfulness"]
+    step = next(i for i, x in enumerate(data["faithfulness"]["steps"]) if x["w"] is not None)
+    for path, value, message in ((f"faithfulness.steps.{step}.w", 1.5, f"faithfulness.steps[{step}].w: must be in [0, 1]"),
+                                 ("faithfulness.mean_w", "x", "faithfulness.mean_w: must be a finite number or null")):
+        f.write_text(json.dumps(_set(data, path, value)))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_trace_file(str(f), 200, 16)
