@@ -143,17 +143,17 @@ def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[
     steps = []
     for t, p_tempo in enumerate(merged):
         yield t / (len(merged) + 1)
-        paths, weights, covered = top_paths(visible_sets(trace, t), max_paths)
+        sets = visible_sets(trace, t)
+        paths, weights, covered = top_paths(sets, max_paths)
         dists = path_distributions(lm, trace.prompt_token_ids, paths, s.temperature)
         p_paths = mixture(dists, weights)
         sel_t = set(select_candidates(p_tempo, s.selection_threshold, s.max_parallel_tokens)[0])
         sel_p = set(select_candidates(p_paths, s.selection_threshold, s.max_parallel_tokens)[0])
-        siblings = visible_sets(trace, t)[t]
-        top = max(siblings, key=lambda c: c.prob).token_id
+        top = max(sets[t], key=lambda c: c.prob).token_id
         threads = single_threadedness(p_tempo, dists, weights, [path[-1] == top for path in paths])
         steps.append({"step": t, "kl": kl(p_paths, p_tempo), "top_agree": int(p_paths.argmax()) == int(p_tempo.argmax()),
                       "set_jaccard": len(sel_t & sel_p) / len(sel_t | sel_p), "paths": len(paths),
-                      "coverage": covered, "branching": sum(1 for c in visible_sets(trace, t) if len(c) > 1),
+                      "coverage": covered, "branching": sum(1 for c in sets if len(c) > 1),
                       "w": threads[0] if threads else None, "top_share": threads[1] if threads else None})
     clean = clean_token_ids(trace.steps)
     greedy = _greedy_ids(lm, trace.prompt_token_ids, len(clean))

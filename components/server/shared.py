@@ -5,7 +5,6 @@ One `Shared` is made per server (`app.build_app`) and passed to each tab; nothin
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,9 +20,6 @@ from .forms import settings_from_form
 from .api import admit
 from .sessions import Slots, StopFlags, TraceStore, session_key
 from .stepping import SteppedRuns
-
-log = logging.getLogger("tempo.app")
-
 
 def env_int(name: str, default: int) -> int:
     """A positive integer setting from the environment; a bad value stops the server with its name."""
@@ -118,9 +114,7 @@ class Shared:
             # a client that never pressed the page's Generate (gradio_client) has a run waiting in the queue
             self.stops.arm(key)
             self.stops.stop(key)
-        run = self.stepped.get(key)  # Stop also halts Play
-        if run is not None:
-            run.playing = False
+        self.stepped.pause(key)  # Stop also halts Play
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads, flags and stepped run."""

@@ -80,6 +80,12 @@ class SteppedRuns:
         run.last_used = time.monotonic()
         return run.trace
 
+    def pause(self, session: str) -> None:
+        """Halt the session's Play (its run stays, paused)."""
+        run = self.get(session)
+        if run is not None:
+            run.playing = False
+
     def drop(self, session: str) -> None:
         with self._lock:
             run = self._runs.pop(session, None)

@@ -14,11 +14,11 @@ from tempo_core.config import echo_value
 
 from ..figures.inspect import node_choices, trace_at
 from ..figures.views import curve_view
-from ..server.forms import form_values, page_defaults, settings_from_link, share_query
+from ..server.forms import page_defaults, settings_from_link, share_query
 from ..server.sessions import session_key
 from ..server.shared import Shared
 from ..server.uploads import read_upload
-from .page import Component, Hook, Outputs, Page, arrival
+from .page import Hook, Outputs, Page, arrival
 
 
 def downloads_html(run_id: str | None) -> str:
@@ -111,6 +111,6 @@ class Replay:
         if found is None:
             return self.page.view.preview(form, self.shared.limits)
         s, changed = found
-        fields: dict[str, Component] = self.page.form
-        values = {fields[n]: v for n, v in zip(fields, form_values(s, list(fields))) if n in changed}
+        filled = self.page.fill_form(s)
+        values = {c: filled[c] for name, c in self.page.form.items() if name in changed}
         return {**values, self.page.view.curve: curve_view(s)}

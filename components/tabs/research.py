@@ -14,6 +14,7 @@ from tempo_core.limits import RunStop
 from tempo_core.sweep import sweep
 from tempo_core.trace import rewind
 
+from ..figures.inspect import find_node
 from ..figures.report import tree_figure
 from ..figures.research import (aligned_html, beam_tree_figure, faithfulness_figure, positions_figure,
                                 rewind_figure, sweep_figure, sweep_multiples, sweep_table, threads_figure)
@@ -121,11 +122,10 @@ class Research:
         if not data or not node:
             return gr.skip()
         trace = Trace.from_dict(data)
-        try:
-            s, i = (int(x) for x in node.split(":"))
-            c = trace.steps[s].candidates[i]
-        except (ValueError, IndexError):
+        found = find_node(trace, node)  # an id from the browser: checked like every other click
+        if found is None:
             return gr.skip()
+        c = found[2]
         at = c.pruned_at if c.pruned_at is not None else len(trace.steps) - 1
         return {self.rewind_plot: rewind_figure(trace, node), self.before_plot: tree_figure(rewind(trace, at - 1)),
                 self.after_plot: tree_figure(rewind(trace, at))}

@@ -37,6 +37,11 @@ def play_speed(value: Any) -> float:
     return speed
 
 
+def hidden_choices() -> dict:
+    """The prediction choices, emptied and hidden (no step waits for a prediction)."""
+    return gr.update(choices=[], value=[], visible=False)
+
+
 @dataclass
 class StepControls:
     """The step-mode buttons, laid out right under the prompt (above the fold on a laptop and a phone)."""
@@ -68,7 +73,7 @@ class StepControls:
 
     def cleared(self) -> Outputs:
         """No prediction pending (a new trace replaces the stepped one)."""
-        return {self.reveal_md: "", self.question: "", self.choices: gr.update(choices=[], value=[], visible=False)}
+        return {self.reveal_md: "", self.question: "", self.choices: hidden_choices()}
 
 
 class StepMode:
@@ -123,9 +128,7 @@ class StepMode:
         run.playing = False
 
     def pause(self, request: gr.Request) -> None:
-        run = self.shared.stepped.get(session_key(request))
-        if run is not None:
-            run.playing = False
+        self.shared.stepped.pause(session_key(request))
 
     def reveal(self, request: gr.Request, picked: list[str] | None) -> Outputs:
         """Reveal the hidden step: the picks marked right or wrong, the running score, then a question."""
@@ -144,7 +147,6 @@ class StepMode:
         the run just before it, and the choices ask which tokens pass."""
         trace, view, ui = run.trace, self.page.view, self.ui
         out: Outputs = {self.finished: trace.to_plain()} if run.done and trace is not None else {}
-        hide_choices = gr.update(choices=[], value=[], visible=False)
         if trace is None or not trace.steps:
             reason = trace.stop_reason if trace else "nothing to run"
             return {**out, **ui.cleared(), view.status: f"no steps ({reason})"}
@@ -159,7 +161,7 @@ class StepMode:
         status = status_line(trace, not run.done, paused=not run.playing and not run.done)
         if run.done and run.score.total:
             status += f" · prediction score {run.score}"
-        return {**out, **view.show(trace, status, live=not run.done), ui.choices: hide_choices}
+        return {**out, **view.show(trace, status, live=not run.done), ui.choices: hidden_choices()}
 
     def arrived(self, data: dict | None) -> Outputs:
         """A stepped run finished: its trace is the one on show."""

@@ -49,3 +49,18 @@ def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewin
     from_text = explore.clicked(data, [], click("3:0", "tempo-text"))
     ringed = next(t for t in from_text[tree]["data"] if t["name"] == "selected")
     assert (ringed["x"], ringed["y"]) == ([3], [0])
+
+
+def test_a_pruned_candidate_picked_for_its_rewind_is_checked_like_every_click(built_page):
+    """The rewind's node id comes from the browser: a real pruned candidate gets its three figures; an id that is
+    not a candidate of the trace (a negative index included) changes nothing."""
+    lm = tiny_llama(seed=3)
+    research = built_page(lm).explore.research
+    trace = run(lm, build_settings(LONG))
+    data = trace.to_dict()
+    step, i = next((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
+    out = research.show_rewind(data, f"{step}:{i}")
+    assert set(out) == {research.rewind_plot, research.before_plot, research.after_plot}
+    assert f"at step {step}" in out[research.rewind_plot].layout.title.text
+    for bogus in ("-1:0", "0:-1", "x", f"{len(trace.steps)}:0"):
+        assert research.show_rewind(data, bogus) == gr.skip(), bogus
