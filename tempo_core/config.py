@@ -18,7 +18,7 @@ MAX_PARALLEL_LIMIT = 64
 MAX_PROMPT_CHARS = 20_000
 PRUNING_MODES = ("keep_token", "keep_unattended", "remove_position")
 CURVE_FORMS = ("start_to_final", "seed_scaled")
-MODES = ("tempo", "default", "mcts")
+MODES = ("tempo", "default", "mcts", "soft")
 # the seeds' switches for the mode: true selects that mode, false goes back to TEMPO if it was that mode
 MODE_FLAGS = {"default_mode": "default", "use_mcts": "mcts"}
 
@@ -42,7 +42,9 @@ class TempoSettings:
     # --- what to generate
     mode: str = _f("tempo", "tempo: keep every token above the threshold at one position; default: plain transformers "
                             "generate (greedy, or sampling with do_sample); mcts: Monte Carlo tree search over "
-                            "threshold-selected candidates (aliases: --default-mode, --use-mcts)", choices=MODES)
+                            "threshold-selected candidates (aliases: --default-mode, --use-mcts); soft: Soft "
+                            "Thinking, each threshold set fed as ONE input row, the probability-weighted mixture of its "
+                            "tokens' embeddings (no masks, nothing to prune)", choices=MODES)
     prompt: str = _f("", "Text prompt (non-empty)")
     max_tokens: int = _f(100, "Maximum logical steps", 1, MAX_TOKENS_LIMIT)
     min_steps: int = _f(0, "Steps before an EOS may end the run", 0, MAX_TOKENS_LIMIT)
@@ -91,7 +93,7 @@ class TempoSettings:
     mcts_depth: int = _f(5, "MCTS maximum search depth", 1, 64)
     # --- output and analysis
     show_token_ids: bool = _f(False, "Show token ids in the bracketed text")
-    faithfulness: bool = _f(False, "After a TEMPO run, compare it with its explicit branch paths")
+    faithfulness: bool = _f(False, "After a TEMPO or soft run, compare it with its explicit branch paths")
     faithfulness_paths: int = _f(8, "Explicit paths per step for the faithfulness meter (most probable)", 1, 256)
 
     def to_dict(self) -> dict[str, Any]:

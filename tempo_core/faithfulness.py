@@ -1,4 +1,5 @@
 """Faithfulness meter: does one superposed sequence approximate the explicit branches it stands for?
+(TEMPO superposes in attention/KV space; a soft run (soft.py) at the input embedding: both are measured alike.)
 
 For every logical step t of a finished TEMPO run:
   * P_tempo(t): the merged next-token distribution TEMPO selected step t+1 from, recomputed by replaying the
@@ -30,6 +31,7 @@ from .config import build_settings
 from .engine import ParallelSequence
 from .model import LoadedModel
 from .selection import mixture, select_candidates, to_probs
+from .soft import soft_distributions
 from .trace import Candidate, Trace, clean_token_ids
 
 
@@ -46,6 +48,14 @@ def tempo_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
         out.append(mixture(to_probs(logits, s.temperature), [c.prob for c in st.candidates]))
         seq.replay_pruning(trace.steps, st.step)
     return out
+
+
+def merged_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
+    """Element t: the distribution the run selected step t+1 from: TEMPO's merged mixture, or the soft run's
+    output after its concept token (recomputed from the trace either way)."""
+    if trace.mode == "soft":
+        return soft_distributions(lm, trace.prompt_token_ids, trace.steps, build_settings(trace.settings).temperature)
+    return tempo_distributions(lm, trace)
 
 
 def visible_sets(trace: Trace, t: int) -> list[list[Candidate]]:
@@ -136,10 +146,10 @@ def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> dict[str, Any]
 
 def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[float]:
     """`measure`, yielding the fraction done after each step's explicit paths (for progress bars)."""
-    if trace.mode != "tempo":
-        raise ValueError(f"faithfulness is defined for TEMPO runs, not {trace.mode!r}")
+    if trace.mode not in ("tempo", "soft"):
+        raise ValueError(f"faithfulness is defined for TEMPO and soft runs, not {trace.mode!r}")
     s = build_settings(trace.settings)
-    merged = tempo_distributions(lm, trace)
+    merged = merged_distributions(lm, trace)
     steps = []
     for t, p_tempo in enumerate(merged):
         yield t / (len(merged) + 1)

@@ -103,7 +103,9 @@ def estimate_cost(s: TempoSettings, prompt_tokens: int) -> Cost:
         sims, depth = s.mcts_simulations, s.mcts_depth
         return Cost(1 + t * (sims + 1), p + t * (sims * depth + 1), "mcts_simulations",
                     f"max_tokens {t} x (mcts_simulations {sims} + 1)")
-    if s.disable_kv_cache:  # every step re-feeds the whole sequence
+    if s.mode == "soft":  # one concept row per step
+        cost = Cost(t + 1, p + t, "max_tokens", f"max_tokens {t} + prompt {p}")
+    elif s.disable_kv_cache:  # every step re-feeds the whole sequence
         passes, fed = t + 1, t * p + k * t * (t + 1) // 2
         cost = Cost(passes, fed, "disable_kv_cache",
                     f"disable_kv_cache re-feeds prompt ({p}) + rows each step, max_tokens {t} times")

@@ -1,5 +1,5 @@
-"""Which decoding a run uses: TEMPO (engine.py), plain transformers generate (baseline.py) or MCTS (mcts.py),
-and the faithfulness phase after a TEMPO run. Above the modes, so that imports only run downward."""
+"""Which decoding a run uses: TEMPO (engine.py), plain transformers generate (baseline.py), MCTS (mcts.py) or
+Soft Thinking (soft.py), and the faithfulness phase after a TEMPO or soft run. Above the modes, so that imports only run downward."""
 
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ from .faithfulness import measure_iter
 from .limits import stop_reason
 from .mcts import mcts_events
 from .model import LoadedModel
+from .soft import soft_events
 from .trace import Step, Trace
 
 
 def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
              prefix: list[Step] | None = None) -> Iterator[StepEvent]:
-    """Events of a run in the mode `s` selects (TEMPO, default/baseline or MCTS)."""
+    """Events of a run in the mode `s` selects (TEMPO, default/baseline, MCTS or soft)."""
     if s.mode == "default":
         return default_events(lm, s, stop)
     if s.mode == "mcts":
         return mcts_events(lm, s, stop)
-    if s.faithfulness:
-        return _with_faithfulness(tempo_events(lm, s, stop, prefix), lm, s, stop)
-    return tempo_events(lm, s, stop, prefix)
+    events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix)
+    return _with_faithfulness(events, lm, s, stop) if s.faithfulness else events
 
 
 def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .config import echo_name, echo_value
+from .config import MODES, echo_name, echo_value
 
 SCHEMA_VERSION = 1
 
@@ -279,8 +279,8 @@ def check_trace_data(data: Any, max_steps: int, max_candidates: int) -> None:
         raise TraceError(f"schema_version: this build reads {SCHEMA_VERSION}, got {_brief(data.get('schema_version'))}")
     for k in ("model", "prompt", "prompt_text", "text", "clean_text", "stop_reason"):
         _text(k, data.get(k, ""))
-    if data["mode"] not in ("tempo", "default", "mcts"):
-        raise TraceError(f"mode: must be one of tempo, default, mcts, got {_brief(data['mode'])}")
+    if data["mode"] not in MODES:
+        raise TraceError(f"mode: must be one of {', '.join(MODES)}, got {_brief(data['mode'])}")
     if not isinstance(data["settings"], dict):
         raise TraceError(f"settings: must be an object of settings, got {_brief(data['settings'])}")
     ids = data.get("prompt_token_ids", [])

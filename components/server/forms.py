@@ -15,7 +15,8 @@ APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candid
 # this, so opening it on a fresh page gives back every setting)
 PAGE_START = {"prompt": "What is the capital of France?", "max_tokens": 40, "use_retroactive_pruning": True,
               "attention_threshold": APP_ATTENTION_THRESHOLD}
-MODES = {"TEMPO": "tempo", "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
+MODES = {"TEMPO": "tempo", "Soft Thinking (sets mixed at the input)": "soft",
+         "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
 
 EXAMPLES = [
     ["What is the capital of France?", 0.1, 40, "TEMPO"],
