@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = 
     if trace.faithfulness:
         from .faithfulness import summary_line
         print(summary_line(trace.faithfulness), file=sys.stderr)
+    if trace.commitment:
+        from .commitment import summary_line as commitment_line
+        print(commitment_line(trace.commitment), file=sys.stderr)
     if opts.get("output_dir"):
         _write_outputs(trace, Path(opts["output_dir"]), save_figures if opts.get("save_visualization") else None)
     if opts.get("json"):

@@ -95,6 +95,8 @@ class TempoSettings:
     show_token_ids: bool = _f(False, "Show token ids in the bracketed text")
     faithfulness: bool = _f(False, "After a TEMPO or soft run, compare it with its explicit branch paths")
     faithfulness_paths: int = _f(8, "Explicit paths per step for the faithfulness meter (most probable)", 1, 256)
+    commitment: bool = _f(False, "After a TEMPO or soft run, read every step through the logit lens at every layer "
+                                 "(commitment strip: where each prediction settles, where siblings part)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

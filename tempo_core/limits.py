@@ -118,6 +118,10 @@ def estimate_cost(s: TempoSettings, prompt_tokens: int) -> Cost:
         cost = Cost(cost.forward_passes + t * (batches + 2) + 3, fed, "faithfulness_paths",
                     f"faithfulness runs up to faithfulness_paths {paths} explicit paths at each of max_tokens {t} "
                     f"steps on a prompt of {p} tokens")
+    if s.commitment:  # one replay with every layer's states, then lm_head over each set row at every layer
+        # (on the embedded model a row's lens at all 30 layers costs about as much as 6 tokens through the model)
+        rows = p + t * k
+        cost = Cost(cost.forward_passes + 1, cost.tokens_fed + rows + t * k * 6, cost.driver, cost.formula)
     return cost
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .baseline import default_events
 from .config import TempoSettings
 from .engine import tempo_events
 from .events import StepEvent
-from .faithfulness import measure_iter
+from .commitment import measure_iter as commitment_iter
+from .faithfulness import measure_iter as faithfulness_iter
 from .limits import stop_reason
 from .mcts import mcts_events
 from .model import LoadedModel
@@ -27,22 +28,30 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
     if s.mode == "mcts":
         return mcts_events(lm, s, stop)
     events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix)
-    return _with_faithfulness(events, lm, s, stop) if s.faithfulness else events
+    if s.faithfulness:
+        events = _then(events, "faithfulness", "measuring faithfulness",
+                       lambda trace: faithfulness_iter(lm, trace, s.faithfulness_paths), stop)
+    if s.commitment:
+        events = _then(events, "commitment", "reading the layers (logit lens)",
+                       lambda trace: commitment_iter(lm, trace), stop)
+    return events
 
 
-def _with_faithfulness(events: Iterator[StepEvent], lm: LoadedModel, s: TempoSettings,
-                       stop: threading.Event | None) -> Iterator[StepEvent]:
+def _then(events: Iterator[StepEvent], name: str, doing: str, analysis: Callable[[Trace], Iterator[float]],
+          stop: threading.Event | None) -> Iterator[StepEvent]:
+    """The run's events, then, before the last one, `analysis` of the finished trace (an iterator of the fraction
+    done) as progress events. A stopped run is not analysed: `stats["<name>_skipped"]` says why."""
     for event in events:
         if event.done and stop is not None and stop.is_set():
-            event.trace.stats["faithfulness_skipped"] = stop_reason(stop)  # a stopped run is not measured
+            event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
         elif event.done:
             t0 = time.perf_counter()
-            for done in measure_iter(lm, event.trace, s.faithfulness_paths):
+            for done in analysis(event.trace):
                 if stop is not None and stop.is_set():
-                    event.trace.stats["faithfulness_skipped"] = stop_reason(stop)
+                    event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
                     break
-                yield StepEvent(event.index, event.trace, [], progress=f"measuring faithfulness {done:.0%}")
-            event.trace.timings["faithfulness_ms"] = (time.perf_counter() - t0) * 1e3
+                yield StepEvent(event.index, event.trace, [], progress=f"{doing} {done:.0%}")
+            event.trace.timings[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
         yield event
 
 

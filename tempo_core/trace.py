@@ -73,6 +73,7 @@ class Trace:
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     faithfulness: dict[str, Any] | None = None  # filled by tempo_core.faithfulness.measure
+    commitment: dict[str, Any] | None = None  # filled by tempo_core.commitment.measure
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,6 +306,53 @@ def check_trace_data(data: Any, max_steps: int, max_candidates: int) -> None:
         if st["step"] != i:
             raise TraceError(f"steps[{i}].step: must be {i} (steps in order), got {st['step']}")
     _check_faithfulness(data.get("faithfulness"))
+    _check_commitment(data.get("commitment"), len(steps))
+
+
+MAX_LAYERS = 1024
+
+
+def _check_commitment(c: Any, n_steps: int) -> None:
+    if c is None:
+        return
+    _mapping("commitment", c, {"layers", "top_k", "steps"}, {"layers", "top_k", "steps"})
+    _integer("commitment.layers", c["layers"])
+    layers, top_k = c["layers"], c["top_k"]
+    if not 1 <= layers <= MAX_LAYERS:
+        raise TraceError(f"commitment.layers: must be in [1, {MAX_LAYERS}], got {layers}")
+    _integer("commitment.top_k", top_k)
+    if not 1 <= top_k <= 10:
+        raise TraceError(f"commitment.top_k: must be in [1, 10], got {top_k}")
+    if not isinstance(c["steps"], list) or len(c["steps"]) > n_steps:
+        raise TraceError(f"commitment.steps: must be a list of at most {n_steps} steps (one per step)")
+    keys = {"step", "token", "p_final", "lens", "js", "commit_layer", "part_layer"}
+    for i, x in enumerate(c["steps"]):
+        where = f"commitment.steps[{i}]"
+        _mapping(where, x, keys, keys)
+        if x["step"] != i:
+            raise TraceError(f"{where}.step: must be {i} (steps in order), got {_brief(x['step'])}")
+        _text(f"{where}.token", x["token"])
+        for k in ("commit_layer", "part_layer"):
+            _integer(f"{where}.{k}", x[k], lo=1, nullable=k == "part_layer")
+            if x[k] is not None and x[k] > layers:
+                raise TraceError(f"{where}.{k}: must be in [1, {layers}], got {x[k]}")
+        for k in ("p_final", "js"):
+            if x[k] is None and k == "js":
+                continue
+            if not isinstance(x[k], list) or len(x[k]) != layers:
+                raise TraceError(f"{where}.{k}: must be a list of {layers} numbers (one per layer)")
+            for j, v in enumerate(x[k]):
+                _number(f"{where}.{k}[{j}]", v, 0.0, 1.0 if k == "p_final" else 100.0)
+        if not isinstance(x["lens"], list) or len(x["lens"]) != layers:
+            raise TraceError(f"{where}.lens: must be a list of {layers} entries (one per layer)")
+        for j, top in enumerate(x["lens"]):
+            if not isinstance(top, list) or len(top) > top_k:
+                raise TraceError(f"{where}.lens[{j}]: must be a list of at most {top_k} [token, probability] pairs")
+            for n, pair in enumerate(top):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise TraceError(f"{where}.lens[{j}][{n}]: must be a [token, probability] pair")
+                _text(f"{where}.lens[{j}][{n}][0]", pair[0])
+                _number(f"{where}.lens[{j}][{n}][1]", pair[1], 0.0, 1.0)
 
 
 def step_text(s: Step, show_ids: bool = False) -> str:
@@ -391,6 +439,8 @@ def rewind(trace: Trace, step: int) -> Trace:
     past = copy.deepcopy(trace)
     past.steps = past.steps[:max(0, step + 1)]
     past.faithfulness = None
+    if past.commitment is not None:  # a step's lens depends only on what came before it: still true
+        past.commitment = {**past.commitment, "steps": past.commitment["steps"][:len(past.steps)]}
     for st in past.steps:
         for c in st.candidates:
             if trace.mode != "mcts" and c.pruned_at is not None and c.pruned_at > step:

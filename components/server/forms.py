@@ -15,7 +15,7 @@ APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candid
 # this, so opening it on a fresh page gives back every setting)
 PAGE_START = {"prompt": "What is the capital of France?", "max_tokens": 40, "use_retroactive_pruning": True,
               "attention_threshold": APP_ATTENTION_THRESHOLD}
-MODES = {"TEMPO": "tempo", "Soft Thinking (sets mixed at the input)": "soft",
+MODES = {"TEMPO": "tempo", "Soft Thinking": "soft",
          "Greedy / sampling (transformers generate)": "default", "MCTS": "mcts"}
 
 EXAMPLES = [
@@ -34,6 +34,8 @@ RESEARCH_EXAMPLES = [
     ("Pruning rewind + positions & mask", ["Write a haiku about servers.", 0.05, 24, "TEMPO", True, 0.03, False, False]),
     ("Bezier schedule rising to 0.05", ["Explain the theory of relativity simply.", 0.1, 40, "TEMPO", True, 0.005,
                                         True, False]),
+    ("Soft Thinking on the same prompt (then Compare it with the first)",
+     ["What is the capital of France?", 0.1, 16, "Soft Thinking", False, 0.01, False, True]),
     ("Then: Baselines, Threshold sweep, Tree diff", ["List three uses of a paperclip.", 0.1, 24, "TEMPO", False, 0.01,
                                                      False, False]),
 ]

@@ -52,7 +52,16 @@ KEY_NUMBERS = [("logical steps", lambda t: t.stats.get("steps", len(t.steps))),
                ("forward passes", lambda t: t.stats.get("forward_passes", "—")),
                ("tokens processed", lambda t: t.stats.get("tokens_processed", "—")),
                ("steps / s", lambda t: f"{t.timings.get('steps_per_s', 0):.1f}"),
-               ("stopped by", lambda t: t.stop_reason.replace("_", " "))]
+               ("stopped by", lambda t: t.stop_reason.replace("_", " ")),
+               # the faithfulness meter's answer, so TEMPO and Soft Thinking on one prompt read side by side
+               ("faithfulness mean KL (nats)", lambda t: _measured(t, "mean_kl", "{:.4f}")),
+               ("single-threadedness mean w", lambda t: _measured(t, "mean_w", "{:.2f}")),
+               ("top sibling's mean share", lambda t: _measured(t, "mean_top_share", "{:.2f}"))]
+
+
+def _measured(t: Trace, key: str, form: str) -> str:
+    value = (t.faithfulness or {}).get(key)
+    return "—" if value is None else form.format(value)
 
 
 def numbers_table(a: Trace, b: Trace) -> str:

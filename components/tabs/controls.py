@@ -40,7 +40,8 @@ def build_controls(limits: Limits, prompt: gr.Textbox, expert_visible: bool = Tr
     c["selection_threshold"] = setting_slider(0.0, 1.0, value=d.selection_threshold, step=0.01,
                                          label="Selection threshold", info=_help("selection_threshold"))
     c["max_tokens"] = setting_slider(1, limits.max_tokens, value=d.max_tokens, step=1, label="Max tokens")
-    c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode")
+    c["mode"] = gr.Radio(list(MODES), value="TEMPO", label="Mode",
+                         info="Soft Thinking feeds each set as one input: its tokens' embeddings mixed by probability")
     # a classroom page hides the expert groups behind one switch, right above them
     advanced = gr.Checkbox(value=False, label="Advanced settings", visible=not expert_visible, elem_id="advanced")
     with gr.Column(visible=expert_visible, elem_id="expert-settings") as expert:
@@ -131,5 +132,7 @@ def _research_group(c: dict[str, Any], d: TempoSettings, limits: Limits) -> None
     """Research options."""
     with gr.Accordion("Research options", open=False):
         c["faithfulness"] = gr.Checkbox(value=False, label="Measure faithfulness after the run (Research tab)")
+        c["commitment"] = gr.Checkbox(value=False, label="Commitment strip (logit lens): where each step settles, "
+                                                         "layer by layer (under the tree)")
         c["faithfulness_paths"] = setting_slider(1, limits.faithfulness_paths, value=d.faithfulness_paths, step=1,
                                             label="Explicit paths per step (most probable)")

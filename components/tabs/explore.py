@@ -16,6 +16,7 @@ from tempo_core.limits import RunStop
 from tempo_core.steer import continue_from
 
 from ..figures.inspect import find_node, node_details, what_if_lower
+from ..figures.layers import commitment_strip
 from ..figures.lessons import GLOSSARY, RECORDINGS, recorded
 from ..figures.views import empty_figure, status_line, tree_view, units
 from ..server.api import admit
@@ -90,13 +91,13 @@ class Explore:
         gr.Markdown("*Each step's set in [ ]; underline colour: probability (yellow high, purple low); struck "
                     "through: pruned; ⏎ newline, · space.*", elem_classes="legend-line")
         with gr.Tabs() as self.figure_tabs:
-            tree, heatmap, curve = self._figure_tabs()
-            page.view = TraceView(status, text, tree, heatmap, curve)
+            tree, heatmap, curve, strip = self._figure_tabs()
+            page.view = TraceView(status, text, tree, heatmap, curve, strip)
             self.compare = Compare(self.shared, page)
             self.research = Research(self.shared, page)
             self.replay = Replay(self.shared, page, self.node_pick)
 
-    def _figure_tabs(self) -> tuple[Any, Any, Any]:
+    def _figure_tabs(self) -> tuple[Any, Any, Any, Any]:
         with gr.Tab("Tree", id="tree"):
             gr.Markdown("*One column per logical step (its candidates share one position); size and colour: "
                         "probability; ✕ pruned; grey open circles: near misses; a long orange bar: steps with one "
@@ -112,6 +113,7 @@ class Explore:
                                               size="sm")
                 self.what_if_btn = gr.Button("What if the threshold were lower here?", elem_id="what-if", size="sm")
             self.what_if = gr.Markdown("", elem_id="what-if-result")
+            strip = plotly_view(commitment_strip(NO_TRACE), elem_id="commitment-strip")
         with gr.Tab("Pruning heatmap", id="heatmap"):
             gr.Markdown("*Rows: candidates that came near the pruning threshold; columns: the steps after theirs; "
                         "colour: the attention those steps paid them (darker = more); red outline: below the "
@@ -122,7 +124,7 @@ class Explore:
             gr.Markdown("*The pruning threshold over the run (a constant, a Bezier or a ReLU curve), with each step's "
                         "set size and the candidates pruned at it.*", elem_classes="legend-line")
             curve = plotly_view(elem_id="tempo-curve")
-        return tree, heatmap, curve
+        return tree, heatmap, curve, strip
 
     # --- wiring -------------------------------------------------------------------------------------------------
     def _wire_runs(self) -> None:
@@ -158,8 +160,9 @@ class Explore:
         self.what_if_btn.click(self.what_if_lower, [page.trace, self.node_pick], self.what_if, **listen)
         # .input, not .change: a click already drew the tree and the details; only a pick from the list redraws
         self.node_pick.input(self.show_node, [page.trace, self.node_pick, page.expanded],
-                             [page.view.tree, self.details], **listen)
-        click_outputs = [self.details, self.node_pick, research.rewind_pick, self.figure_tabs, research.tabs]
+                             [page.view.tree, self.details, page.view.strip], **listen)
+        click_outputs = [self.details, self.node_pick, research.rewind_pick, self.figure_tabs, research.tabs,
+                         page.view.strip]
         for source in (page.view.text, page.view.heatmap):
             source.click(self.clicked, [page.trace, page.expanded], [page.view.tree, *click_outputs], **listen)
         # the page rings a clicked tree node itself (widgets.py), so the tree is not an output: Gradio redraws an
@@ -253,7 +256,8 @@ class Explore:
         found = find_node(trace, node) if trace is not None else None
         if found is None:
             return gr.skip()
-        out: Outputs = {self.details: node_details(trace, node), self.node_pick: node}
+        out: Outputs = {self.details: node_details(trace, node), self.node_pick: node,
+                        self.page.view.strip: commitment_strip(trace, found[0])}
         if redraw_tree:
             out[self.page.view.tree] = tree_view(trace, node, frozenset(expanded or ()))
         if found[2].pruned_at is not None and trace.mode == "tempo":
@@ -266,8 +270,10 @@ class Explore:
         if not data or not node:
             return gr.skip()
         trace = Trace.from_dict(data)
+        found = find_node(trace, node)
         return {self.page.view.tree: tree_view(trace, node, frozenset(expanded or ())),
-                self.details: node_details(trace, node)}
+                self.details: node_details(trace, node),
+                self.page.view.strip: commitment_strip(trace, found[0] if found else None)}
 
     def expand_stretch(self, data: dict | None, expanded: list | None, evt: gr.EventData) -> Outputs:
         """A collapsed stretch of the tree was clicked: the tree with it opened."""

@@ -13,6 +13,7 @@ from tempo_core import SettingsError, Trace
 from tempo_core.config import TempoSettings
 from tempo_core.limits import Limits
 
+from ..figures.layers import commitment_strip
 from ..figures.views import curve_view, heatmap_view, text_view, tree_view
 from ..server.forms import form_values, settings_from_form
 from ..server.shared import Shared
@@ -29,17 +30,18 @@ class TraceView:
     tree: Component
     heatmap: Component
     curve: Component
+    strip: Component  # the commitment strip under the tree
 
     @property
     def outputs(self) -> list[Component]:
-        return [self.tree, self.heatmap, self.curve, self.text, self.status]
+        return [self.tree, self.heatmap, self.curve, self.text, self.status, self.strip]
 
     def show(self, trace: Trace, status: str | None = None, *, selected: str | None = None,
              current: int | None = None, expanded: frozenset[int] = frozenset(), live: bool = False) -> Outputs:
         """The four views of `trace` (and `status`); `live`: a run still growing; `current`: the replayed step."""
         out: Outputs = {self.tree: tree_view(trace, selected, expanded, live=live), self.heatmap: heatmap_view(trace),
                         self.curve: curve_view(trace, len(trace.steps) - 1 if current is None else current),
-                        self.text: text_view(trace)}
+                        self.text: text_view(trace), self.strip: commitment_strip(trace)}
         if status is not None:
             out[self.status] = status
         return out

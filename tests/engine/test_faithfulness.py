@@ -89,7 +89,7 @@ def test_meter_is_wired_into_runs_and_refuses_other_modes(lm):
     assert trace.faithfulness["max_paths"] == 4 and len(trace.faithfulness["steps"]) == 3
     assert "faithfulness_ms" in trace.timings
     greedy = run(lm, build_settings(dict(prompt="the cat", max_tokens=3, default_mode=True)))
-    with pytest.raises(ValueError, match="TEMPO runs"):
+    with pytest.raises(ValueError, match="TEMPO and soft runs"):
         measure(lm, greedy)
 
 
