@@ -22,8 +22,8 @@ from typing import Any, Iterator
 import torch
 
 from .config import build_settings
-from .layout import Layout, full_mask
 from .model import LoadedModel
+from .replay import replay_inputs
 from .trace import Trace
 
 LENS_TOP_K = 3
@@ -44,25 +44,10 @@ def final_norm_and_head(lm: LoadedModel) -> tuple[Any, Any]:
 def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], list[list[int]]]:
     """Each decoder layer's output for every row of the replayed run through the final norm, as lm_head reads it
     ([rows, hidden] per layer, layer 1 first), and the rows of each step's set."""
-    s = build_settings(trace.settings)
-    if trace.mode == "soft":
-        from .soft import soft_inputs
-        kwargs: dict[str, Any] = {"inputs_embeds": soft_inputs(lm, trace.prompt_token_ids, trace.steps)}
-        rows = [[len(trace.prompt_token_ids) + st.step] for st in trace.steps]
-    elif trace.mode == "tempo":
-        layout = Layout.for_prompt(trace.prompt_token_ids, shared_positions=s.use_custom_rope)
-        rows = []
-        for st in trace.steps:
-            rows.append(layout.append_set([c.token_id for c in st.candidates], st.position))
-            for past in trace.steps[:st.step + 1]:  # rows the run pruned right after this step
-                for c in past.candidates:
-                    if c.pruned_at == st.step:
-                        layout.kill(c.row)
-        kwargs = {"input_ids": torch.tensor([layout.tokens], device=lm.device),
-                  "position_ids": torch.tensor([layout.positions], device=lm.device),
-                  "attention_mask": full_mask(layout, s.allow_intraset_token_visibility, lm.device)}
-    else:
-        raise ValueError(f"commitment: defined for TEMPO and soft runs, not {trace.mode!r}")
+    try:
+        kwargs, rows = replay_inputs(lm, trace)
+    except ValueError as exc:
+        raise ValueError(f"commitment: {exc}") from None
     norm, _ = final_norm_and_head(lm)
     with torch.inference_mode():
         out = lm.model(**kwargs, output_hidden_states=True, use_cache=False, logits_to_keep=1)

@@ -3,7 +3,7 @@
 
 For every logical step t of a finished TEMPO run:
   * P_tempo(t): the merged next-token distribution TEMPO selected step t+1 from, recomputed by replaying the
-    trace through the engine (same rows, positions, masks and pruning as the run);
+    trace in one forward (replay.py: same rows, positions, masks and pruning as the run);
   * P_paths(t): the probability-weighted mixture of the next-token distributions of the explicit branch paths
     implied by the sets 0..t (one candidate per step, among the candidates still visible at step t; path
     weight = product of the candidates' renormalised selection probabilities), each path run as an ordinary
@@ -22,40 +22,18 @@ mixture of its threads.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Iterator
 
 import torch
+from transformers import DynamicCache
 
 from .config import build_settings
-from .engine import ParallelSequence
 from .model import LoadedModel
+from .replay import merged_distributions
 from .selection import mixture, select_candidates, to_probs
-from .soft import soft_distributions
 from .trace import Candidate, Trace, clean_token_ids
-
-
-def tempo_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
-    """Replay the run; element t is the merged distribution after step t (the one step t+1 was selected from)."""
-    s = build_settings(trace.settings)
-    seq = ParallelSequence(lm, s.replace(use_retroactive_pruning=False), trace.prompt_token_ids)
-    seq.prefill()
-    out = []
-    for st in trace.steps:
-        rows, logits, _ = seq.feed([c.token_id for c in st.candidates], st.position)
-        if rows != [c.row for c in st.candidates]:
-            raise ValueError(f"trace does not replay: step {st.step} rows {rows} != recorded")
-        out.append(mixture(to_probs(logits, s.temperature), [c.prob for c in st.candidates]))
-        seq.replay_pruning(trace.steps, st.step)
-    return out
-
-
-def merged_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
-    """Element t: the distribution the run selected step t+1 from: TEMPO's merged mixture, or the soft run's
-    output after its concept token (recomputed from the trace either way)."""
-    if trace.mode == "soft":
-        return soft_distributions(lm, trace.prompt_token_ids, trace.steps, build_settings(trace.settings).temperature)
-    return tempo_distributions(lm, trace)
 
 
 def visible_sets(trace: Trace, t: int) -> list[list[Candidate]]:
@@ -75,16 +53,37 @@ def top_paths(sets: list[list[Candidate]], max_paths: int) -> tuple[list[list[in
     return [b[0] for b in beams], [b[1] for b in beams], sum(b[1] for b in beams)
 
 
+def prompt_cache(lm: LoadedModel, prompt: list[int]) -> DynamicCache:
+    """The prompt's KV cache from one plain forward: every explicit path starts from it."""
+    cache = DynamicCache(config=lm.model.config)
+    with torch.inference_mode():
+        lm.forward(input_ids=torch.tensor([prompt], device=lm.device), cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
 def path_distributions(lm: LoadedModel, prompt: list[int], paths: list[list[int]], temperature: float,
-                       batch: int = 16) -> torch.Tensor:
-    """Next-token distribution after each path, as plain sequences through plain transformers."""
-    out = []
-    for i in range(0, len(paths), batch):
-        ids = torch.tensor([prompt + p for p in paths[i:i + batch]], device=lm.device)
-        with torch.inference_mode():
-            logits = lm.model(input_ids=ids, logits_to_keep=1).logits[:, -1]
-        out.append(to_probs(logits, temperature))
-    return torch.cat(out)
+                       batch: int = 16, cache: DynamicCache | None = None) -> torch.Tensor:
+    """Next-token distribution after each path, as plain sequences through plain transformers. With `cache` (the
+    prompt's, `prompt_cache`) only the paths' own tokens are fed, the prompt's keys and values copied per path."""
+    out: list[torch.Tensor | None] = [None] * len(paths)
+    by_length: dict[int, list[int]] = {}
+    for i, path in enumerate(paths):
+        by_length.setdefault(len(path), []).append(i)
+    for length, members in by_length.items():
+        for at in range(0, len(members), batch):
+            group = members[at:at + batch]
+            with torch.inference_mode():
+                if cache is None or length == 0:
+                    ids = torch.tensor([prompt + paths[i] for i in group], device=lm.device)
+                    logits = lm.model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+                else:
+                    past = copy.deepcopy(cache)
+                    past.batch_repeat_interleave(len(group))
+                    ids = torch.tensor([paths[i] for i in group], device=lm.device)
+                    logits = lm.forward(input_ids=ids, cache=past, use_cache=True, logits_to_keep=1).logits[:, -1]
+            for i, row in zip(group, to_probs(logits, temperature)):
+                out[i] = row
+    return torch.stack(out)
 
 
 def kl(p: torch.Tensor, q: torch.Tensor) -> float:
@@ -137,25 +136,27 @@ def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) ->
     return float(torch.exp(nll))
 
 
-def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> dict[str, Any]:
-    """Run the meter on a finished TEMPO trace; also stores the result in `trace.faithfulness`."""
-    for _ in measure_iter(lm, trace, max_paths):
+def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True) -> dict[str, Any]:
+    """Run the meter on a finished TEMPO trace; also stores the result in `trace.faithfulness`. `perplexity`:
+    also the clean text's and greedy decoding's perplexities (off: both None, a study that needs neither)."""
+    for _ in measure_iter(lm, trace, max_paths, perplexity):
         pass
     return trace.faithfulness
 
 
-def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[float]:
+def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True) -> Iterator[float]:
     """`measure`, yielding the fraction done after each step's explicit paths (for progress bars)."""
     if trace.mode not in ("tempo", "soft"):
         raise ValueError(f"faithfulness is defined for TEMPO and soft runs, not {trace.mode!r}")
     s = build_settings(trace.settings)
     merged = merged_distributions(lm, trace)
+    cache = prompt_cache(lm, trace.prompt_token_ids)
     steps = []
     for t, p_tempo in enumerate(merged):
         yield t / (len(merged) + 1)
         sets = visible_sets(trace, t)
         paths, weights, covered = top_paths(sets, max_paths)
-        dists = path_distributions(lm, trace.prompt_token_ids, paths, s.temperature)
+        dists = path_distributions(lm, trace.prompt_token_ids, paths, s.temperature, cache=cache)
         p_paths = mixture(dists, weights)
         sel_t = set(select_candidates(p_tempo, s.selection_threshold, s.max_parallel_tokens)[0])
         sel_p = set(select_candidates(p_paths, s.selection_threshold, s.max_parallel_tokens)[0])
@@ -166,7 +167,7 @@ def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[
                       "coverage": covered, "branching": sum(1 for c in sets if len(c) > 1),
                       "w": threads[0] if threads else None, "top_share": threads[1] if threads else None})
     clean = clean_token_ids(trace.steps)
-    greedy = _greedy_ids(lm, trace.prompt_token_ids, len(clean))
+    greedy = _greedy_ids(lm, trace.prompt_token_ids, len(clean)) if perplexity else []
     n = len(steps)
     result = {"max_paths": max_paths, "steps": steps,
               "mean_kl": sum(x["kl"] for x in steps) / n if n else 0.0,
@@ -174,8 +175,8 @@ def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8) -> Iterator[
               "mean_set_jaccard": sum(x["set_jaccard"] for x in steps) / n if n else 1.0,
               "min_coverage": min((x["coverage"] for x in steps), default=1.0),
               **_mean_threads([x for x in steps if x["w"] is not None]),
-              "clean_ppl": sequence_ppl(lm, trace.prompt_token_ids, clean),
-              "greedy_ppl": sequence_ppl(lm, trace.prompt_token_ids, greedy)}
+              "clean_ppl": sequence_ppl(lm, trace.prompt_token_ids, clean) if perplexity else None,
+              "greedy_ppl": sequence_ppl(lm, trace.prompt_token_ids, greedy) if perplexity else None}
     trace.faithfulness = result
 
 

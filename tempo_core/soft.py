@@ -46,17 +46,6 @@ def soft_inputs(lm: LoadedModel, prompt_ids: list[int], steps: list[Step]) -> to
     return torch.cat(rows)[None]
 
 
-def soft_distributions(lm: LoadedModel, prompt_ids: list[int], steps: list[Step], temperature: float
-                       ) -> list[torch.Tensor]:
-    """Element t: the next-token distribution after step t's concept token (one forward over the whole run)."""
-    if not steps:
-        return []
-    embeds = soft_inputs(lm, prompt_ids, steps)
-    with torch.inference_mode():
-        logits = lm.model(inputs_embeds=embeds, logits_to_keep=len(steps)).logits[0]
-    return list(to_probs(logits, temperature))
-
-
 def soft_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
     """Run Soft Thinking with TEMPO's selection, yielding after every step (see the module doc)."""
     trace = new_trace(lm, s)

@@ -256,8 +256,9 @@ class Explore:
         found = find_node(trace, node) if trace is not None else None
         if found is None:
             return gr.skip()
-        out: Outputs = {self.details: node_details(trace, node), self.node_pick: node,
-                        self.page.view.strip: commitment_strip(trace, found[0])}
+        out: Outputs = {self.details: node_details(trace, node), self.node_pick: node}
+        if trace.commitment:  # the strip outlines the clicked step
+            out[self.page.view.strip] = commitment_strip(trace, found[0])
         if redraw_tree:
             out[self.page.view.tree] = tree_view(trace, node, frozenset(expanded or ()))
         if found[2].pruned_at is not None and trace.mode == "tempo":
@@ -271,9 +272,11 @@ class Explore:
             return gr.skip()
         trace = Trace.from_dict(data)
         found = find_node(trace, node)
-        return {self.page.view.tree: tree_view(trace, node, frozenset(expanded or ())),
-                self.details: node_details(trace, node),
-                self.page.view.strip: commitment_strip(trace, found[0] if found else None)}
+        out: Outputs = {self.page.view.tree: tree_view(trace, node, frozenset(expanded or ())),
+                        self.details: node_details(trace, node)}
+        if trace.commitment and found:
+            out[self.page.view.strip] = commitment_strip(trace, found[0])
+        return out
 
     def expand_stretch(self, data: dict | None, expanded: list | None, evt: gr.EventData) -> Outputs:
         """A collapsed stretch of the tree was clicked: the tree with it opened."""

@@ -8,7 +8,8 @@ import torch
 from tiny import tiny_llama
 
 from tempo_core import build_settings, run
-from tempo_core.faithfulness import measure, tempo_distributions, top_paths, visible_sets
+from tempo_core.faithfulness import measure, top_paths, visible_sets
+from tempo_core.replay import merged_distributions
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_meter_matches_an_independent_computation(lm, extra):
     s = build_settings(dict(prompt="the cat", max_tokens=4, selection_threshold=0.0, max_parallel_tokens=2,
                             raw_prompt=True, **extra))
     trace = run(lm, s)
-    merged = tempo_distributions(lm, trace)
+    merged = merged_distributions(lm, trace)
     # the replayed merged distribution is the one the next step's candidates were selected from
     for t in range(len(trace.steps) - 1):
         for c in trace.steps[t + 1].candidates:
@@ -100,7 +101,7 @@ def test_the_meter_compares_shared_and_consecutive_positions(lm):
                             faithfulness_paths=16))
     shared, consecutive = run(lm, s), run(lm, s.replace(use_custom_rope=False))
     assert shared.faithfulness and consecutive.faithfulness
-    replayed = tempo_distributions(lm, consecutive)  # the replay reproduces the run's own distributions
+    replayed = merged_distributions(lm, consecutive)  # the replay reproduces the run's own distributions
     first_set = consecutive.steps[1]
     top = replayed[0].topk(len(first_set.candidates)).indices.tolist()
     assert sorted(top) == sorted(c.token_id for c in first_set.candidates)
@@ -137,7 +138,7 @@ def test_single_threadedness_per_step_matches_explicit_threads_run_alone(lm):
     s = build_settings(dict(prompt="the cat", max_tokens=4, selection_threshold=0.0, max_parallel_tokens=3,
                             raw_prompt=True))
     trace = run(lm, s)
-    merged = tempo_distributions(lm, trace)
+    merged = merged_distributions(lm, trace)
     result = measure(lm, trace, max_paths=81)  # 3^4 paths at most: all of them
     threaded = [x for x in result["steps"] if x["w"] is not None]
     assert len(threaded) == len(trace.steps) and result["threaded_steps"] == len(threaded)
@@ -162,3 +163,28 @@ def test_single_threadedness_per_step_matches_explicit_threads_run_alone(lm):
     assert result["mean_w"] == pytest.approx(sum(x["w"] for x in threaded) / len(threaded))
     from tempo_core.faithfulness import summary_line
     assert f"single-threadedness w {result['mean_w']:.2f} vs top sibling's share" in summary_line(result)
+
+
+def test_paths_fed_after_the_prompts_cache_get_their_plain_distributions(lm):
+    """The meter feeds the prompt once and each path after a copy of its cache: the same distributions as each
+    path run alone from scratch (paths of different lengths included)."""
+    from tempo_core.faithfulness import path_distributions, prompt_cache
+    prompt = lm.tokenizer("once upon a time")["input_ids"]
+    paths = [[5, 9, 11], [7, 9, 11], [12], [], [30, 31, 32, 33]]
+    got = path_distributions(lm, prompt, paths, 1.0, batch=2, cache=prompt_cache(lm, prompt))
+    for path, row in zip(paths, got):
+        with torch.inference_mode():
+            alone = torch.softmax(lm.model(torch.tensor([prompt + path])).logits[0, -1].float(), -1)
+        assert (row - alone).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kw", [dict(use_retroactive_pruning=True, attention_threshold=0.1),
+                                dict(mode="soft"), dict(allow_intraset_token_visibility=True)])
+def test_the_one_forward_replay_gives_the_distributions_the_run_selected_from(lm, kw):
+    trace = run(lm, build_settings(dict(prompt="once upon a time", max_tokens=10, selection_threshold=0.04, **kw)))
+    if kw.get("use_retroactive_pruning"):
+        assert any(c.pruned_at is not None for st in trace.steps for c in st.candidates)
+    merged = merged_distributions(lm, trace)
+    for dist, after in zip(merged, trace.steps[1:]):
+        for c in after.candidates:
+            assert abs(float(dist[c.token_id]) - c.prob) < 1e-5

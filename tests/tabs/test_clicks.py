@@ -64,3 +64,19 @@ def test_a_pruned_candidate_picked_for_its_rewind_is_checked_like_every_click(bu
     assert f"at step {step}" in out[research.rewind_plot].layout.title.text
     for bogus in ("-1:0", "0:-1", "x", f"{len(trace.steps)}:0"):
         assert research.show_rewind(data, bogus) == gr.skip(), bogus
+
+
+def test_a_clicked_node_outlines_its_step_in_the_commitment_strip(built_page):
+    """With a commitment record the strip is redrawn with the clicked node's step outlined, from the tree, the text
+    and the list alike; its numbers are the trace's."""
+    lm = tiny_llama(seed=3)
+    site = built_page(lm)
+    explore, strip = site.explore, site.page.view.strip
+    trace = run(lm, build_settings({"prompt": "the cat", "max_tokens": 6, "selection_threshold": 0.05,
+                                    "commitment": True}))
+    data = trace.to_dict()
+    for out in (explore.clicked_in_tree(data, [], click("4:0")), explore.clicked(data, [], click("4:0", "tempo-text")),
+                explore.show_node(data, "4:0", [])):
+        fig = out[strip]
+        assert [(s["x0"], s["x1"]) for s in fig["layout"]["shapes"]] == [(3.5, 4.5)]
+        assert fig["data"][0]["z"][0] == [x["p_final"][0] for x in trace.commitment["steps"]]

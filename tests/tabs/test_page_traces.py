@@ -136,15 +136,18 @@ def test_step_mode_builds_the_engines_trace_a_step_at_a_time(site, lm):
 
 
 def test_replay_shows_the_trace_as_it_stood_at_the_step(site, lm):
-    reference = run(lm, site.page.shared.settings(FORM))
+    reference = run(lm, site.page.shared.settings({**FORM, "commitment": True}))
     data = reference.to_plain()
     view = site.page.view
     for at in (0, 5, len(reference.steps) - 1):
         out = site.explore.replay.replay_to(data, at)
-        tree, heat, curve, text, status = (out[c] for c in view.outputs)
+        tree, heat, curve, text, status, strip = (out[c] for c in view.outputs)
         past = rewind(reference, at)
         assert text == text_view(past) and tree == tree_view(past) and heat == heatmap_view(past)
         assert curve == curve_view(past, at)
+        # the strip shows the engine's lens numbers of the steps up to `at`, none after
+        assert strip["data"][0]["x"] == list(range(at + 1))
+        assert strip["data"][0]["z"][-1] == [x["p_final"][-1] for x in reference.commitment["steps"][:at + 1]]
         assert status == f"Replay: at step {at} (steps 0–{len(reference.steps) - 1})"
     for bad in (float("nan"), -1, len(reference.steps), "x"):
         assert site.explore.replay.replay_to(data, bad)[view.status].startswith(
