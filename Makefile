@@ -6,7 +6,7 @@ FLOOR := .venv-floor/.installed
 # the lowest transformers that requirements.txt allows; test-floor runs the engine's tests on it
 TRANSFORMERS_FLOOR := 5.17.0
 
-.PHONY: app test test-floor cli bench browser-deps
+.PHONY: app test test-floor cli bench browser-deps study
 
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv .venv
@@ -16,6 +16,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 app: $(STAMP)
 	$(PY) app.py
+
+# the study of README "Is the superposition real?" (about 30 min on 2 cores; --quick: about 2 min)
+study: $(STAMP)
+	$(PY) -m tempo_core.study --out study-results
 
 cli: $(STAMP)
 	$(PY) cli.py --prompt "Explain the theory of relativity simply." --max-tokens 40
@@ -38,8 +42,9 @@ $(FLOOR): requirements.txt
 
 test-floor: $(FLOOR)
 	.venv-floor/bin/python -m pytest -q $(addprefix tests/engine/,test_equivalence.py test_gpu_path.py test_rules.py \
-		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py) \
-		tests/figures/test_research.py tests/test_layers.py
+		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py test_soft.py \
+		test_commitment.py test_stats.py test_study.py) tests/figures/test_research.py tests/figures/test_layers.py \
+		tests/test_layers.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_steps.py

@@ -49,12 +49,17 @@ def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], lis
     except ValueError as exc:
         raise ValueError(f"commitment: {exc}") from None
     norm, _ = final_norm_and_head(lm)
+    final: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda module, args, output: final.append(output))
+    try:
+        with torch.inference_mode():
+            out = lm.model(**kwargs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    # hidden_states: the embeddings, then each decoder layer's output; the last layer's is read where the model
+    # itself normalises it (transformers versions differ on whether the last entry is normed already)
     with torch.inference_mode():
-        out = lm.model(**kwargs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        # hidden_states: the embeddings, every decoder layer's output before the final norm, except the last entry,
-        # which transformers ties to the model's (already normed) last_hidden_state
-        states = [norm(h[0]) for h in out.hidden_states[1:-1]] + [out.hidden_states[-1][0]]
-    return states, rows
+        return [norm(h[0]) for h in out.hidden_states[1:-1]] + [final[0][0]], rows
 
 
 def measure_iter(lm: LoadedModel, trace: Trace, top_k: int = LENS_TOP_K) -> Iterator[float]:

@@ -23,11 +23,12 @@ import argparse
 import json
 import math
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -35,6 +36,7 @@ from .attention import record_attention
 from .commitment import replay_inputs
 from .config import MAX_PROMPT_CHARS, SettingsError, TempoSettings, build_settings
 from .faithfulness import measure as measure_faithfulness
+from .limits import stop_reason
 from .model import LoadedModel
 from .modes import run
 from .stats import bootstrap_mean
@@ -79,6 +81,14 @@ class StudyConfig:
         if self.sample_tokens > self.tokens:
             raise SettingsError("sample_tokens", f"must be at most tokens ({self.tokens}), got {self.sample_tokens}")
         return self
+
+
+    def forward_passes(self, prompts: int) -> int:
+        """An upper bound of the forward passes a study of `prompts` prompts makes (a server's budget checks it):
+        per threshold and mode a run, its replay and its explicit paths; the main run's lens; the greedy control
+        and its replay; the samples."""
+        per_run = (self.tokens + 1) + 1 + self.tokens * -(-self.paths // 16) + 1
+        return prompts * (2 * len(self.thresholds) * per_run + 1 + (self.tokens + 2) + self.sample_tokens + 1)
 
 
 QUICK = StudyConfig(max_prompts=5, tokens=6, thresholds=[0.05, 0.2], main_threshold=0.05, paths=4, samples=8,
@@ -201,8 +211,10 @@ def commitment_by_prediction(trace: Trace) -> dict[str, float | None]:
     return {k: sum(v) / len(v) if v else None for k, v in groups.items()}
 
 
-def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyConfig) -> dict[str, Any]:
-    """Every number the study takes from one prompt (plain JSON)."""
+def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyConfig,
+                 stop: threading.Event | None = None) -> dict[str, Any]:
+    """Every number the study takes from one prompt (plain JSON). `stop` ends its runs early (the caller then
+    discards the record)."""
     base = {"prompt": item["prompt"], "max_tokens": cfg.tokens, "seed": cfg.seed + index, "max_parallel_tokens": 8}
     s = lambda **kw: build_settings({**base, **kw})  # noqa: E731
     record: dict[str, Any] = {"prompt": item["prompt"], "category": item["category"], "by_threshold": {}}
@@ -211,7 +223,10 @@ def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyCo
     for thr in cfg.thresholds:
         per: dict[str, Any] = {}
         for mode in ("tempo", "soft"):
-            trace = run(lm, s(mode=mode, selection_threshold=thr, commitment=mode == "tempo" and thr == cfg.main_threshold))
+            trace = run(lm, s(mode=mode, selection_threshold=thr, commitment=mode == "tempo" and thr == cfg.main_threshold),
+                        stop)
+            if stop is not None and stop.is_set():
+                return record  # cut short: the caller discards it
             f = measure_faithfulness(lm, trace, cfg.paths, perplexity=False)
             if draws is None:
                 draws = samples(lm, trace.prompt_token_ids, cfg.samples, cfg.sample_tokens, cfg.seed + index)
@@ -224,7 +239,7 @@ def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyCo
         record["by_threshold"][str(thr)] = per
     assert main is not None
     parallel = {st.step for st in main.steps if len(st.candidates) > 1}
-    greedy = run(lm, s(selection_threshold=1.0, max_parallel_tokens=1))
+    greedy = run(lm, s(selection_threshold=1.0, max_parallel_tokens=1), stop)
     tempo_d = attention_by_distance(lm, main, parallel, cfg.distance)
     greedy_d = attention_by_distance(lm, greedy, parallel, cfg.distance)
     record["attention"] = {"ratio": matched_ratio(tempo_d), "set_ratio": matched_ratio(tempo_d, "set"),
@@ -340,19 +355,22 @@ def study_figure(result: dict[str, Any]) -> dict:
 
 # --- running it ---------------------------------------------------------------------------------------------------
 def study_iter(lm: LoadedModel, cfg: StudyConfig, prompts: list[dict[str, str]],
-               stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[int, dict[str, Any] | None]]:
-    """(prompts done, None) after each prompt, then (n, the result) at the end; `stop()` ends it early (the result
-    then covers the prompts done)."""
+               stop: threading.Event | None = None) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(prompts done, None) after each prompt, then (n, the result) at the end. `stop` (Stop, a time limit) ends it
+    early: the result then covers the prompts finished before it, and says so in `stopped`."""
     cfg.check()
     t0 = time.perf_counter()
     records = []
+    stopped = None
     for i, item in enumerate(prompts[:cfg.max_prompts]):
-        if stop():
+        record = study_prompt(lm, item, i, cfg, stop)
+        if stop is not None and stop.is_set():  # a prompt cut short is not a measurement
+            stopped = stop_reason(stop)
             break
-        records.append(study_prompt(lm, item, i, cfg))
+        records.append(record)
         yield len(records), None
     result = {"model": lm.name, "config": asdict(cfg), "runtime_s": time.perf_counter() - t0,
-              "torch_threads": torch.get_num_threads(), "records": records}
+              "torch_threads": torch.get_num_threads(), "stopped": stopped, "records": records}
     result["summary"] = summarise(records, cfg)
     yield len(records), result
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextvars
 import html
+import json
+import math
+from dataclasses import replace
 from typing import Any, Callable
 
 import gradio as gr
 
 from tempo_core import SettingsError, Trace
 from tempo_core.compare import baselines
+from tempo_core.config import echo_value
 from tempo_core.limits import RunStop
+from tempo_core.study import BUNDLED_RESULTS, QUICK, load_prompts, study_figure, study_iter, table
 from tempo_core.sweep import sweep
 from tempo_core.trace import rewind
 
@@ -19,9 +24,44 @@ from ..figures.report import tree_figure
 from ..figures.research import (aligned_html, beam_tree_figure, faithfulness_figure, positions_figure,
                                 rewind_figure, sweep_figure, sweep_multiples, sweep_table, threads_figure)
 from ..server.shared import Shared
+from .controls import setting_slider
 from .page import Hook, Page
+from .widgets import plotly_view
 
 MAX_SWEEP = 6
+MAX_STUDY_PROMPTS = 5  # a small study on a shared server: about 15-30 s a prompt on 2 cores
+
+
+def study_prompts(value: Any, max_forward_passes: int) -> int:
+    """The number of prompts of a small study, checked against its range and the server's budget."""
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and value == int(value)
+    if not whole or not 1 <= value <= MAX_STUDY_PROMPTS:
+        raise SettingsError("study prompts", f"must be an integer in [1, {MAX_STUDY_PROMPTS}], got {echo_value(value)}")
+    n = int(value)
+    cost = QUICK.forward_passes(n)
+    if cost > max_forward_passes:
+        raise SettingsError("study prompts", f"{n} prompts need up to {cost:,} forward passes; this server allows "
+                                             f"{max_forward_passes:,} per request")
+    return n
+
+
+def bundled_study() -> dict | None:
+    """The full study's result shipped with the app (assets/study/results.json), None when absent."""
+    try:
+        return json.loads(BUNDLED_RESULTS.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def study_heading(result: dict | None, here: bool = False) -> str:
+    if result is None:
+        return "*No bundled results: run `python -m tempo_core.study --out assets/study` and copy study.json to " \
+               "assets/study/results.json.*"
+    where = "Run here" if here else "Bundled results"
+    stopped = f", **stopped early ({result['stopped'].replace('_', ' ')})**" if result.get("stopped") else ""
+    return (f"**{where}**: {result['model']}, {len(result['records'])} prompts in {result['runtime_s'] / 60:.1f} min "
+            f"on {result['torch_threads']} CPU threads{stopped}.")
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -69,6 +109,8 @@ class Research:
                                 [self.rewind_plot, self.before_plot, self.after_plot], **listen)
         self.base_btn.click(self.run_baselines, None, [self.base_html, self.beam_plot], inputs_kwargs=page.form,
                             api_name="baselines", **shared.research_events)
+        self.study_btn.click(self.run_study, [self.study_n], [self.study_plot, self.study_md], api_name="study",
+                             **shared.research_events)
         self.sweep_btn.click(self.run_sweep, [self.sweep_thr], [self.sweep_plot, self.sweep_small, self.sweep_md],
                              inputs_kwargs=page.form, api_name="sweep", **shared.research_events)
         page.on_trace.append(Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot, self.mask_step,
@@ -97,12 +139,28 @@ class Research:
             self.base_btn = gr.Button("Run greedy, beam search and TEMPO on this prompt", elem_id="run-baselines")
             self.base_html = gr.HTML()
             self.beam_plot = gr.Plot(show_label=False)
+        with gr.Tab("Study", id="study"):
+            self._study_layout()
         with gr.Tab("Threshold sweep"):
             self.sweep_thr = gr.Textbox("0.05, 0.1, 0.2, 0.3", label=f"Selection thresholds (up to {MAX_SWEEP})")
             self.sweep_btn = gr.Button("Sweep", elem_id="run-sweep")
             self.sweep_plot = gr.Plot(show_label=False)
             self.sweep_small = gr.Plot(show_label=False)
             self.sweep_md = gr.Markdown(elem_id="sweep-table")
+
+    def _study_layout(self) -> None:
+        bundled = bundled_study()
+        gr.Markdown("Is the superposition real? The same questions over many prompts, the prompt as the unit: "
+                    "attention received by parallel against ordinary tokens (with a greedy control), faithfulness and "
+                    "single-threadedness by threshold for TEMPO against Soft Thinking, how many temperature-1 samples "
+                    "stay on the sets, and where predictions settle. Rerun it all with `python -m tempo_core.study`.")
+        gr.Markdown(study_heading(bundled), elem_id="study-heading")
+        self.study_plot = plotly_view(study_figure(bundled) if bundled else None, elem_id="study-plot")
+        self.study_md = gr.Markdown(table(bundled) if bundled else "", elem_id="study-table")
+        with gr.Row():
+            self.study_n = setting_slider(1, MAX_STUDY_PROMPTS, value=2, step=1, scale=2,
+                                     label="Prompts for a small study here (the first of the bundled set)")
+            self.study_btn = gr.Button("Run a small study", elem_id="run-study", scale=1)
 
     def refresh(self, data: dict | None) -> dict:
         """A trace arrived (the hook): its faithfulness, positions and pruned candidates."""
@@ -147,6 +205,27 @@ class Research:
         traces = self._job(sweep, s, progress, values)
         return {self.sweep_plot: sweep_figure(traces), self.sweep_small: sweep_multiples(traces),
                 self.sweep_md: sweep_table(traces)}
+
+    def run_study(self, prompts: Any, progress: gr.Progress = gr.Progress()) -> dict:
+        """The quick study (tempo_core/study.py QUICK) over the first `prompts` bundled prompts, on the research
+        thread within the server's budget and time limit; a stopped study shows the prompts it finished."""
+        try:
+            n = study_prompts(prompts, self.shared.limits.max_forward_passes)
+        except SettingsError as exc:
+            return {self.study_md: f"**Error:** {exc}"}
+        cfg = replace(QUICK, max_prompts=n)
+        stop = RunStop(self.shared.limits.max_seconds)
+
+        def job() -> dict:
+            result = None
+            for done, result in study_iter(self.shared.lm, cfg, load_prompts(), stop):
+                progress(done / n, desc=f"study: {done} of {n} prompts done")
+            return result
+        with self.shared.research_slots.hold():
+            result = _on(self.shared.research_executor, job)
+        result = json.loads(json.dumps(result), parse_constant=lambda c: None)
+        return {self.study_plot: study_figure(result), self.study_md: study_heading(result, here=True) + "\n\n"
+                + table(result)}
 
     def _job(self, job: Callable[..., Any], s: Any, progress: gr.Progress, *args: Any) -> Any:
         """`job(lm, s, *args)` on the research thread, within the server's time limit, reporting to `progress`."""

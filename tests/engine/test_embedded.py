@@ -71,3 +71,17 @@ def test_cache_completeness_check_catches_partial_caches(tmp_path):
     (folder / "model.safetensors").write_bytes(b"w" * 100)
     (folder / "tempo-cache.json").write_text("{broken")
     assert not _cache_is_complete(folder, gguf)
+
+
+def test_the_quick_study_runs_from_one_command_on_the_embedded_model(tmp_path, capsys):
+    """`python -m tempo_core.study --quick` (two of its prompts here): the JSON, the table and the figure it writes
+    agree, and the prompts are the bundled ones."""
+    from tempo_core.study import load_prompts, main, study_figure, table
+    assert main(["--quick", "--max-prompts", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "study.json").read_text())
+    assert [r["prompt"] for r in result["records"]] == [p["prompt"] for p in load_prompts()[:2]]
+    assert (tmp_path / "results.md").read_text().strip() == table(result).strip()
+    assert table(result) in capsys.readouterr().out
+    html = (tmp_path / "study.html").read_text()
+    assert all(name in html for name in study_figure(result)["data"][0]["y"][:3])
+    assert result["summary"]["commitment"]["layers"] == 30 and result["config"]["samples"] == 8

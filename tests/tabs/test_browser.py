@@ -182,6 +182,70 @@ def test_generate_in_a_real_browser(app_url, engine, chromium):
         assert there[box] == here[box] is True, box
 
 
+def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_url, engine, chromium):
+    """Issue 17's views: the commitment strip under the tree draws the run's own lens record and outlines a
+    clicked step; a Soft Thinking run of the same prompt sits beside TEMPO's in Compare with both meters' numbers;
+    the Study view shows the bundled results. At 1280x800 and on a phone."""
+    from playwright.sync_api import expect
+    from tempo_core.study import table
+    from components.tabs.research import bundled_study
+    for phone in (False, True):
+        page = chromium.page(phone=phone)
+        page.goto(app_url + "/?max_tokens=10&commitment=true&faithfulness=true&selection_threshold=0.1",
+                  wait_until="load")
+        expect(page.locator("#generate")).to_be_visible(timeout=60_000)
+        page.locator("#prompt textarea").fill("What is the capital of France?")
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        strip = page.locator("#commitment-strip")
+        expect(strip).to_contain_text("Commitment strip — predictions settle at layer", timeout=30_000)
+        tempo = _download_trace(page, f"commitment-trace{'-phone' if phone else ''}.json")
+        page.get_by_role("tab", name="Tree").click()
+        drawn = _plot(page, "#commitment-strip")
+        heat = next(t for t in drawn if t["type"] == "heatmap")
+        steps = tempo["commitment"]["steps"]
+        assert heat["x"] == [x["step"] for x in steps]
+        assert heat["z"][0] == [x["p_final"][0] for x in steps] and heat["z"][-1] == [x["p_final"][-1] for x in steps]
+        marks = {t["name"]: t for t in drawn if t["type"] == "scatter"}
+        late = [(x["step"], x["commit_layer"]) for x in steps if x["commit_layer"] == tempo["commitment"]["layers"]]
+        assert list(zip(marks["settles only at the output"]["x"], marks["settles only at the output"]["y"])) == late
+        # a click on a node outlines its step in the strip
+        page.locator("#tempo-text .tok").nth(2).click()
+        expect(page.get_by_text("logical step").first).to_be_visible(timeout=20_000)
+        shown_step = int(page.locator("#node-details").inner_text().split("logical step")[1].split(",")[0].strip())
+        page.wait_for_function(f"() => {{ const el = document.querySelector('#commitment-strip .js-plotly-plot');"
+                               f" return el && el.layout && (el.layout.shapes || []).length === 1; }}", timeout=20_000)
+        assert page.evaluate(PLOT_SHAPES, "#commitment-strip") == [[shown_step - 0.5, shown_step + 0.5]]
+        strip.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f"commitment-strip{'-phone' if phone else ''}.png"))
+        # the same prompt in Soft Thinking, then Compare holds both with their meters' numbers
+        page.evaluate("window.scrollTo(0, 0)")
+        page.get_by_label("Soft Thinking").check()
+        page.locator("#generate").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        soft = _download_trace(page, f"soft-trace{'-phone' if phone else ''}.json")
+        assert soft["mode"] == "soft" and soft["prompt"] == tempo["prompt"]
+        page.get_by_role("tab", name="Compare").click()
+        numbers = page.locator("#compare-numbers")
+        expect(numbers).to_contain_text("faithfulness mean KL", timeout=30_000)
+        row = next(line for line in numbers.inner_text().splitlines() if "faithfulness mean KL" in line)
+        assert f"{soft['faithfulness']['mean_kl']:.4f}" in row and f"{tempo['faithfulness']['mean_kl']:.4f}" in row
+        mode_row = next(line for line in numbers.inner_text().splitlines() if "setting mode" in line)
+        assert mode_row.split()[-2:] == ["soft", "tempo"], mode_row  # A: the newest run, B: the one before
+        page.screenshot(path=str(ARTIFACTS / f"compare-soft{'-phone' if phone else ''}.png"))
+        # the Study view: the bundled study's table and figure
+        page.get_by_role("tab", name="Research").click()
+        page.get_by_role("tab", name="Study").click()
+        bundled = bundled_study()
+        expect(page.locator("#study-heading")).to_contain_text(f"{len(bundled['records'])} prompts", timeout=20_000)
+        first_row = table(bundled).splitlines()[4].split("|")[2].strip()  # the attention ratio and its interval
+        expect(page.locator("#study-table")).to_contain_text(first_row, timeout=20_000)
+        forest = _plot(page, "#study-plot")[0]
+        assert forest["x"][-1] == pytest.approx(bundled["summary"]["attention"]["all"]["ratio"]["mean"])
+        page.locator("#study-plot").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f"study{'-phone' if phone else ''}.png"))
+
+
 class Chromium:
     """Pages of one headless Chromium; every script error of any of them is collected in `errors`."""
 
@@ -213,8 +277,11 @@ def chromium():
 
 
 PLOT_DATA = """sel => { const el = document.querySelector(sel);
-  return el && el.data ? el.data.map(t => ({name: t.name || '', x: t.x || [], y: t.y || [], text: t.text || [],
-                                            hovertext: t.hovertext || [], customdata: t.customdata || []})) : null; }"""
+  return el && el.data ? el.data.map(t => ({name: t.name || '', type: t.type, x: t.x || [], y: t.y || [],
+                                            z: t.z || [], text: t.text || [], hovertext: t.hovertext || [],
+                                            customdata: t.customdata || []})) : null; }"""
+PLOT_SHAPES = """sel => { const el = document.querySelector(sel + ' .js-plotly-plot');
+  return el && el.layout ? (el.layout.shapes || []).map(s => [s.x0, s.x1]) : null; }"""
 
 
 def _plot(page, selector: str) -> list[dict]:

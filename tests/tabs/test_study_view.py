@@ -1,0 +1,48 @@
+"""The Research tab's Study view: the bundled results as shipped, and a small study run here showing exactly the
+numbers the study code computes, with a progress bar, within the server's budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from server.page_client import PageClient
+from tiny import tiny_llama
+
+from components.tabs.research import bundled_study
+from tempo_core.limits import Limits
+from tempo_core.study import BUNDLED_RESULTS, QUICK, load_prompts, study_figure, study_iter, table
+
+
+def test_the_bundled_results_are_the_shipped_json_and_its_table():
+    result = bundled_study()
+    assert result is not None, "assets/study/results.json is shipped with the app"
+    assert result == json.loads(BUNDLED_RESULTS.read_text()) and len(result["records"]) >= 100
+    text = table(result)
+    assert f"{len(result['records'])} prompts" in text
+    a = result["summary"]["attention"]["all"]["ratio"]
+    assert f"{a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}]" in text
+
+
+def test_a_small_study_here_shows_what_the_study_computes(live_server):
+    lm = tiny_llama(seed=3)
+    url, fastapi_app = live_server(lm)
+    browser = PageClient(url, fastapi_app, "study")
+    seen: list = []
+    figure, markdown = browser.call("run_study", [2], seen=seen, timeout=300)["data"]
+    *_, (_, direct) = list(study_iter(lm, replace(QUICK, max_prompts=2), load_prompts()))
+    direct = json.loads(json.dumps(direct))
+    assert markdown.startswith("**Run here**: tiny-llama-3, 2 prompts") and markdown.endswith(table(direct))
+    expected = study_figure(direct)["data"][0]
+    assert figure["data"][0]["x"] == expected["x"] and figure["data"][0]["y"] == expected["y"]
+    bars = [p["desc"] for m in seen if m.get("msg") == "progress" for p in m.get("progress_data") or []]
+    assert "study: 1 of 2 prompts done" in bars
+    for bad in (0, 6, 2.5):
+        out = browser.call("run_study", [bad])["data"]
+        assert out[1].startswith("**Error:** study prompts: must be an integer in [1, 5]"), out[1]
+
+
+def test_a_study_beyond_the_budget_is_refused_before_it_starts(live_server):
+    url, fastapi_app = live_server(tiny_llama(seed=3), limits=Limits(max_forward_passes=300))
+    out = PageClient(url, fastapi_app, "budget").call("run_study", [5])["data"]
+    assert out[1].startswith("**Error:** study prompts: 5 prompts need up to ") and "allows 300 per" in out[1]
