@@ -42,8 +42,9 @@ def final_norm_and_head(lm: LoadedModel) -> tuple[Any, Any]:
 
 
 def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], list[list[int]]]:
-    """Each decoder layer's output for every row of the replayed run through the final norm, as lm_head reads it
-    ([rows, hidden] per layer, layer 1 first), and the rows of each step's set."""
+    """Each decoder layer's output for the run's generated rows through the final norm, as lm_head reads it
+    ([generated rows, hidden] per layer, layer 1 first; the prompt's rows are not kept), and the rows of each
+    step's set counted from the first generated row."""
     try:
         kwargs, rows = replay_inputs(lm, trace)
     except ValueError as exc:
@@ -58,8 +59,10 @@ def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], lis
         hook.remove()
     # hidden_states: the embeddings, then each decoder layer's output; the last layer's is read where the model
     # itself normalises it (transformers versions differ on whether the last entry is normed already)
+    first = len(trace.prompt_token_ids)
     with torch.inference_mode():
-        return [norm(h[0]) for h in out.hidden_states[1:-1]] + [final[0][0]], rows
+        states = [norm(h[0, first:]) for h in out.hidden_states[1:-1]] + [final[0][0, first:]]
+    return states, [[r - first for r in step_rows] for step_rows in rows]
 
 
 def measure_iter(lm: LoadedModel, trace: Trace, top_k: int = LENS_TOP_K) -> Iterator[float]:

@@ -289,7 +289,7 @@ def _fmt(e: dict[str, Any], digits: int = 3) -> str:
         return "n/a"
     if e["low"] is None:
         return f"{e['mean']:.{digits}f} (n=1)"
-    return f"{e['mean']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+    return f"{e['mean']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}] (n={e['n']})"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -314,7 +314,8 @@ def table(result: dict[str, Any]) -> str:
               f"{_fmt(c['set'], 1)} / {_fmt(c['single'], 1)}"),
              ("d. set minus single (paired)", _fmt(c["set_minus_single"], 2))]
     head = (f"{s['prompts']} prompts ({s['repetitive_prompts']} repetitive), {cfg['tokens']} steps, main threshold "
-            f"{cfg['main_threshold']}, {cfg['samples']} samples, {cfg['paths']} paths; mean [95% bootstrap CI]\n\n")
+            f"{cfg['main_threshold']}, {cfg['samples']} samples, {cfg['paths']} paths; mean [95% bootstrap CI] "
+            f"(n = prompts that have the quantity)\n\n")
     return head + "| quantity | result |\n|---|---|\n" + "\n".join(f"| {q} | {v} |" for q, v in rows)
 
 
