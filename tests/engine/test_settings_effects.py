@@ -55,6 +55,7 @@ CASES = {  # setting: (base settings, changed value)
     "show_token_ids": (BASE, True),
     "faithfulness": (dict(BASE, max_tokens=3), True),
     "faithfulness_paths": (dict(BASE, max_tokens=3, faithfulness=True), 1),
+    "commitment": (dict(BASE, max_tokens=3), True),
 }
 
 
@@ -67,7 +68,8 @@ def signature(trace):
     return (trace.prompt_text, trace.text, trace.stop_reason,
             [[(c.token_id, round(c.prob, 6), c.pruned_at, c.unattended, c.visits) for c in st.candidates]
              for st in trace.steps],
-            [st.pruning_threshold for st in trace.steps], trace.faithfulness and trace.faithfulness["mean_kl"])
+            [st.pruning_threshold for st in trace.steps], trace.faithfulness and trace.faithfulness["mean_kl"],
+            trace.commitment and [x["commit_layer"] for x in trace.commitment["steps"]])
 
 
 def test_every_setting_has_a_case():
