@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from tempo_core import Step, StepEvent, Trace
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
-_CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness")
+_CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness", "commitment")
 
 
 @dataclass
