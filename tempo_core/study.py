@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import threading
 import time
@@ -33,12 +32,12 @@ from typing import Any, Iterator
 import torch
 
 from .attention import record_attention
-from .commitment import replay_inputs
-from .config import MAX_PROMPT_CHARS, SettingsError, TempoSettings, build_settings
+from .config import MAX_PROMPT_CHARS, SettingsError, build_settings
 from .faithfulness import measure as measure_faithfulness
 from .limits import stop_reason
 from .model import LoadedModel
 from .modes import run
+from .replay import replay_inputs
 from .stats import bootstrap_mean
 from .trace import Trace, clean_token_ids
 

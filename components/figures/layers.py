@@ -14,7 +14,9 @@ from tempo_core.trace import Trace
 
 from .views import UIREVISION, empty_figure
 
-SETTLED, LATE, PART = "#1f4e79", "#9e9e9e", "#d95f02"
+SETTLED, LATE, PART = "#e6550d", "#9e9e9e", "#54278f"
+BLUES = [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]]  # more probable = darker
+ORANGES = [[0, "#fff5eb"], [0.5, "#fd8d3c"], [1, "#7f2704"]]  # siblings further apart = darker
 NO_STRIP = ("Commitment strip", 130, "turn on “Commitment strip (logit lens)” under Research options and "
             "generate: where each step's prediction settles, layer by layer")
 
@@ -32,7 +34,7 @@ def commitment_strip(trace: Trace, step: int | None = None) -> dict:
               + ", ".join(f"{esc(tok)} {p:.2f}" for tok, p in x["lens"][layer - 1]) for x in rows] for layer in ys]
     data: list[dict] = [
         {"type": "heatmap", "x": xs, "y": ys, "z": [[x["p_final"][layer - 1] for x in rows] for layer in ys],
-         "zmin": 0, "zmax": 1, "colorscale": "Blues", "hovertext": hover, "hoverinfo": "text", "xaxis": "x",
+         "zmin": 0, "zmax": 1, "colorscale": BLUES, "hovertext": hover, "hoverinfo": "text", "xaxis": "x",
          "yaxis": "y", "colorbar": {"title": {"text": "p(final)"}, "len": 0.5, "y": 0.78, "thickness": 10}},
         _marks([x for x in rows if x["commit_layer"] < layers], "commit_layer", SETTLED, "commitment layer", "y"),
         _marks([x for x in rows if x["commit_layer"] == layers], "commit_layer", LATE, "settles only at the output",
@@ -40,18 +42,18 @@ def commitment_strip(trace: Trace, step: int | None = None) -> dict:
     ]
     sets = [x for x in rows if x["js"] is not None]
     if sets:
-        data += [{"type": "heatmap", "x": xs, "y": ys, "xaxis": "x", "yaxis": "y2", "colorscale": "Oranges",
+        data += [{"type": "heatmap", "x": xs, "y": ys, "xaxis": "x", "yaxis": "y2", "colorscale": ORANGES,
                   "zmin": 0, "z": [[x["js"][layer - 1] if x["js"] is not None else None for x in rows] for layer in ys],
                   "hovertemplate": "step %{x}, layer %{y}<br>siblings' JS divergence %{z:.3f} nats<extra></extra>",
                   "colorbar": {"title": {"text": "JS"}, "len": 0.4, "y": 0.2, "thickness": 10}},
                  _marks([x for x in sets if x["part_layer"] is not None], "part_layer", PART,
                         "siblings' predictions part", "y2")]
     mean = sum(x["commit_layer"] for x in rows) / len(rows)
-    layout = {"template": "plotly_white", "uirevision": UIREVISION, "height": 360 if sets else 230,
-              "margin": {"l": 50, "r": 10, "t": 40, "b": 30}, "hovermode": "closest",
+    layout = {"template": "plotly_white", "uirevision": UIREVISION, "height": 400 if sets else 270,
+              "margin": {"l": 50, "r": 10, "t": 40, "b": 70}, "hovermode": "closest",
               "title": {"text": f"Commitment strip — predictions settle at layer {mean:.1f} of {layers} on average",
                         "font": {"size": 13}, "x": 0.01, "xanchor": "left"},
-              "legend": {"orientation": "h", "y": -0.12, "font": {"size": 10}},
+              "legend": {"orientation": "h", "y": -0.3 if sets else -0.45, "font": {"size": 10}},
               "xaxis": {"title": {"text": "logical step"}, "anchor": "y2" if sets else "y", "dtick": 5},
               "yaxis": {"title": {"text": "layer"}, "domain": [0.5, 1] if sets else [0, 1]},
               "shapes": []}
@@ -59,7 +61,7 @@ def commitment_strip(trace: Trace, step: int | None = None) -> dict:
         layout["yaxis2"] = {"title": {"text": "siblings"}, "domain": [0, 0.42]}
     if step is not None and 0 <= step < len(rows):
         layout["shapes"].append({"type": "rect", "xref": "x", "yref": "paper", "x0": step - 0.5, "x1": step + 0.5,
-                                 "y0": 0, "y1": 1, "line": {"color": "#e6550d", "width": 2}})
+                                 "y0": 0, "y1": 1, "line": {"color": "#111111", "width": 2}})
     return {"data": data, "layout": layout}
 
 

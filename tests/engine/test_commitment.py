@@ -8,7 +8,7 @@ import torch
 from tiny import tiny_llama
 
 from tempo_core import build_settings, run
-from tempo_core.commitment import _settles_from, measure
+from tempo_core.commitment import _settles_from
 from tempo_core.trace import Trace, TraceError, check_trace_data, rewind
 
 TOL = 1e-5

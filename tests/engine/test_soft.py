@@ -5,7 +5,6 @@ import torch
 from tiny import tiny_llama
 
 from tempo_core import build_settings, run
-from tempo_core.faithfulness import measure
 from tempo_core.soft import concept_embedding
 
 TOL = 1e-4

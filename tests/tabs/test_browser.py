@@ -200,7 +200,7 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         strip = page.locator("#commitment-strip")
         expect(strip).to_contain_text("Commitment strip — predictions settle at layer", timeout=30_000)
         tempo = _download_trace(page, f"commitment-trace{'-phone' if phone else ''}.json")
-        page.get_by_role("tab", name="Tree").click()
+        _open_tab(page, "Tree")
         drawn = _plot(page, "#commitment-strip")
         heat = next(t for t in drawn if t["type"] == "heatmap")
         steps = tempo["commitment"]["steps"]
@@ -211,21 +211,23 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         assert list(zip(marks["settles only at the output"]["x"], marks["settles only at the output"]["y"])) == late
         # a click on a node outlines its step in the strip
         page.locator("#tempo-text .tok").nth(2).click()
-        expect(page.get_by_text("logical step").first).to_be_visible(timeout=20_000)
+        expect(page.locator("#node-details")).to_contain_text("logical step", timeout=20_000)
         shown_step = int(page.locator("#node-details").inner_text().split("logical step")[1].split(",")[0].strip())
-        page.wait_for_function(f"() => {{ const el = document.querySelector('#commitment-strip .js-plotly-plot');"
-                               f" return el && el.layout && (el.layout.shapes || []).length === 1; }}", timeout=20_000)
+        page.wait_for_function("() => { const el = document.querySelector('#commitment-strip .js-plotly-plot');"
+                               " return el && el.layout && (el.layout.shapes || []).length === 1; }", timeout=20_000)
         assert page.evaluate(PLOT_SHAPES, "#commitment-strip") == [[shown_step - 0.5, shown_step + 0.5]]
         strip.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / f"commitment-strip{'-phone' if phone else ''}.png"))
         # the same prompt in Soft Thinking, then Compare holds both with their meters' numbers
         page.evaluate("window.scrollTo(0, 0)")
         page.get_by_label("Soft Thinking").check()
+        before = page.locator("#status").inner_text()
         page.locator("#generate").click()
-        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        page.wait_for_function("old => { const s = document.querySelector('#status').innerText;"
+                               " return s !== old && s.trim().startsWith('Done'); }", arg=before, timeout=180_000)
         soft = _download_trace(page, f"soft-trace{'-phone' if phone else ''}.json")
         assert soft["mode"] == "soft" and soft["prompt"] == tempo["prompt"]
-        page.get_by_role("tab", name="Compare").click()
+        _open_tab(page, "Compare")
         numbers = page.locator("#compare-numbers")
         expect(numbers).to_contain_text("faithfulness mean KL", timeout=30_000)
         row = next(line for line in numbers.inner_text().splitlines() if "faithfulness mean KL" in line)
@@ -234,8 +236,8 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         assert mode_row.split()[-2:] == ["soft", "tempo"], mode_row  # A: the newest run, B: the one before
         page.screenshot(path=str(ARTIFACTS / f"compare-soft{'-phone' if phone else ''}.png"))
         # the Study view: the bundled study's table and figure
-        page.get_by_role("tab", name="Research").click()
-        page.get_by_role("tab", name="Study").click()
+        _open_tab(page, "Research")
+        _open_tab(page, "Study")
         bundled = bundled_study()
         expect(page.locator("#study-heading")).to_contain_text(f"{len(bundled['records'])} prompts", timeout=20_000)
         first_row = table(bundled).splitlines()[4].split("|")[2].strip()  # the attention ratio and its interval
@@ -289,9 +291,27 @@ def _plot(page, selector: str) -> list[dict]:
     return page.evaluate(PLOT_DATA, selector + " .js-plotly-plot")
 
 
+def _open_tab(page, name: str) -> None:
+    """Click the tab `name`, through its row's "More tabs" menu where a narrow screen keeps it (a phone)."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    for more in page.get_by_role("button", name="More tabs").all():
+        if not more.is_visible():
+            continue
+        more.click()
+        item = page.locator(".overflow-dropdown:not(.hide) button").get_by_text(name, exact=True)
+        if item.count() and item.first.is_visible():
+            item.first.click()
+            return
+        more.click()  # not this row's: close its menu again
+    raise AssertionError(f"no tab {name!r} on the page")
+
+
 def _download_trace(page, name: str) -> dict:
     """The trace the page offers for download (Replay & export)."""
-    page.get_by_role("tab", name="Replay & export").click()
+    _open_tab(page, "Replay & export")
     link = page.get_by_text("Download JSON trace")
     link.wait_for(timeout=30_000)
     with page.expect_download() as download:
