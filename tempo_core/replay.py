@@ -44,13 +44,13 @@ def merged_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
     if not trace.steps:
         return []
     kwargs, rows = replay_inputs(lm, trace)
-    first = len(trace.prompt_token_ids)
     temperature = build_settings(trace.settings).temperature
-    with torch.inference_mode():
-        logits = lm.model(**kwargs, use_cache=False, logits_to_keep=rows[-1][-1] + 1 - first).logits[0]
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    head = lm.model.get_output_embeddings()
     out = []
-    for st, r in zip(trace.steps, rows):
-        w = torch.tensor([c.prob for c in st.candidates] if len(r) > 1 else [1.0], device=probs.device)
-        out.append((w / w.sum()) @ probs[[i - first for i in r]])
+    with torch.inference_mode():
+        hidden = lm.model.get_decoder()(**kwargs, use_cache=False).last_hidden_state[0]
+        for st, r in zip(trace.steps, rows):  # one set's [k, vocab] at a time: memory stays that of a step
+            probs = torch.softmax(head(hidden[r]).float() / temperature, dim=-1)
+            w = torch.tensor([c.prob for c in st.candidates] if len(r) > 1 else [1.0], device=probs.device)
+            out.append((w / w.sum()) @ probs)
     return out
