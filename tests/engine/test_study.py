@@ -127,3 +127,21 @@ def test_a_small_study_runs_from_prompts_to_table_and_stops_when_told(lm):
 
 def test_the_quick_study_fits_a_small_budget():
     assert QUICK.check() is QUICK and QUICK.forward_passes(5) < 4000
+
+
+def test_the_forest_plot_draws_each_estimate_in_its_units_panel():
+    from tempo_core.study import BUNDLED_RESULTS, UPSTREAM_CLAIM, study_figure, study_panels
+    result = json.loads(BUNDLED_RESULTS.read_text())
+    fig = study_figure(result)
+    panels = study_panels(result)
+    assert [d["name"] for d in fig["data"]] == [title for title, _, _ in panels]
+    for drawn, (_, _, rows) in zip(fig["data"], panels):
+        shown = [r for r in rows if r[1]["mean"] is not None][::-1]
+        assert drawn["x"] == [r[1]["mean"] for r in shown] and drawn["y"] == [r[0] for r in shown]
+        assert drawn["error_x"]["array"] == [r[1]["high"] - r[1]["mean"] for r in shown]
+    s = result["summary"]
+    assert fig["data"][0]["x"][-1] == s["attention"]["all"]["ratio"]["mean"]
+    band = next(sh for sh in fig["layout"]["shapes"] if sh["type"] == "rect")
+    assert (band["x0"], band["x1"]) == UPSTREAM_CLAIM
+    lines = [(sh["xref"], sh["x0"]) for sh in fig["layout"]["shapes"] if sh["type"] == "line"]
+    assert lines == [("x", 1.0), ("x3", 0.0), ("x5", 0.0)]  # no difference / a faithful mixture / no delay

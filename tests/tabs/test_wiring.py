@@ -44,4 +44,4 @@ def test_tab_bars_hold_only_tabs(built_page, classroom):
     top = ["Learn", "Explore"] if classroom else ["Explore", "Learn"]
     assert bars[0] == top
     assert ["Tree", "Pruning heatmap", "Threshold curve", "Compare", "Research", "Replay & export"] in bars
-    assert ["Faithfulness", "Positions & mask", "Pruning rewind", "Baselines", "Threshold sweep"] in bars
+    assert ["Faithfulness", "Positions & mask", "Pruning rewind", "Baselines", "Study", "Threshold sweep"] in bars
