@@ -176,3 +176,12 @@ class RunStop(threading.Event):
 def stop_reason(stop: threading.Event) -> str:
     """What a run reports when `stop` ended it."""
     return getattr(stop, "reason", "stopped")
+
+
+def kv_cache_bytes(config: object, rows: int, dtype_bytes: int) -> int:
+    """Bytes of a KV cache holding `rows` rows: keys and values of every layer, one row per KV head of
+    head_dim numbers (what a run's DynamicCache holds once it has fed that many rows)."""
+    heads = getattr(config, "num_attention_heads")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * rows * dtype_bytes

@@ -27,6 +27,7 @@ from tempo_core.limits import Limits, RunStop, check_budget
 from ..figures.report import report_html
 from .live import step_by_step
 from .sessions import Slots, TraceStore
+from .stepping import SteppedRuns
 
 MAX_BODY_BYTES = int(os.environ.get("TEMPO_API_MAX_BODY_BYTES", str(256 * 1024)))
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -153,13 +154,16 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
 
 
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
-               executor: Executor) -> None:
-    """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread."""
+               executor: Executor, stepped: SteppedRuns | None = None) -> None:
+    """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread.
+    `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports."""
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
+        paused = {} if stepped is None else {
+            "step_runs": len(stepped), "step_cache_bytes": stepped.cache_bytes, "step_cache_limit_bytes": stepped.max_bytes}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
-                "runs_active": slots.active, "runs_waiting": slots.waiting, "limits": limits.__dict__}
+                "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}
 
     async def generate(request: Request) -> Response:
         try:

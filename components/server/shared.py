@@ -12,9 +12,9 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from tempo_core import LoadedModel, StepEvent, generate
+from tempo_core import LoadedModel, StepEvent, Trace, generate
 from tempo_core.config import TempoSettings
-from tempo_core.limits import Limits, RunStop
+from tempo_core.limits import Limits, RunStop, kv_cache_bytes
 
 from .forms import settings_from_form
 from .api import admit
@@ -75,7 +75,13 @@ class Shared:
         self.research_executor = model_executor(self.research_concurrency, "tempo-research")
         self.decode = on_gpu(self._decode, lambda s, stop: self.limits.max_seconds + 10)
         self.stepped = SteppedRuns(self.executor, max_runs=env_int("TEMPO_STEP_RUNS", 40),
+                                   max_bytes=env_int("TEMPO_STEP_CACHE_MB", 1024) * 2**20, bytes_of=self.cache_bytes,
                                    idle_s=env_int("TEMPO_STEP_IDLE_S", 300))
+
+    def cache_bytes(self, trace: Trace) -> int:
+        """The KV cache a run holds once it has made `trace`: its prompt's rows and every row it fed."""
+        rows = len(trace.prompt_token_ids) + trace.stats.get("physical_tokens", len(trace.steps))
+        return kv_cache_bytes(self.lm.model.config, rows, self.lm.dtype.itemsize)
 
     # Gradio concurrency groups: the model's runs, figures rebuilt from stored traces, and research jobs
     @property

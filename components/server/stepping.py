@@ -1,8 +1,9 @@
 """Step mode: a run a student advances one logical step at a time.
 
 A stepped run is the engine's own event generator, paused between steps (so a stepped run makes exactly the trace
-Generate makes). Each session holds at most one; they live in memory, at most `max_runs` at once, and one unused
-for `idle_s` seconds is dropped (its KV cache with it).
+Generate makes). Each session holds at most one; they live in memory, at most `max_runs` at once and their KV
+caches at most `max_bytes` together (the least recently used dropped first; the run just advanced is kept), and
+one unused for `idle_s` seconds is dropped (its KV cache with it).
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ class SteppedRun:
     playing: bool = False
     score: Score = field(default_factory=Score)
     last_used: float = field(default_factory=time.monotonic)
+    cache_bytes: int = 0  # its KV cache after the last step (`SteppedRuns.bytes_of`)
 
 
 class SteppedRuns:
     """The sessions' paused runs. Advancing one runs a single engine step on the model's executor, queued
     fairly behind other runs' steps."""
 
-    def __init__(self, executor: Executor, max_runs: int = 40, idle_s: float = 300.0):
+    def __init__(self, executor: Executor, max_runs: int = 40, idle_s: float = 300.0, max_bytes: int | None = None,
+                 bytes_of: Callable[[Trace], int] = lambda trace: 0):
+        """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (tempo_core.limits.kv_cache_bytes)."""
         self.executor, self.max_runs, self.idle_s = executor, max_runs, idle_s
+        self.max_bytes, self.bytes_of = max_bytes, bytes_of
         self._runs: OrderedDict[str, SteppedRun] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -78,7 +83,32 @@ class SteppedRuns:
         if not run.done:
             self.executor.submit(step).result()
         run.last_used = time.monotonic()
+        if run.trace is not None:  # a finished run's generator has ended: its cache is gone
+            run.cache_bytes = 0 if run.done else self.bytes_of(run.trace)
+            self._fit_bytes(keep=run)
         return run.trace
+
+    @property
+    def cache_bytes(self) -> int:
+        """The paused runs' KV caches together (what /health reports)."""
+        with self._lock:
+            return sum(r.cache_bytes for r in self._runs.values())
+
+    def _fit_bytes(self, keep: SteppedRun) -> None:
+        """Drop the least recently used runs (never `keep`) until the caches fit `max_bytes`."""
+        if self.max_bytes is None:
+            return
+        dropped = []
+        with self._lock:
+            total = sum(r.cache_bytes for r in self._runs.values())
+            for key in list(self._runs):
+                if total <= self.max_bytes:
+                    break
+                if self._runs[key] is not keep:
+                    total -= self._runs[key].cache_bytes
+                    dropped.append(self._runs.pop(key))
+        for run in dropped:
+            self._close(run)
 
     def pause(self, session: str) -> None:
         """Halt the session's Play (its run stays, paused)."""

@@ -56,3 +56,52 @@ def test_runs_are_per_session_bounded_and_freed_when_idle(lm, runs):
     time.sleep(0.1)
     assert len(runs) == 0 and runs.get("c") is None
     runs.drop("nobody")  # no error
+
+
+def test_paused_runs_are_bounded_by_their_caches_bytes_least_recently_used_first(lm):
+    """The bytes a paused run is charged are its KV cache's real size; past `max_bytes` together, the least
+    recently used runs go first and the run just advanced stays."""
+    from tempo_core.engine import ParallelSequence
+    from tempo_core.limits import kv_cache_bytes
+    s = settings(max_tokens=6)
+    trace = run(lm, s.replace(use_retroactive_pruning=False))
+    seq = ParallelSequence(lm, s.replace(use_retroactive_pruning=False), trace.prompt_token_ids)
+    seq.prefill()
+    for st in trace.steps:
+        seq.feed([c.token_id for c in st.candidates], st.position)
+    real = sum(t.nbytes for layer in seq.cache.layers for t in (layer.keys, layer.values))
+    rows = len(trace.prompt_token_ids) + trace.stats["physical_tokens"]
+    assert kv_cache_bytes(lm.model.config, rows, 4) == real
+
+    bytes_of = lambda t: kv_cache_bytes(lm.model.config, len(t.prompt_token_ids) + t.stats["physical_tokens"], 4)  # noqa: E731
+    pool = ThreadPoolExecutor(1)
+    try:
+        runs = SteppedRuns(pool, max_runs=10, idle_s=60, bytes_of=bytes_of)
+        one = runs.start("probe", lambda: generate(lm, s))
+        runs.advance(one)
+        runs.max_bytes = int(2.5 * one.cache_bytes)  # room for about two runs after one step each
+        runs.drop("probe")
+        for key in "abcd":
+            runs.advance(runs.start(key, lambda: generate(lm, s)))
+            assert runs.cache_bytes <= runs.max_bytes
+        assert runs.get("a") is None and runs.get("b") is None and runs.get("d") is not None
+        runs.get("c")
+        last = runs.get("d")  # used after "c": "c" is now the least recently used
+        assert len(runs) == 2
+        runs.max_bytes = runs.cache_bytes - 1  # one byte short: the next step must free something
+        runs.advance(last)  # "d" grows; "c" goes, never the run just advanced
+        assert runs.get("d") is last and runs.get("c") is None and runs.cache_bytes == last.cache_bytes
+    finally:
+        pool.shutdown()
+
+
+def test_health_reports_the_paused_runs_and_their_caches(lm, live_server):
+    import httpx
+    url, fastapi_app = live_server(lm)
+    stepped = fastapi_app.state.shared.stepped
+    health = httpx.get(url + "/health", timeout=10).json()
+    assert (health["step_runs"], health["step_cache_bytes"], health["step_cache_limit_bytes"]) == (0, 0, 1024 * 2**20)
+    paused = stepped.start("someone", lambda: generate(lm, settings(max_tokens=4)))
+    stepped.advance(paused)
+    health = httpx.get(url + "/health", timeout=10).json()
+    assert health["step_runs"] == 1 and health["step_cache_bytes"] == paused.cache_bytes > 0
