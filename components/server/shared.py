@@ -76,7 +76,7 @@ class Shared:
         self.decode = on_gpu(self._decode, lambda s, stop: self.limits.max_seconds + 10)
         self.stepped = SteppedRuns(self.executor, max_runs=env_int("TEMPO_STEP_RUNS", 40),
                                    max_bytes=env_int("TEMPO_STEP_CACHE_MB", 1024) * 2**20, bytes_of=self.cache_bytes,
-                                   idle_s=env_int("TEMPO_STEP_IDLE_S", 300))
+                                   idle_s=env_int("TEMPO_STEP_IDLE_S", 300), press_s=self.limits.max_seconds)
 
     def cache_bytes(self, trace: Trace) -> int:
         """The KV cache a run holds once it has made `trace`: its prompt's rows and every row it fed."""
@@ -120,7 +120,7 @@ class Shared:
             # a client that never pressed the page's Generate (gradio_client) has a run waiting in the queue
             self.stops.arm(key)
             self.stops.stop(key)
-        self.stepped.pause(key)  # Stop also halts Play
+        self.stepped.stop(key)  # Stop also halts Play, and ends a Step press still running
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads, flags and stepped run."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from tempo_core import StepEvent, Trace
+from tempo_core.limits import RunStop
 
 from ..figures.predict import Score
 
@@ -30,6 +31,8 @@ class SteppedRun:
     score: Score = field(default_factory=Score)
     last_used: float = field(default_factory=time.monotonic)
     cache_bytes: int = 0  # its KV cache after the last step (`SteppedRuns.bytes_of`)
+    stop: RunStop | None = None  # the run's stop flag: its clock restarts at every press (`SteppedRuns.press_s`)
+    busy: bool = False  # a press is running
 
 
 class SteppedRuns:
@@ -37,17 +40,20 @@ class SteppedRuns:
     fairly behind other runs' steps."""
 
     def __init__(self, executor: Executor, max_runs: int = 40, idle_s: float = 300.0, max_bytes: int | None = None,
-                 bytes_of: Callable[[Trace], int] = lambda trace: 0):
-        """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (tempo_core.limits.kv_cache_bytes)."""
-        self.executor, self.max_runs, self.idle_s = executor, max_runs, idle_s
+                 bytes_of: Callable[[Trace], int] = lambda trace: 0, press_s: float | None = None):
+        """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (tempo_core.limits.kv_cache_bytes).
+        `press_s`: the time one press may take (a step, or the analyses after the last one): past it the run
+        ends with stop_reason "time_limit", as a Generate run does at the server's time limit."""
+        self.executor, self.max_runs, self.idle_s, self.press_s = executor, max_runs, idle_s, press_s
         self.max_bytes, self.bytes_of = max_bytes, bytes_of
         self._runs: OrderedDict[str, SteppedRun] = OrderedDict()
         self._lock = threading.Lock()
 
-    def start(self, session: str, events: Callable[[], Iterator[StepEvent]]) -> SteppedRun:
-        """A new stepped run for `session` (replacing its previous one). `events` is called on the model thread."""
-        run = SteppedRun(iter(()))
-        run.events = self.executor.submit(events).result()
+    def start(self, session: str, events: Callable[[RunStop], Iterator[StepEvent]]) -> SteppedRun:
+        """A new stepped run for `session` (replacing its previous one). `events(stop)` is called on the model
+        thread; the run checks `stop` between steps (Stop during a press, and each press's time limit)."""
+        run = SteppedRun(iter(()), stop=RunStop())
+        run.events = self.executor.submit(events, run.stop).result()
         with self._lock:
             self._expire()
             old = self._runs.pop(session, None)
@@ -81,7 +87,13 @@ class SteppedRuns:
             else:
                 run.done = True
         if not run.done:
-            self.executor.submit(step).result()
+            run.stop.start_clock(self.press_s)
+            run.busy = True
+            try:
+                self.executor.submit(step).result()
+            finally:
+                run.busy = False
+                run.stop.start_clock(None)  # a paused run has no clock running
         run.last_used = time.monotonic()
         if run.trace is not None:  # a finished run's generator has ended: its cache is gone
             run.cache_bytes = 0 if run.done else self.bytes_of(run.trace)
@@ -115,6 +127,14 @@ class SteppedRuns:
         run = self.get(session)
         if run is not None:
             run.playing = False
+
+    def stop(self, session: str) -> None:
+        """Stop: halt Play, and end a press still running (the run then ends, stop_reason "stopped")."""
+        run = self.get(session)
+        if run is not None:
+            run.playing = False
+            if run.busy:
+                run.stop.stop()
 
     def drop(self, session: str) -> None:
         with self._lock:

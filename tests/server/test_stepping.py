@@ -1,5 +1,6 @@
 """Stepped runs: one step at a time makes the trace Generate makes; runs are per session, bounded, freed when idle."""
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,7 @@ def settings(**kw):
 
 def test_stepping_one_step_at_a_time_makes_the_trace_generate_makes(lm, runs):
     s = settings()
-    stepped = runs.start("a", lambda: generate(lm, s))
+    stepped = runs.start("a", lambda stop: generate(lm, s, stop))
     seen = []
     while not stepped.done:
         trace = runs.advance(stepped)
@@ -47,11 +48,11 @@ def test_stepping_one_step_at_a_time_makes_the_trace_generate_makes(lm, runs):
 def test_runs_are_per_session_bounded_and_freed_when_idle(lm, runs):
     s = settings(max_tokens=4)
     for key in "abcd":
-        runs.start(key, lambda: generate(lm, s))
+        runs.start(key, lambda stop: generate(lm, s, stop))
     assert len(runs) == 3 and runs.get("a") is None  # the least recently used went first
     first = runs.get("b")
     runs.advance(first)
-    assert runs.start("b", lambda: generate(lm, s)) is not first  # a new run replaces the session's old one
+    assert runs.start("b", lambda stop: generate(lm, s, stop)) is not first  # a new run replaces the session's old one
     runs.idle_s = 0.05
     time.sleep(0.1)
     assert len(runs) == 0 and runs.get("c") is None
@@ -77,12 +78,12 @@ def test_paused_runs_are_bounded_by_their_caches_bytes_least_recently_used_first
     pool = ThreadPoolExecutor(1)
     try:
         runs = SteppedRuns(pool, max_runs=10, idle_s=60, bytes_of=bytes_of)
-        one = runs.start("probe", lambda: generate(lm, s))
+        one = runs.start("probe", lambda stop: generate(lm, s, stop))
         runs.advance(one)
         runs.max_bytes = int(2.5 * one.cache_bytes)  # room for about two runs after one step each
         runs.drop("probe")
         for key in "abcd":
-            runs.advance(runs.start(key, lambda: generate(lm, s)))
+            runs.advance(runs.start(key, lambda stop: generate(lm, s, stop)))
             assert runs.cache_bytes <= runs.max_bytes
         assert runs.get("a") is None and runs.get("b") is None and runs.get("d") is not None
         runs.get("c")
@@ -101,7 +102,45 @@ def test_health_reports_the_paused_runs_and_their_caches(lm, live_server):
     stepped = fastapi_app.state.shared.stepped
     health = httpx.get(url + "/health", timeout=10).json()
     assert (health["step_runs"], health["step_cache_bytes"], health["step_cache_limit_bytes"]) == (0, 0, 1024 * 2**20)
-    paused = stepped.start("someone", lambda: generate(lm, settings(max_tokens=4)))
+    paused = stepped.start("someone", lambda stop: generate(lm, settings(max_tokens=4), stop))
     stepped.advance(paused)
     health = httpx.get(url + "/health", timeout=10).json()
     assert health["step_runs"] == 1 and health["step_cache_bytes"] == paused.cache_bytes > 0
+
+
+def test_a_press_has_a_time_limit_and_stop_reaches_a_press_still_running(lm):
+    """A press past `press_s` ends the run as a Generate run ends at the time limit (here the press that would
+    measure faithfulness over many paths); Stop on a paused run only halts Play, and ends a running press."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        runs = SteppedRuns(pool, press_s=60)
+        s = settings(max_tokens=3, faithfulness=True, faithfulness_paths=64, selection_threshold=0.0)
+        paused = runs.start("a", lambda stop: generate(lm, s, stop))
+        runs.advance(paused)
+        runs.stop("a")  # nothing running: the run stays, paused
+        assert not paused.done and not paused.stop.is_set() and runs.advance(paused).steps
+        runs.press_s = 0.0  # the next press is over its limit at once
+        trace = runs.advance(paused)
+        assert paused.done and trace.stop_reason == "time_limit" and len(trace.steps) == 2
+
+        runs.press_s = 60
+        slow = runs.start("b", lambda stop: generate(lm, s, stop))
+        while len(runs.advance(slow).steps) < 3:
+            pass
+        pressing = threading.Thread(target=runs.advance, args=(slow,))
+        pressing.start()  # the last press: the faithfulness meter over 64 paths a step
+        assert wait_until(lambda: slow.busy)
+        runs.stop("b")
+        pressing.join(timeout=30)
+        assert slow.done and slow.trace.stats.get("faithfulness_skipped") == "stopped"
+    finally:
+        pool.shutdown()
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.001)
+    return False
