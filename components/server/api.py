@@ -154,13 +154,16 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
 
 
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
-               executor: Executor, stepped: SteppedRuns | None = None) -> None:
+               executor: Executor, stepped: SteppedRuns | None = None, research: Slots | None = None) -> None:
     """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread.
-    `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports."""
+    `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports; `research`: the slots
+    of research jobs (baselines, sweeps, studies), whose running and waiting jobs it reports too."""
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
         paused = {} if stepped is None else {
             "step_runs": len(stepped), "step_cache_bytes": stepped.cache_bytes, "step_cache_limit_bytes": stepped.max_bytes}
+        if research is not None:
+            paused |= {"research_active": research.active, "research_waiting": research.waiting}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}

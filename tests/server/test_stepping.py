@@ -106,6 +106,11 @@ def test_health_reports_the_paused_runs_and_their_caches(lm, live_server):
     stepped.advance(paused)
     health = httpx.get(url + "/health", timeout=10).json()
     assert health["step_runs"] == 1 and health["step_cache_bytes"] == paused.cache_bytes > 0
+    # research jobs (baselines, sweeps, studies) are counted too
+    assert (health["research_active"], health["research_waiting"]) == (0, 0)
+    with fastapi_app.state.shared.research_slots.hold():
+        health = httpx.get(url + "/health", timeout=10).json()
+        assert (health["research_active"], health["research_waiting"]) == (1, 0)
 
 
 def test_a_press_has_a_time_limit_and_stop_reaches_a_press_still_running(lm):
