@@ -47,11 +47,11 @@ class PageClient:
         raise AssertionError("no result")
 
 
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    """True as soon as `cond()` is, False after `timeout` seconds."""
+def wait_until(cond, timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """True as soon as `cond()` is (asked every `interval` seconds), False after `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if cond():
             return True
-        time.sleep(0.05)
+        time.sleep(interval)
     return False

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from components.server.stepping import SteppedRuns
+from page_client import wait_until
 from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
@@ -134,18 +135,9 @@ def test_a_press_has_a_time_limit_and_stop_reaches_a_press_still_running(lm):
             pass
         pressing = threading.Thread(target=runs.advance, args=(slow,))
         pressing.start()  # the last press: the faithfulness meter over 64 paths a step
-        assert wait_until(lambda: slow.busy)
+        assert wait_until(lambda: slow.busy, timeout=10, interval=0.001)  # a press lasts milliseconds
         runs.stop("b")
         pressing.join(timeout=30)
         assert slow.done and slow.trace.stats.get("faithfulness_skipped") == "stopped"
     finally:
         pool.shutdown()
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.001)
-    return False
