@@ -89,7 +89,7 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
                     env_int("TEMPO_RESEARCH_CONCURRENCY", 1), env_int("TEMPO_VIEW_CONCURRENCY", 2), executor=executor)
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
-    add_routes(api, lm, shared.slots, shared.store, shared.limits, shared.executor, shared.stepped,
+    add_routes(api, lm, shared.slots, shared.store, shared.limits, shared.batcher, shared.stepped,
                shared.research_slots)
     api.add_api_route("/assets/plotly.min.js", lambda: FileResponse(PLOTLY_JS, headers={
         "Cache-Control": "public, max-age=86400"}), methods=["GET"], include_in_schema=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,25 @@ class AttentionRecorder:
 
 
 _RECORDER: ContextVar[AttentionRecorder | None] = ContextVar("tempo_attention_recorder", default=None)
+
+
+class BatchAttention(Protocol):
+    """Set by `batched_attention` while one forward carries several runs' rows (batch.py)."""
+    def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float) -> torch.Tensor: ...
+
+
+_BATCH: ContextVar[BatchAttention | None] = ContextVar("tempo_batch_attention", default=None)
+
+
+@contextlib.contextmanager
+def batched_attention(batch: BatchAttention) -> Iterator[None]:
+    """Within this block, every attention layer hands its rows to `batch`, which splits them by run."""
+    token = _BATCH.set(batch)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
 
 
 @contextlib.contextmanager
@@ -51,10 +70,21 @@ def _bool_causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
 def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, dropout: float = 0.0,
                             scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    layer = getattr(module, "layer_idx", None)
+    batch = _BATCH.get()
+    if batch is not None:  # several runs' rows in one forward: each run attends to its own cache with its own mask
+        return batch.attend(layer, query, key, value, scaling), None
+    return attend(layer, query, key, value, attention_mask, scaling, _RECORDER.get()), None
+
+
+def attend(layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           attention_mask: torch.Tensor | None, scaling: float, rec: AttentionRecorder | None) -> torch.Tensor:
+    """One run's attention: queries [b, heads, q, dim] over its keys/values [b, kv_heads, kv, dim] under its mask
+    (None: causal, bottom-right aligned); records the probabilities `rec` asks for. [b, q, heads, dim] out."""
     b, heads, q_len, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    scaling = dim ** -0.5 if scaling is None else scaling
     if attention_mask is None and q_len > 1 and q_len != kv_len:
         attention_mask = _bool_causal(q_len, kv_len, query.device)  # queries after a cache: bottom-right causal
     if attention_mask is not None:
@@ -64,25 +94,23 @@ def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor,
         attention_mask = attention_mask[..., :kv_len]
     causal = attention_mask is None and q_len > 1  # a plain prefill: SDPA's own causal kernel, no q x kv mask
 
-    rec = _RECORDER.get()
-    layer = getattr(module, "layer_idx", None)
     if rec is not None and layer in rec.layers:
         rows = q_len if rec.last_rows is None else min(rec.last_rows, q_len)
         probs = _explicit_probs(query[:, :, q_len - rows:], key, attention_mask, groups, scaling)
         rec.weights[layer] = probs.mean(dim=(1, 2))[0]  # mean over heads -> [rows, kv]
         if rows == q_len:  # the recorded rows are all the rows: use the probabilities we already have
             out = torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
-            return out.transpose(1, 2).contiguous(), None
+            return out.transpose(1, 2).contiguous()
 
     if query.device.type == "cpu" or attention_mask is None:
         # CPU SDPA handles GQA natively with a mask; this skips HF's repeat_kv copy (perf study: -1..13 %)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=causal, enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous(), None
+        return out.transpose(1, 2).contiguous()
     # GPU with a custom mask: memory-efficient SDPA (cuDNN is switched off at install, below). enable_gqa here
     # falls back to the math kernel (1.4-1.6x greedy, less exact in bf16), and repeating K/V for every query
     # head copies the whole cache every layer (+0.4 ms per step per 256 cached rows on an H200, 3B).
-    return stacked_gqa_attention(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+    return stacked_gqa_attention(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
 
 
 def stacked_gqa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,

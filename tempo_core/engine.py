@@ -20,7 +20,8 @@ from transformers import DynamicCache
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, new_trace
-from .fastpath import fast_rows, pad_set, rows_to_feed, unpad
+from .batch import ForwardRequest
+from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -29,6 +30,9 @@ from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
 from .trace import Candidate, RunningText, Step, Trace, clean_token_ids, summarise
+
+PREFILL_CHUNK = 128  # prompt rows per forward when runs share the model (bench/README.md: a chunk's cost)
+
 
 class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
@@ -139,18 +143,34 @@ class ParallelSequence:
                 if c.pruned_at == step:
                     self.layout.kill(c.row)
 
-    def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, dict[int, torch.Tensor]]:
-        """Append one set at one position; returns (rows, logits [k, V], {layer: attention [k, rows]} for the
-        layers pruning reads, empty without pruning)."""
+    @property
+    def batchable(self) -> bool:
+        """Whether this run's forwards may share a forward with other runs' (batch.py): a DynamicCache, no graphs."""
+        return self.cache is not None and self.static_len is None and self.graphs is None
+
+    def prefill_requests(self, chunk: int) -> Iterator[ForwardRequest]:
+        """The prompt as forwards of at most `chunk` rows each, each causal over the cache before it (the same
+        cache as one prefill); the last one's logits are the prompt's. A long prompt thus takes turns."""
+        tokens, positions = self.layout.tokens, self.layout.positions
+        for first in range(0, len(tokens), chunk):
+            yield ForwardRequest(self, tokens[first:first + chunk], positions[first:first + chunk], None, keep=1,
+                                 record=False)
+
+    def plan_set(self, token_ids: list[int], position: int) -> ForwardRequest:
+        """Append one set at one position and return the forward that feeds it: already served where it replays a
+        CUDA graph or re-feeds the whole sequence (no KV cache), else pending (`serve`, or a batch's forward).
+        Its logits are [k, V]; its attention {layer: [k, rows]} for the layers pruning reads."""
         k, dev = len(token_ids), self.lm.device
         visible = self.s.allow_intraset_token_visibility
         past_alive = list(self.layout.alive)
         self.fit(len(past_alive) + (bucket(k) or k), rows_filled=len(past_alive))  # the set and its pad rows
         rows = self.layout.append_set(token_ids, position)
         positions = self.layout.positions[-k:]
+        req = ForwardRequest(self, token_ids, positions, None, keep=k, rows=rows)
         if self.graphs is not None and self.graphs.usable(k, self.layout.rows):
             try:
-                logits, attn = self.graphs.feed(token_ids, positions, past_alive, visible, tuple(self.capture))
+                req.logits, req.attention = self.graphs.feed(token_ids, positions, past_alive, visible,
+                                                             tuple(self.capture))
             except RuntimeError as exc:  # a model the capture cannot take: this run goes on eagerly
                 self.graphs, self.graphs_off = None, f"capture failed ({str(exc).splitlines()[0][:120]})"
             else:
@@ -158,20 +178,34 @@ class ParallelSequence:
                 self.tokens_processed += k
                 self.graphed_steps += 1
                 self.padded_rows += bucket(k) - k
-                return rows, logits, attn
+                return req
         if self.cache is None:
             mask = full_mask(self.layout, visible, dev)
-            logits, attn = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
-        elif k == 1 and all(past_alive):  # plain decoding: keep HF's mask-free fast path
-            logits, attn = self._forward(token_ids, positions, None, keep=1)
-        else:
-            fed = rows_to_feed(self.lm.model, k)  # a CPU fp32 quirk: 4 rows cost less than 3 (fastpath.py)
-            ids, fed_positions, mask = pad_set(token_ids, positions, step_mask(past_alive, fed, visible, dev))
-            logits, attn = self._forward(ids, fed_positions, mask, keep=fed, padding=fed - k)
-            if fed > k:  # the pad row leaves the cache (a static cache's next write then goes into its slot)
-                self.drop_tail(fed - k)
-            logits, attn = unpad(logits, attn, k)
-        return rows, logits, attn
+            req.logits, req.attention = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
+        elif not (k == 1 and all(past_alive)):  # plain decoding keeps HF's mask-free fast path (mask None)
+            req.mask = step_mask(past_alive, k, visible, dev)
+        return req
+
+    def serve(self, req: ForwardRequest) -> None:
+        """Run `req` in a forward of its own. On CPU fp32 a 3-row set is fed as 4 (fastpath.py), the pad row a
+        copy of the last sibling that no sibling sees, dropped from the cache after."""
+        k = len(req.token_ids)
+        pad = rows_to_feed(self.lm.model, k) - k if req.mask is not None else 0
+        if not pad:
+            req.logits, req.attention = self._forward(req.token_ids, req.positions, req.mask, req.keep, req.record)
+            return
+        ids, positions, mask = pad_set(req.token_ids, req.positions, padded_mask(req.mask, pad))
+        logits, attention = self._forward(ids, positions, mask, keep=req.keep + pad, record=req.record, padding=pad)
+        self.drop_tail(pad)  # a static cache's next write then goes into the pad row's slot
+        req.logits, req.attention = unpad(logits, attention, k)
+
+    def feed(self, token_ids: list[int], position: int) -> tuple[list[int], torch.Tensor, dict[int, torch.Tensor]]:
+        """Append one set at one position and feed it in a forward of its own; returns (rows, logits [k, V],
+        {layer: attention [k, rows]} for the layers pruning reads, empty without pruning)."""
+        req = self.plan_set(token_ids, position)
+        if req.logits is None:
+            self.serve(req)
+        return req.rows, req.logits, req.attention
 
 
 def repaired_text(lm: LoadedModel, token_id: int, text: str, context: list[int]) -> str | None:
@@ -203,7 +237,8 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
                  prefix: list[Step] | None = None, force: dict[int, list[int]] | None = None,
-                 static_cache: bool = False, cuda_graphs: bool = True) -> Iterator[StepEvent]:
+                 static_cache: bool = False, cuda_graphs: bool = True, cooperative: bool = False,
+                 prefill_chunk: int = PREFILL_CHUNK) -> Iterator[StepEvent | ForwardRequest]:
     """Run TEMPO, yielding after every logical step. The finished trace is `event.trace` of the last event.
 
     `prefix`: steps known to be what this run would make first (see `sweep.reusable_prefix`); they are fed in
@@ -213,19 +248,22 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     `static_cache`: decode on a preallocated StaticCache (see `ParallelSequence`); the same trace.
     `cuda_graphs`: replay each set from a captured CUDA graph where the model allows (graphs.py: on CUDA, one
     device, unless `lm.cuda_graphs` is off). `trace.stats["cuda_graphs"]` says "on" or why not.
+    `cooperative`: also yield each pending forward (a `ForwardRequest`: the prompt in chunks of `prefill_chunk`
+    rows, then each set) for the caller to serve, alone or batched with other runs' (batch.Batcher); the run
+    resumes once its logits are in. Stop is checked between the prompt's chunks too.
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
     seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache, cuda_graphs)
     try:
-        yield from _steps(lm, s, trace, seq, t0, stop, prefix, force)
+        yield from _steps(lm, s, trace, seq, t0, stop, prefix, force, cooperative, prefill_chunk)
     finally:
         seq.close()
 
 
 def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequence, t0: float,
-           stop: threading.Event | None, prefix: list[Step] | None, force: dict[int, list[int]] | None
-           ) -> Iterator[StepEvent]:
+           stop: threading.Event | None, prefix: list[Step] | None, force: dict[int, list[int]] | None,
+           cooperative: bool, prefill_chunk: int) -> Iterator[StepEvent | ForwardRequest]:
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     running = RunningText(s.show_token_ids)  # the trace's text, kept current a step at a time
     if prefix:
@@ -235,6 +273,13 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         last = trace.steps[-1]
         probs = mixture(to_probs(seq.prefill_with(trace.steps), s.temperature), [c.prob for c in last.candidates])
         trace.stats["reused_steps"] = len(prefix)
+    elif cooperative and seq.batchable:  # the prompt in chunks, each a turn shared with other runs' steps
+        for req in seq.prefill_requests(prefill_chunk):
+            yield req
+            if stop is not None and stop.is_set():
+                break  # the step loop below reports the stop
+        else:
+            probs = to_probs(req.logits[-1], s.temperature)
     else:
         probs = to_probs(seq.prefill(), s.temperature)
     trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3
@@ -255,7 +300,13 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
             trace.stop_reason = "eos"
             break
         hidden = seq.layout.dead_rows()
-        rows, logits, attention = seq.feed(ids, seq.layout.next_position(step))
+        req = seq.plan_set(ids, seq.layout.next_position(step))
+        if req.logits is None:
+            if cooperative:
+                yield req  # whoever drives this run serves it, alone or in one forward with other runs' rows
+            else:
+                seq.serve(req)
+        rows, logits, attention = req.rows, req.logits, req.attention
         threshold = pruning_threshold(step, s) if pruner else None
         texts = [lm.decode([i]) for i in ids]
         context = clean_token_ids(trace.steps[-3:]) if any("\ufffd" in t for t in texts) else []

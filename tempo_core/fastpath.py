@@ -113,6 +113,17 @@ def pad_set(token_ids: list[int], positions: list[int], mask: torch.Tensor
     return token_ids + token_ids[-1:] * pad, positions + positions[-1:] * pad, mask
 
 
+def padded_mask(mask: torch.Tensor, pad: int) -> torch.Tensor:
+    """A set's mask [1, 1, k, P + k] grown by `pad` rows and columns: each pad row sees what the last sibling
+    sees, and itself (pad_set then hides the pad columns from the real siblings)."""
+    *lead, k, cols = mask.shape
+    out = torch.zeros(*lead, k + pad, cols + pad, dtype=mask.dtype, device=mask.device)
+    out[..., :k, :cols] = mask
+    out[..., k:, :cols] = mask[..., k - 1:k, :]
+    out[..., k:, cols:] = torch.eye(pad, dtype=mask.dtype, device=mask.device)
+    return out
+
+
 def unpad(logits: torch.Tensor, attention: dict[int, torch.Tensor], k: int
           ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """The real siblings' logits, and the attention they paid, without the pad rows and columns."""

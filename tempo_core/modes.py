@@ -8,6 +8,7 @@ import time
 from typing import Callable, Iterator
 
 from .baseline import default_events
+from .batch import ForwardRequest
 from .config import TempoSettings
 from .engine import tempo_events
 from .events import StepEvent
@@ -21,13 +22,14 @@ from .trace import Step, Trace
 
 
 def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-             prefix: list[Step] | None = None) -> Iterator[StepEvent]:
-    """Events of a run in the mode `s` selects (TEMPO, default/baseline, MCTS or soft)."""
+             prefix: list[Step] | None = None, cooperative: bool = False) -> Iterator[StepEvent | ForwardRequest]:
+    """Events of a run in the mode `s` selects (TEMPO, default/baseline, MCTS or soft). `cooperative`: a TEMPO
+    run also yields its forwards for a `batch.Batcher` to serve with other runs' (engine.tempo_events)."""
     if s.mode == "default":
         return default_events(lm, s, stop)
     if s.mode == "mcts":
         return mcts_events(lm, s, stop)
-    events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix)
+    events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix, cooperative=cooperative)
     if s.faithfulness:
         events = _then(events, "faithfulness", "measuring faithfulness",
                        lambda trace: faithfulness_iter(lm, trace, s.faithfulness_paths), stop)
@@ -37,12 +39,15 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
     return events
 
 
-def _then(events: Iterator[StepEvent], name: str, doing: str, analysis: Callable[[Trace], Iterator[float]],
-          stop: threading.Event | None) -> Iterator[StepEvent]:
+def _then(events: Iterator[StepEvent | ForwardRequest], name: str, doing: str,
+          analysis: Callable[[Trace], Iterator[float]],
+          stop: threading.Event | None) -> Iterator[StepEvent | ForwardRequest]:
     """The run's events, then, before the last one, `analysis` of the finished trace (an iterator of the fraction
     done) as progress events. A stopped run is not analysed: `stats["<name>_skipped"]` says why."""
     for event in events:
-        if event.done and stop is not None and stop.is_set():
+        if isinstance(event, ForwardRequest):
+            yield event
+        elif event.done and stop is not None and stop.is_set():
             event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
         elif event.done:
             t0 = time.perf_counter()

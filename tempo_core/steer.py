@@ -12,6 +12,7 @@ import math
 import threading
 from typing import Iterator
 
+from .batch import ForwardRequest
 from .config import SettingsError, build_settings
 from .engine import tempo_events
 from .events import StepEvent
@@ -20,9 +21,11 @@ from .trace import Trace, rewind
 
 
 def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
-                  stop: threading.Event | None = None, max_tokens: int | None = None) -> Iterator[StepEvent]:
+                  stop: threading.Event | None = None, max_tokens: int | None = None, cooperative: bool = False
+                  ) -> Iterator[StepEvent | ForwardRequest]:
     """Events of a run that repeats `original` up to `step`, keeps only candidate `index` there, and goes on
-    (to the original's max_tokens, or `max_tokens`). The original trace is not changed."""
+    (to the original's max_tokens, or `max_tokens`). The original trace is not changed. `cooperative`: as in
+    engine.tempo_events (its steps are served with other runs')."""
     if original.mode != "tempo":
         raise SettingsError("mode", f"continue from here works on TEMPO runs, this one is {original.mode}")
     if not 0 <= step < len(original.steps) or not 0 <= index < len(original.steps[step].candidates):
@@ -38,7 +41,7 @@ def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
     token = original.steps[step].candidates[index].token_id
     # seeded sigmoid pruning draws in step order: a resumed run would draw differently, so it starts over
     prefix = rewind(original, step - 1).steps if step > 0 and not s.use_sigmoid_threshold else None
-    return tempo_events(lm, s, stop, prefix=prefix, force={step: [token]})
+    return tempo_events(lm, s, stop, prefix=prefix, force={step: [token]}, cooperative=cooperative)
 
 
 def joins_at(prob: float) -> float:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 import re
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ from tempo_core import LoadedModel, SettingsError, StepEvent, Trace, __version__
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.events import check_context, encode_prompt
+from tempo_core.batch import Batcher
 from tempo_core.limits import Limits, RunStop, check_budget
 
 from ..figures.report import report_html
@@ -133,7 +134,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: Limits, executor: Executor) -> Trace:
+async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: Limits, batcher: Batcher) -> Trace:
     """The run of an API request, a step at a time on the model's thread (fair to the page's runs), ended by the
     time limit or the client hanging up."""
     stop = RunStop(limits.max_seconds)
@@ -144,7 +145,7 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
             finished.set_exception(exc)
         elif event.done:
             finished.set_result(event.trace)
-    step_by_step(executor, lambda: tempo_generate(lm, s, stop), on_event, stop.extend)
+    step_by_step(batcher, lambda: tempo_generate(lm, s, stop, cooperative=True), on_event, stop.extend)
     work = asyncio.wrap_future(finished)
     while not work.done():
         await asyncio.wait({work}, timeout=0.2)
@@ -154,8 +155,8 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
 
 
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
-               executor: Executor, stepped: SteppedRuns | None = None, research: Slots | None = None) -> None:
-    """`executor`: the model's own threads (app.model_executor); runs are made there, never in a fresh thread.
+               batcher: Batcher, stepped: SteppedRuns | None = None, research: Slots | None = None) -> None:
+    """`batcher`: serves every run on the model's own thread (Shared.batcher), never in a fresh thread.
     `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports; `research`: the slots
     of research jobs (baselines, sweeps, studies), whose running and waiting jobs it reports too."""
     @api.get("/health")
@@ -181,7 +182,7 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
         if not await slots.acquire_async(request.is_disconnected):
             return Response(status_code=499)  # the client left while waiting; nobody reads this
         try:
-            trace = await run_for(request, lm, s, limits, executor)
+            trace = await run_for(request, lm, s, limits, batcher)
         except SettingsError as exc:  # found only once the run started (e.g. a recorded prefix)
             return error(exc.field, str(exc))
         finally:

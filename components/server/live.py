@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import queue
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from tempo_core import Step, StepEvent, Trace
+from tempo_core.batch import Batcher, ForwardRequest
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
 _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness", "commitment")
@@ -63,43 +64,23 @@ def apply_delta(replica: Trace, delta: StepDelta) -> None:
         setattr(replica, k, v)
 
 
-def step_by_step(executor: Executor, events: Callable[[], Iterator[StepEvent]],
+def step_by_step(batcher: Batcher, events: Callable[[], Iterator[StepEvent | ForwardRequest]],
                  on_event: Callable[[StepEvent | None, BaseException | None], None],
                  waited: Callable[[float], None] | None = None) -> None:
-    """Advance `events()` one step per task on `executor`, each task queued behind the steps of every other run:
-    one model thread serves all runs a step at a time, so a class that presses Generate together all see their
-    first steps within seconds, and a long run never holds the model for its whole length.
+    """Serve `events()` on the model's thread with every other run (`batcher`): each tick advances every run by a
+    step, the TEMPO runs' rows in one forward (tempo_core/batch.py), so a class that presses Generate together
+    all see their first steps within seconds, and a long run or a long prompt never holds the model.
 
-    `on_event(event, error)` is called on the executor's thread after each step (once with (None, error) if the
-    run fails); `waited(seconds)` with the time each step queued behind other runs (its clock stands still)."""
-
-    def work(it: Iterator[StepEvent] | None, queued_at: float) -> None:
-        if waited is not None:
-            waited(time.monotonic() - queued_at)
-        try:
-            it = events() if it is None else it
-            event = next(it)
-        except StopIteration:
-            on_event(None, RuntimeError("the run produced no events"))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
-            on_event(None, exc)
-        else:
-            try:
-                on_event(event, None)
-            except BaseException as exc:  # noqa: BLE001 - an event the consumer cannot read ends the run
-                on_event(None, exc)
-                return
-            if not event.done:
-                executor.submit(work, it, time.monotonic())
-
-    executor.submit(work, None, time.monotonic())
+    `on_event(event, error)` is called on the model's thread after each step (once with (None, error) if the
+    run fails); `waited(seconds)` with the time the run spent behind other runs' work (its clock stands still)."""
+    batcher.add(events, on_event, waited)
 
 
-def live_traces(events: Callable[[], Iterator[StepEvent]], window: int, min_frame_s: float = 0.1,
-                executor: Executor | None = None, waited: Callable[[float], None] | None = None
+def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], window: int, min_frame_s: float = 0.1,
+                batcher: Batcher | None = None, waited: Callable[[float], None] | None = None
                 ) -> Iterator[Frame]:
-    """Run `events()` (the engine's events) step by step on `executor` (the model's own thread: see
-    `shared.model_executor`) or a thread of its own; yield a `Frame` of the replica at most every `min_frame_s`
+    """Run `events()` (the engine's events) step by step on `batcher` (the model's own thread, shared by every
+    run: see `Shared.batcher`) or a thread of its own; yield a `Frame` of the replica at most every `min_frame_s`
     seconds (and at least 3x the last frame's consumer time apart), always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
@@ -116,8 +97,8 @@ def live_traces(events: Callable[[], Iterator[StepEvent]], window: int, min_fram
         q.put(delta_of(event.trace, window, event.done, sent, event.progress))
         sent = len(event.trace.steps)
 
-    own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if executor is None else None
-    step_by_step(executor or own, events, on_event, waited)
+    own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if batcher is None else None
+    step_by_step(batcher or Batcher(own), events, on_event, waited)
     try:
         yield from _frames(q, min_frame_s)
     finally:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from tempo_core import LoadedModel, StepEvent, Trace, generate
+from tempo_core.batch import Batcher
 from tempo_core.config import TempoSettings
 from tempo_core.limits import Limits, RunStop, kv_cache_bytes
 
@@ -67,6 +68,7 @@ class Shared:
     research_slots: Slots = field(init=False)
     research_executor: ThreadPoolExecutor = field(init=False)
     stepped: SteppedRuns = field(init=False)  # step mode: each session's paused run
+    batcher: Batcher = field(init=False)  # serves every run on the model's thread, their rows in one forward
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.concurrency)
@@ -74,7 +76,9 @@ class Shared:
         self.executor = self.executor or model_executor(1)
         self.research_executor = model_executor(self.research_concurrency, "tempo-research")
         self.decode = on_gpu(self._decode, lambda s, stop: self.limits.max_seconds + 10)
-        self.stepped = SteppedRuns(self.executor, max_runs=env_int("TEMPO_STEP_RUNS", 40),
+        self.batching = self.decode == self._decode  # a ZeroGPU worker makes a run in a process of its own
+        self.batcher = Batcher(self.executor, max_rows=env_int("TEMPO_BATCH_MAX_ROWS", 256))
+        self.stepped = SteppedRuns(self.executor, self.batcher, max_runs=env_int("TEMPO_STEP_RUNS", 40),
                                    max_bytes=env_int("TEMPO_STEP_CACHE_MB", 1024) * 2**20, bytes_of=self.cache_bytes,
                                    idle_s=env_int("TEMPO_STEP_IDLE_S", 300), press_s=self.limits.max_seconds)
 
@@ -101,7 +105,7 @@ class Shared:
         return admit(self.lm, settings_from_form(form, self.limits), self.limits, runs)
 
     def _decode(self, s: TempoSettings, stop: RunStop) -> Iterator[StepEvent]:
-        yield from generate(self.lm, s, stop)
+        yield from generate(self.lm, s, stop, cooperative=self.batching)
 
     def queue_line(self) -> str:
         """What a run that was just admitted waits for."""

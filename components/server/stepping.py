@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from tempo_core import StepEvent, Trace
+from tempo_core.batch import Batcher
 from tempo_core.limits import RunStop
 
 from ..figures.predict import Score
@@ -33,18 +34,20 @@ class SteppedRun:
     cache_bytes: int = 0  # its KV cache after the last step (`SteppedRuns.bytes_of`)
     stop: RunStop | None = None  # the run's stop flag: its clock restarts at every press (`SteppedRuns.press_s`)
     busy: bool = False  # a press is running
+    closed: bool = False  # dropped (replaced, expired, evicted): its generator is closed once no press runs
 
 
 class SteppedRuns:
-    """The sessions' paused runs. Advancing one runs a single engine step on the model's executor, queued
-    fairly behind other runs' steps."""
+    """The sessions' paused runs. Advancing one serves a single engine step with every other run's (`batcher`,
+    on the model's thread); creating and closing their generators runs on that thread too (`executor`)."""
 
-    def __init__(self, executor: Executor, max_runs: int = 40, idle_s: float = 300.0, max_bytes: int | None = None,
+    def __init__(self, executor: Executor, batcher: Batcher, max_runs: int = 40, idle_s: float = 300.0, max_bytes: int | None = None,
                  bytes_of: Callable[[Trace], int] = lambda trace: 0, press_s: float | None = None):
         """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (tempo_core.limits.kv_cache_bytes).
         `press_s`: the time one press may take (a step, or the analyses after the last one): past it the run
         ends with stop_reason "time_limit", as a Generate run does at the server's time limit."""
-        self.executor, self.max_runs, self.idle_s, self.press_s = executor, max_runs, idle_s, press_s
+        self.executor, self.batcher = executor, batcher
+        self.max_runs, self.idle_s, self.press_s = max_runs, idle_s, press_s
         self.max_bytes, self.bytes_of = max_bytes, bytes_of
         self._runs: OrderedDict[str, SteppedRun] = OrderedDict()
         self._lock = threading.Lock()
@@ -75,25 +78,33 @@ class SteppedRuns:
             return run
 
     def advance(self, run: SteppedRun) -> Trace:
-        """One logical step (or the run's end). Returns the trace so far."""
-        def step() -> None:
-            event = next(run.events, None)
-            if event is not None:
-                run.trace, run.done = event.trace, event.done
-                # a phase after the steps (faithfulness) reports progress events: keep going to the end
-                while event.progress and not run.done:
-                    event = next(run.events)
-                    run.trace, run.done = event.trace, event.done
-            else:
-                run.done = True
+        """One logical step (or the run's end), served with every other run's steps (the batcher). Returns the
+        trace so far. A phase after the steps (faithfulness) reports progress events: a press goes to its end."""
         if not run.done:
+            pressed, failed = threading.Event(), []
+
+            def on_event(event: StepEvent | None, error: BaseException | None) -> None:
+                if event is None:
+                    failed.append(error)
+                else:
+                    run.trace, run.done = event.trace, event.done
+                if event is None or event.done:
+                    pressed.set()
+
             run.stop.start_clock(self.press_s)
             run.busy = True
             try:
-                self.executor.submit(step).result()
+                self.batcher.add(lambda: run.events, on_event, run.stop.extend, pause_after=lambda e: not e.progress,
+                                 paused=pressed.set)
+                pressed.wait()
             finally:
                 run.busy = False
                 run.stop.start_clock(None)  # a paused run has no clock running
+                if run.closed:  # dropped during the press: its cache goes now
+                    self.executor.submit(run.events.close)
+            if failed:
+                run.done = True
+                raise failed[0]
         run.last_used = time.monotonic()
         if run.trace is not None:  # a finished run's generator has ended: its cache is gone
             run.cache_bytes = 0 if run.done else self.bytes_of(run.trace)
@@ -161,4 +172,8 @@ class SteppedRuns:
 
     def _close(self, run: SteppedRun) -> None:
         run.playing = False
-        self.executor.submit(run.events.close)  # frees the KV cache; on the model thread, after any running step
+        run.closed = True
+        if run.busy:  # a press is running: it ends at its next step (advance then closes the run)
+            run.stop.stop()
+        else:
+            self.executor.submit(run.events.close)  # frees the KV cache; on the model thread, between ticks

@@ -12,6 +12,7 @@ import gradio as gr
 
 from tempo_core import SettingsError, StepEvent, Trace, build_settings
 from tempo_core.config import TempoSettings
+from tempo_core.batch import ForwardRequest
 from tempo_core.limits import RunStop
 from tempo_core.steer import continue_from
 
@@ -39,7 +40,7 @@ RECORDED = (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"), ("curve", "Thres
 # the settings whose change redraws the threshold curve at once, before any run
 CURVE_FIELDS = ("dynamic_threshold", "dynamic_threshold_form", "attention_threshold", "final_threshold", "bezier_p1",
                 "bezier_p2", "use_relu", "relu_activation_point", "max_tokens", "use_retroactive_pruning", "mode")
-Events = Callable[[TempoSettings, RunStop], Iterator[StepEvent]]
+Events = Callable[[TempoSettings, RunStop], Iterator[StepEvent | ForwardRequest]]
 
 ABOUT = """**How to read the page.** A *token* is a piece of text the model reads or writes (`·` marks a space,
 `⏎` a newline). At each *logical step* TEMPO keeps every token whose *probability* passes the *selection
@@ -197,8 +198,9 @@ class Explore:
             s = admit(lm, limits.fit(build_settings(original.settings)), limits)
             original.settings = s.to_dict()
             return s
-        yield from self._stream(request, settings, lambda s, stop: continue_from(lm, original, step, index, stop),
-                                "continued")
+        def events(s: TempoSettings, stop: RunStop) -> Iterator[StepEvent | ForwardRequest]:
+            return continue_from(lm, original, step, index, stop, cooperative=True)
+        yield from self._stream(request, settings, events, "continued")
 
     def _stream(self, request: gr.Request, settings: Callable[[], TempoSettings], events: Events, source: str
                 ) -> Iterator[Outputs]:
@@ -222,7 +224,7 @@ class Explore:
     def _frames(self, s: TempoSettings, flag: RunStop, events: Events, source: str) -> Iterator[Outputs]:
         view = self.page.view
         try:
-            for frame in live_traces(lambda: events(s, flag), s.pruning_window, MIN_FRAME_S, self.shared.executor,
+            for frame in live_traces(lambda: events(s, flag), s.pruning_window, MIN_FRAME_S, self.shared.batcher,
                                      waited=flag.extend):
                 status = status_line(frame.trace, not frame.done, progress=frame.progress)
                 out = view.show(frame.trace, status, live=not frame.done)

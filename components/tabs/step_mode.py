@@ -97,7 +97,7 @@ class StepMode:
         run = self.shared.stepped.get(key)
         if run is None or run.done:
             s = self.shared.settings(form)
-            run = self.shared.stepped.start(key, lambda stop: generate(self.shared.lm, s, stop))
+            run = self.shared.stepped.start(key, lambda stop: generate(self.shared.lm, s, stop, cooperative=True))
         return run
 
     def step(self, request: gr.Request, predict: bool, **form: Any) -> Outputs:

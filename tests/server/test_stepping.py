@@ -10,6 +10,7 @@ from page_client import wait_until
 from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
+from tempo_core.batch import Batcher
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def lm():
 @pytest.fixture()
 def runs():
     pool = ThreadPoolExecutor(1)
-    yield SteppedRuns(pool, max_runs=3, idle_s=60)
+    yield SteppedRuns(pool, Batcher(pool), max_runs=3, idle_s=60)
     pool.shutdown()
 
 
@@ -31,7 +32,7 @@ def settings(**kw):
 
 def test_stepping_one_step_at_a_time_makes_the_trace_generate_makes(lm, runs):
     s = settings()
-    stepped = runs.start("a", lambda stop: generate(lm, s, stop))
+    stepped = runs.start("a", lambda stop: generate(lm, s, stop, cooperative=True))
     seen = []
     while not stepped.done:
         trace = runs.advance(stepped)
@@ -49,11 +50,11 @@ def test_stepping_one_step_at_a_time_makes_the_trace_generate_makes(lm, runs):
 def test_runs_are_per_session_bounded_and_freed_when_idle(lm, runs):
     s = settings(max_tokens=4)
     for key in "abcd":
-        runs.start(key, lambda stop: generate(lm, s, stop))
+        runs.start(key, lambda stop: generate(lm, s, stop, cooperative=True))
     assert len(runs) == 3 and runs.get("a") is None  # the least recently used went first
     first = runs.get("b")
     runs.advance(first)
-    assert runs.start("b", lambda stop: generate(lm, s, stop)) is not first  # a new run replaces the session's old one
+    assert runs.start("b", lambda stop: generate(lm, s, stop, cooperative=True)) is not first  # a new run replaces the session's old one
     runs.idle_s = 0.05
     time.sleep(0.1)
     assert len(runs) == 0 and runs.get("c") is None
@@ -78,13 +79,13 @@ def test_paused_runs_are_bounded_by_their_caches_bytes_least_recently_used_first
     bytes_of = lambda t: kv_cache_bytes(lm.model.config, len(t.prompt_token_ids) + t.stats["physical_tokens"], 4)  # noqa: E731
     pool = ThreadPoolExecutor(1)
     try:
-        runs = SteppedRuns(pool, max_runs=10, idle_s=60, bytes_of=bytes_of)
-        one = runs.start("probe", lambda stop: generate(lm, s, stop))
+        runs = SteppedRuns(pool, Batcher(pool), max_runs=10, idle_s=60, bytes_of=bytes_of)
+        one = runs.start("probe", lambda stop: generate(lm, s, stop, cooperative=True))
         runs.advance(one)
         runs.max_bytes = int(2.5 * one.cache_bytes)  # room for about two runs after one step each
         runs.drop("probe")
         for key in "abcd":
-            runs.advance(runs.start(key, lambda stop: generate(lm, s, stop)))
+            runs.advance(runs.start(key, lambda stop: generate(lm, s, stop, cooperative=True)))
             assert runs.cache_bytes <= runs.max_bytes
         assert runs.get("a") is None and runs.get("b") is None and runs.get("d") is not None
         runs.get("c")
@@ -103,7 +104,7 @@ def test_health_reports_the_paused_runs_and_their_caches(lm, live_server):
     stepped = fastapi_app.state.shared.stepped
     health = httpx.get(url + "/health", timeout=10).json()
     assert (health["step_runs"], health["step_cache_bytes"], health["step_cache_limit_bytes"]) == (0, 0, 1024 * 2**20)
-    paused = stepped.start("someone", lambda stop: generate(lm, settings(max_tokens=4), stop))
+    paused = stepped.start("someone", lambda stop: generate(lm, settings(max_tokens=4), stop, cooperative=True))
     stepped.advance(paused)
     health = httpx.get(url + "/health", timeout=10).json()
     assert health["step_runs"] == 1 and health["step_cache_bytes"] == paused.cache_bytes > 0
@@ -119,9 +120,9 @@ def test_a_press_has_a_time_limit_and_stop_reaches_a_press_still_running(lm):
     measure faithfulness over many paths); Stop on a paused run only halts Play, and ends a running press."""
     pool = ThreadPoolExecutor(1)
     try:
-        runs = SteppedRuns(pool, press_s=60)
+        runs = SteppedRuns(pool, Batcher(pool), press_s=60)
         s = settings(max_tokens=3, faithfulness=True, faithfulness_paths=64, selection_threshold=0.0)
-        paused = runs.start("a", lambda stop: generate(lm, s, stop))
+        paused = runs.start("a", lambda stop: generate(lm, s, stop, cooperative=True))
         runs.advance(paused)
         runs.stop("a")  # nothing running: the run stays, paused
         assert not paused.done and not paused.stop.is_set() and runs.advance(paused).steps
@@ -130,7 +131,7 @@ def test_a_press_has_a_time_limit_and_stop_reaches_a_press_still_running(lm):
         assert paused.done and trace.stop_reason == "time_limit" and len(trace.steps) == 2
 
         runs.press_s = 60
-        slow = runs.start("b", lambda stop: generate(lm, s, stop))
+        slow = runs.start("b", lambda stop: generate(lm, s, stop, cooperative=True))
         while len(runs.advance(slow).steps) < 3:
             pass
         pressing = threading.Thread(target=runs.advance, args=(slow,))

@@ -1,0 +1,247 @@
+"""A class in one forward: many runs' pending rows fed to the model together.
+
+A run made with `cooperative=True` (engine.tempo_events) yields a `ForwardRequest` wherever it needs the model:
+each chunk of its prompt, then each set. A `Batcher` drives many such runs on the model's thread in ticks: it
+advances every run to its next request, feeds all their rows in ONE forward (the runs' rows side by side, each
+at its own positions, so the linear layers read the weights once), and each run resumes with its own logits.
+In attention every run keeps to its own KV cache and its own TEMPO mask (`BatchForward.attend`); selection,
+merging and pruning stay in the runs. On a CPU a forward of a small model is bound by reading its weights, so
+rows added to it cost little: this is what lets one model serve a class.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+
+from .attention import AttentionRecorder, attend, batched_attention
+from .events import StepEvent
+from .fastpath import fast_rows
+
+if TYPE_CHECKING:
+    from .engine import ParallelSequence
+
+
+@dataclass
+class ForwardRequest:
+    """Rows one run needs fed: their token ids and position ids, their mask over the run's cache once they are in
+    it ([1, 1, q, cached + q], True = may attend; None = causal), how many last rows' logits to keep, and whether
+    to record the attention pruning reads. Served, it holds `logits` [keep, V] and `attention` {layer: [keep, kv]}."""
+    seq: "ParallelSequence"
+    token_ids: list[int]
+    positions: list[int]
+    mask: torch.Tensor | None
+    keep: int
+    record: bool = True
+    rows: list[int] = field(default_factory=list)  # the rows of the run's layout these tokens fill
+    logits: torch.Tensor | None = None
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class BatchForward:
+    """What attention needs while one forward carries several runs' rows: where each run's rows are, and its own
+    cache, mask and attention recorder."""
+
+    def __init__(self, requests: list[ForwardRequest]):
+        self.requests = requests
+        self.bounds, first = [], 0
+        for req in requests:
+            self.bounds.append((first, first + len(req.token_ids)))
+            first += len(req.token_ids)
+        self.recorders = [AttentionRecorder(frozenset(req.seq.capture) if req.record else frozenset(), req.keep)
+                          for req in requests]
+
+    def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Each run's queries over its own cache (its new keys and values appended first), under its own mask."""
+        out = []
+        for req, rec, (a, b) in zip(self.requests, self.recorders, self.bounds):
+            keys, values = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
+            out.append(attend(layer, query[:, :, a:b], keys, values, req.mask, scaling, rec))
+        return torch.cat(out, dim=1)
+
+
+def forward_batch(requests: list[ForwardRequest]) -> None:
+    """Serve `requests` (runs on one model, each with its own DynamicCache) in one forward; a lone request gets a
+    forward of its own (`ParallelSequence.serve`: the single-run path, unchanged)."""
+    if len(requests) == 1:
+        requests[0].seq.serve(requests[0])
+        return
+    lm = requests[0].seq.lm
+    batch = BatchForward(requests)
+    keep = [i for req, (a, b) in zip(requests, batch.bounds) for i in range(b - req.keep, b)]
+    ids = [t for req in requests for t in req.token_ids]
+    positions = [p for req in requests for p in req.positions]
+    dev = lm.device
+    placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev)  # a 4D mask: HF passes it on untouched
+    with torch.inference_mode(), fast_rows(lm.model), batched_attention(batch):
+        out = lm.forward(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
+                         attention_mask=placeholder, cache=None, use_cache=False,
+                         logits_to_keep=torch.tensor(keep, device=dev))
+    logits = out.logits[0].split([req.keep for req in requests])
+    for req, rec, part in zip(requests, batch.recorders, logits):
+        req.logits, req.attention = part, rec.weights
+        req.seq.forward_passes += 1
+        req.seq.tokens_processed += len(req.token_ids)
+
+
+def serve_alone(items: Iterator[StepEvent | ForwardRequest]) -> Iterator[StepEvent]:
+    """A cooperative run's events, each of its forwards served alone as it comes (one run, no batcher)."""
+    for item in items:
+        if isinstance(item, ForwardRequest):
+            item.seq.serve(item)
+        else:
+            yield item
+
+
+OnEvent = Callable[[StepEvent | None, BaseException | None], None]
+
+
+@dataclass
+class _Run:
+    make: Callable[[], Iterator[StepEvent | ForwardRequest]]
+    on_event: OnEvent
+    waited: Callable[[float], None] | None
+    pause_after: Callable[[StepEvent], bool] | None
+    paused: Callable[[], None] | None
+    events: Iterator[StepEvent | ForwardRequest] | None = None
+    pending: ForwardRequest | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    own_s: float = 0.0
+
+
+class Batcher:
+    """Serves runs on the model's thread (`executor`, one worker) in ticks: each tick advances every run by one
+    step, their rows in one forward of at most `max_rows` rows (runs left out go first next tick), and any other
+    work a run does (an analysis piece, a mode that does its own forwards) as one unit of its turn. Runs join and
+    leave between ticks; between two ticks the executor runs whatever else was queued on it."""
+
+    def __init__(self, executor: Executor, max_rows: int = 256):
+        self.executor, self.max_rows = executor, max_rows
+        self._runs: deque[_Run] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self.ticks = 0
+        self.batched_forwards = 0
+        self.rows = 0
+
+    def add(self, make: Callable[[], Iterator[StepEvent | ForwardRequest]], on_event: OnEvent,
+            waited: Callable[[float], None] | None = None, pause_after: Callable[[StepEvent], bool] | None = None,
+            paused: Callable[[], None] | None = None) -> None:
+        """Serve the run `make()` (called on the model thread) until it ends. `on_event(event, error)` gets each of
+        its events on the model thread, and (None, error) once if it fails; `waited(seconds)` the time it spent
+        behind other runs' work. With `pause_after`, the run leaves after an event for which it is true (step
+        mode: one press), and `paused()` is called; adding `lambda: the same iterator` resumes it."""
+        run = _Run(make, on_event, waited, pause_after, paused)
+        with self._lock:
+            self._runs.append(run)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.executor.submit(self._serve)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    def _serve(self) -> None:
+        try:
+            self.tick()
+        finally:
+            with self._lock:
+                self._scheduled = bool(self._runs)
+            if self._scheduled:
+                self.executor.submit(self._serve)  # other work queued on the executor meanwhile goes first
+
+    def tick(self) -> None:
+        """Advance every run to its next forward (delivering the events on the way), then serve those forwards
+        in one."""
+        with self._lock:
+            runs = list(self._runs)
+        batch: list[tuple[_Run, ForwardRequest]] = []
+        rows, left_out, gone = 0, [], []
+        for run in runs:
+            if rows >= self.max_rows:
+                left_out.append(run)
+                continue
+            t0 = time.monotonic()
+            if not self._advance(run):
+                gone.append(run)
+            elif run.pending is not None and run.pending.logits is None:
+                if run.pending.seq.batchable:
+                    batch.append((run, run.pending))
+                    rows += len(run.pending.token_ids)
+                else:
+                    run.pending.seq.serve(run.pending)  # a static cache or graphs: a forward of its own
+            run.own_s = time.monotonic() - t0
+        if batch:
+            t0 = time.monotonic()
+            try:
+                for group in _by_model([req for _, req in batch]):
+                    forward_batch(group)
+            except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
+                for run, _ in batch:
+                    run.on_event(None, exc)
+                    gone.append(run)
+            spent = time.monotonic() - t0
+            for run, _ in batch:
+                run.own_s += spent
+            self.batched_forwards += 1
+            self.rows += rows
+        self.ticks += 1
+        now = time.monotonic()
+        for run in runs:
+            if run in left_out:
+                continue
+            if run.waited is not None:
+                run.waited(max(0.0, now - run.last_seen - run.own_s))
+            run.last_seen = now
+        with self._lock:
+            for run in gone:
+                self._runs.remove(run)
+            for run in reversed(left_out):  # first in line next tick
+                self._runs.remove(run)
+                self._runs.appendleft(run)
+
+    def _advance(self, run: _Run) -> bool:
+        """Resume `run` until it asks for a forward, ends or pauses; False once it has left. After a forward it
+        resumes through one event to its next request; otherwise one event ends its turn (one unit per tick)."""
+        served = run.pending is not None
+        run.pending = None
+        try:
+            if run.events is None:
+                run.events = run.make()
+            while True:
+                item = next(run.events)
+                if isinstance(item, ForwardRequest):
+                    run.pending = item
+                    return True
+                run.on_event(item, None)
+                if item.done:
+                    return False
+                if run.pause_after is not None and run.pause_after(item):
+                    if run.paused is not None:
+                        run.paused()
+                    return False
+                if not served:
+                    return True
+                served = False
+        except StopIteration:
+            run.on_event(None, RuntimeError("the run produced no events"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
+            run.on_event(None, exc)
+        return False
+
+
+def _by_model(requests: list[ForwardRequest]) -> list[list[ForwardRequest]]:
+    groups: dict[int, list[ForwardRequest]] = {}
+    for req in requests:
+        groups.setdefault(id(req.seq.lm), []).append(req)
+    return list(groups.values())

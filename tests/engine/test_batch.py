@@ -1,0 +1,210 @@
+"""Runs batched in one forward (tempo_core/batch.py) against the same runs made alone, and against plain
+transformers: each run's trace in a batch must be its solo trace (same candidates, probabilities to 1e-5, the
+same pruning), whoever it shares the forward with and whenever they join or leave."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from tiny import tiny_llama
+
+from tempo_core import build_settings, generate, run
+from tempo_core.batch import Batcher, ForwardRequest, serve_alone
+from tempo_core.engine import PREFILL_CHUNK, ParallelSequence
+from tempo_core.limits import RunStop
+
+TOL = 1e-5
+LONG = " ".join(["once upon a time there was a small robot who liked to read books"] * 12)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_llama(seed=0)
+
+
+def settings(**kw):
+    return build_settings({"raw_prompt": True, **kw})
+
+
+RUNS = [  # different prompt lengths, thresholds, pruning on and off, sibling visibility, modes and analyses
+    dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=12, use_retroactive_pruning=True,
+         attention_threshold=0.02),
+    dict(prompt="once upon a time there was a small robot who liked", selection_threshold=0.1, max_tokens=9),
+    dict(prompt="hello", selection_threshold=1.0, max_tokens=10, use_retroactive_pruning=True),
+    dict(prompt="the dog ran to the park and the cat", selection_threshold=0.02, max_tokens=15,
+         allow_intraset_token_visibility=True, use_retroactive_pruning=True, attention_threshold=0.05,
+         dynamic_threshold=True),
+    dict(prompt=LONG, selection_threshold=0.03, max_tokens=8, faithfulness=True, faithfulness_paths=4),
+    dict(prompt="the mat", selection_threshold=0.05, max_tokens=6, mode="mcts", mcts_simulations=3),
+    dict(prompt="the park", max_tokens=6, mode="default"),
+    dict(prompt="hello world", selection_threshold=0.05, max_tokens=6, mode="soft"),
+    dict(prompt="the cat", selection_threshold=0.05, max_tokens=7, commitment=True),
+]
+
+
+class Collect:
+    """Traces of runs served by a Batcher, by name; each run's events checked to arrive in order."""
+
+    def __init__(self):
+        self.traces, self.errors, self.steps = {}, [], {}
+        self.finished = threading.Semaphore(0)
+
+    def on_event(self, name, then=None):
+        def on(event, error):
+            if error is not None:
+                self.errors.append(error)
+                self.finished.release()
+                return
+            if not event.progress:
+                self.steps[name] = self.steps.get(name, 0) + 1
+            if then is not None:
+                then(event)
+            if event.done:
+                self.traces[name] = event.trace
+                self.finished.release()
+        return on
+
+    def wait(self, n):
+        for _ in range(n):
+            assert self.finished.acquire(timeout=120)
+        assert not self.errors, self.errors
+
+
+def assert_same_run(solo, batched):
+    assert batched.text == solo.text and batched.stop_reason == solo.stop_reason
+    assert len(batched.steps) == len(solo.steps) > 0
+    for a, b in zip(solo.steps, batched.steps):
+        assert [c.token_id for c in a.candidates] == [c.token_id for c in b.candidates], a.step
+        assert [c.pruned_at for c in a.candidates] == [c.pruned_at for c in b.candidates], a.step
+        for x, y in zip(a.candidates, b.candidates):
+            assert abs(x.prob - y.prob) <= TOL
+    if solo.faithfulness:
+        assert abs(batched.faithfulness["mean_kl"] - solo.faithfulness["mean_kl"]) <= TOL
+    assert (batched.commitment is None) == (solo.commitment is None)
+
+
+def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
+    all_settings = [settings(**kw) for kw in RUNS]
+    solo = [run(lm, s) for s in all_settings]
+    assert any(c.pruned_at is not None for st in solo[0].steps for c in st.candidates)  # pruning is exercised
+    assert any(len(st.candidates) > 1 for st in solo[3].steps)
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool, max_rows=512), Collect()
+        for i, s in enumerate(all_settings):
+            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
+        got.wait(len(all_settings))
+    for i, trace in enumerate(solo):
+        assert_same_run(trace, got.traces[i])
+    # the TEMPO runs shared forwards: far fewer ticks than their steps together
+    tempo_steps = sum(len(t.steps) for t, kw in zip(solo, RUNS) if kw.get("mode", "tempo") == "tempo")
+    assert batcher.batched_forwards < tempo_steps / 2
+    chunks = -(-len(solo[4].prompt_token_ids) // PREFILL_CHUNK)  # the long prompt went in chunks
+    assert chunks > 1 and got.traces[4].stats["forward_passes"] == solo[4].stats["forward_passes"] + chunks - 1
+
+
+def test_runs_joining_and_leaving_mid_way_and_a_small_row_budget(lm):
+    """Runs that join while others are mid-run, leave early (EOS, max_tokens), and a tick budget of 8 rows that
+    leaves some runs out of a tick (they go first in the next): every trace still equals its solo run."""
+    kws = [RUNS[0], RUNS[1], RUNS[3], dict(RUNS[2], max_tokens=3), dict(prompt=LONG, selection_threshold=0.1,
+                                                                       max_tokens=5)]
+    all_settings = [settings(**kw) for kw in kws]
+    solo = [run(lm, s) for s in all_settings]
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool, max_rows=8), Collect()
+
+        def join_later(event):
+            if event.index == 3 and not event.progress:  # run 0's fourth step: two more runs join
+                for j in (3, 4):
+                    batcher.add(lambda j=j: generate(lm, all_settings[j], cooperative=True), got.on_event(j))
+
+        batcher.add(lambda: generate(lm, all_settings[0], cooperative=True), got.on_event(0, join_later))
+        for j in (1, 2):
+            batcher.add(lambda j=j: generate(lm, all_settings[j], cooperative=True), got.on_event(j))
+        got.wait(len(all_settings))
+    for i, trace in enumerate(solo):
+        assert_same_run(trace, got.traces[i])
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_batched_run_at_threshold_one_equals_hf_greedy(lm, chat):
+    s = settings(prompt="once upon a time", max_tokens=16, selection_threshold=1.0, raw_prompt=not chat,
+                 use_retroactive_pruning=True)
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool), Collect()
+        batcher.add(lambda: generate(lm, s, cooperative=True), got.on_event("greedy"))
+        for j, kw in enumerate(RUNS[:4]):  # company in the same forwards
+            batcher.add(lambda kw=kw: generate(lm, settings(**kw), cooperative=True), got.on_event(j))
+        got.wait(5)
+    trace = got.traces["greedy"]
+    ids = torch.tensor([trace.prompt_token_ids])
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                            temperature=None, top_p=None, top_k=None)[0, ids.shape[1]:].tolist()
+    ours = [st.candidates[0].token_id for st in trace.steps]
+    assert all(len(st.candidates) == 1 for st in trace.steps)
+    assert ours == out[:len(ours)] and len(ours) > 0
+    assert len(ours) == 16 or out[len(ours)] in lm.eos_ids
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_prefill_equals_one_prefill(lm, chunk):
+    s = settings(prompt=LONG)
+    whole = ParallelSequence(lm, s, lm.tokenizer(LONG)["input_ids"])
+    chunked = ParallelSequence(lm, s, lm.tokenizer(LONG)["input_ids"])
+    expected = whole.prefill()
+    requests = list(serve_alone_requests(chunked, chunk))
+    assert len(requests) == -(-whole.layout.rows // chunk)
+    assert (requests[-1].logits[-1] - expected).abs().max() <= TOL
+    for layer in range(len(whole.cache.layers)):
+        assert (whole.cache.layers[layer].keys - chunked.cache.layers[layer].keys).abs().max() <= TOL
+        assert (whole.cache.layers[layer].values - chunked.cache.layers[layer].values).abs().max() <= TOL
+
+
+def serve_alone_requests(seq, chunk):
+    for req in seq.prefill_requests(chunk):
+        seq.serve(req)
+        yield req
+
+
+def test_stop_between_prompt_chunks_ends_a_long_prompt(lm):
+    """A long prompt is fed in chunks; a stop (or the time limit) between two ends the run there, no steps made."""
+    stop = RunStop()
+    s = settings(prompt=LONG, max_tokens=5)
+    events = generate(lm, s, stop, cooperative=True)
+    first = next(events)
+    assert isinstance(first, ForwardRequest) and len(first.token_ids) == PREFILL_CHUNK
+    first.seq.serve(first)
+    stop.stop()
+    rest = list(serve_alone(events))
+    assert len(rest) == 1 and rest[0].done
+    assert rest[0].trace.stop_reason == "stopped" and rest[0].trace.steps == []
+    timed = RunStop(0.0)  # a time limit already past: the prompt's first chunk is the last
+    events = list(serve_alone(generate(lm, s, timed, cooperative=True)))
+    assert events[-1].trace.stop_reason == "time_limit" and events[-1].trace.steps == []
+
+
+def test_serving_alone_equals_the_plain_run(lm):
+    for kw in RUNS[:4]:
+        s = settings(**kw)
+        events = list(serve_alone(generate(lm, s, cooperative=True)))
+        assert_same_run(run(lm, s), events[-1].trace)
+
+
+def test_a_paused_run_resumes_where_it_left(lm):
+    """Step mode: a run leaves the batcher after each step (pause_after) and a later add resumes its iterator."""
+    s = settings(**RUNS[3])
+    solo = run(lm, s)
+    events = generate(lm, s, cooperative=True)
+    with ThreadPoolExecutor(1) as pool:
+        batcher, seen = Batcher(pool), []
+        for _ in range(len(solo.steps) + 1):
+            pressed = threading.Event()
+            batcher.add(lambda: events, lambda e, err: seen.append(err or e), pause_after=lambda e: not e.progress,
+                        paused=pressed.set)
+            for _ in range(3):  # another run's steps meanwhile
+                batcher.add(lambda: generate(lm, settings(**RUNS[1]), cooperative=True), lambda e, err: None)
+            assert pressed.wait(30) or seen[-1].done
+            if seen[-1].done:
+                break
+    assert [e.index for e in seen[:-1]] == list(range(len(solo.steps)))
+    assert_same_run(solo, seen[-1].trace)
