@@ -135,8 +135,9 @@ def _stream(lm: LoadedModel, s: TempoSettings, trace: Trace, out: "queue.Queue[t
 
 
 def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_tokens: int,
-                fixed_length: bool = True) -> dict[str, Any]:
-    """Plain HF beam search (benchmarks use a fixed length; the baselines view lets EOS end beams)."""
+                fixed_length: bool = True, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Plain HF beam search (benchmarks use a fixed length; the baselines view lets EOS end beams). `stop` (Stop,
+    the time limit, a client gone) ends it at its next token: `stopped` says so."""
     ids = torch.tensor([prompt_ids], device=lm.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -144,10 +145,12 @@ def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_
                                 num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
                                 min_new_tokens=max_new_tokens if fixed_length else 0,
                                 do_sample=False, early_stopping=False, output_scores=True,
+                                stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None,
                                 pad_token_id=lm.tokenizer.pad_token_id or next(iter(lm.eos_ids), None))
     seconds = time.perf_counter() - t0
     n = len(prompt_ids)
     return {"sequences": [seq[n:].tolist() for seq in out.sequences],
             "scores": out.sequences_scores.tolist() if out.sequences_scores is not None else [],
-            "seconds": seconds, "steps": len(out.scores)}
+            "seconds": seconds, "steps": len(out.scores),
+            "stopped": stop_reason(stop) if stop is not None and stop.is_set() else None}

@@ -22,7 +22,7 @@ def kv_bytes_per_row(lm: LoadedModel) -> int:
 def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, stop: threading.Event | None = None,
               progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Run all three; `num_beams` defaults to TEMPO's mean set size (rounded, at least 2). `stop` ends the
-    TEMPO and greedy runs early (beam search is bounded by max_tokens); `progress(done, 3, what)` before each."""
+    runs early, beam search included; `progress(done, 3, what)` before each."""
     report = progress or (lambda done, total, what: None)
     report(0, 3, "TEMPO")
     tempo_s = s.replace(mode="tempo")
@@ -33,7 +33,7 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, s
     p = len(tempo.prompt_token_ids)
     beams = num_beams or max(2, round(tempo.stats.get("mean_set_size", 2)))
     t0 = time.perf_counter()
-    beam = beam_search(lm, tempo.prompt_token_ids, beams, s.max_tokens, fixed_length=False)
+    beam = beam_search(lm, tempo.prompt_token_ids, beams, s.max_tokens, fixed_length=False, stop=stop)
     beam_s = time.perf_counter() - t0
     per_row = kv_bytes_per_row(lm)
     n_b = beam["steps"]
@@ -50,7 +50,7 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, s
     for c in cost.values():
         c["peak_kv_mb"] = c["peak_kv_rows"] * per_row / 2**20
     return {"greedy": greedy, "tempo": tempo, "cost": cost,
-            "beam": {"sequences": seqs, "scores": beam["scores"], "num_beams": beams,
+            "beam": {"sequences": seqs, "scores": beam["scores"], "num_beams": beams, "stopped": beam["stopped"],
                      "texts": [lm.decode(seq) for seq in seqs], "best_ids": seqs[0],
                      "token_texts": {t: lm.decode([t]) for seq in seqs for t in seq}}}
 

@@ -292,7 +292,9 @@ def sweep_table(runs: list[Trace]) -> str:
         f"| {t.stats.get('reused_steps', 0)} | "
         f"{'' if not t.faithfulness else format(t.faithfulness['mean_kl'], '.3f')} | "
         f"{_cell(t.clean_text.strip()[:80])} |\n" for t in runs)
-    return ("| threshold | mean set | pruned | steps reused | mean KL | clean text |\n|---|---|---|---|---|---|\n"
+    stopped = next((t.stop_reason for t in runs if t.stop_reason in ("stopped", "time_limit")), None)
+    note = f"**Sweep stopped early ({stopped.replace('_', ' ')})**: the runs it made so far.\n\n" if stopped else ""
+    return (note + "| threshold | mean set | pruned | steps reused | mean KL | clean text |\n|---|---|---|---|---|---|\n"
             + rows)
 
 

@@ -5,6 +5,7 @@ One `Shared` is made per server (`app.build_app`) and passed to each tab; nothin
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Shared:
     view_concurrency: int = 2  # figure rebuilds from stored traces (replay, uploads, clicks) at once
     executor: ThreadPoolExecutor | None = None  # the model's threads (model_executor); made here if not given
     stops: StopFlags = field(default_factory=StopFlags)
+    research_stops: StopFlags = field(default_factory=StopFlags)  # each session's research job
     store: TraceStore = field(default_factory=TraceStore)
     # runs of a session that wait in Gradio's queue (app.build_app sets it once the page exists)
     waiting_runs: Callable[[str], int] = lambda session_hash: 0
@@ -114,6 +116,19 @@ class Shared:
         return f"Waiting for the model ({self.slots.waiting} ahead)…"
 
     # --- a session's runs: Stop reaches the running one, or one still waiting in the queue -------------------
+    @contextlib.contextmanager
+    def research_job(self, request: gr.Request) -> Iterator[RunStop]:
+        """A research job's slot and stop flag: its clock starts once it has the slot, and Stop or the session's
+        end trips it as they do a run (the job checks it between its pieces; HF generate as a stopping criterion)."""
+        key = session_key(request)
+        with self.research_slots.hold():
+            flag = self.research_stops.start(key)
+            flag.start_clock(self.limits.max_seconds)
+            try:
+                yield flag
+            finally:
+                self.research_stops.finish(key, flag)
+
     def arm(self, request: gr.Request) -> None:
         """Generate was pressed: a Stop from now on applies to this run, even while it waits in the queue."""
         self.stops.arm(session_key(request))
@@ -125,11 +140,13 @@ class Shared:
             self.stops.arm(key)
             self.stops.stop(key)
         self.stepped.stop(key)  # Stop also halts Play, and ends a Step press still running
+        self.research_stops.stop(key)  # and the session's research job
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads, flags and stepped run."""
         key = session_key(request)
         self.stops.forget(key)
+        self.research_stops.forget(key)
         self.store.forget(key)
         self.stepped.drop(key)
 

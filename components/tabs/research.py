@@ -188,48 +188,49 @@ class Research:
         return {self.rewind_plot: rewind_figure(trace, node), self.before_plot: tree_figure(rewind(trace, at - 1)),
                 self.after_plot: tree_figure(rewind(trace, at))}
 
-    def run_baselines(self, progress: gr.Progress = gr.Progress(), **form: Any) -> dict:
+    def run_baselines(self, request: gr.Request, progress: gr.Progress = gr.Progress(), **form: Any) -> dict:
         try:
             s = self.shared.settings(form, runs=3)  # TEMPO, greedy and beam search
         except SettingsError as exc:
             return {self.base_html: f"<p><b>Error:</b> {html.escape(str(exc))}</p>"}
-        result = self._job(baselines, s, progress)
+        result = self._job(request, baselines, s, progress)
         return {self.base_html: aligned_html(result), self.beam_plot: beam_tree_figure(result["beam"])}
 
-    def run_sweep(self, thresholds: str, progress: gr.Progress = gr.Progress(), **form: Any) -> dict:
+    def run_sweep(self, thresholds: str, request: gr.Request, progress: gr.Progress = gr.Progress(),
+                  **form: Any) -> dict:
         try:
             values = parse_thresholds(thresholds)
             s = self.shared.settings({**form, "mode": "TEMPO"}, runs=len(values))
         except SettingsError as exc:
             return {self.sweep_md: f"**Error:** {exc}"}
-        traces = self._job(sweep, s, progress, values)
+        traces = self._job(request, sweep, s, progress, values)
         return {self.sweep_plot: sweep_figure(traces), self.sweep_small: sweep_multiples(traces),
                 self.sweep_md: sweep_table(traces)}
 
-    def run_study(self, prompts: Any, progress: gr.Progress = gr.Progress()) -> dict:
+    def run_study(self, prompts: Any, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
         """The quick study (tempo_core/study.py QUICK) over the first `prompts` bundled prompts, on the research
-        thread within the server's budget and time limit; a stopped study shows the prompts it finished."""
+        thread within the server's budget and time limit (Stop and a closed tab end it too); a stopped study
+        shows the prompts it finished."""
         try:
             n = study_prompts(prompts, self.shared.limits.max_forward_passes)
         except SettingsError as exc:
             return {self.study_md: f"**Error:** {exc}"}
         cfg = replace(QUICK, max_prompts=n)
-        stop = RunStop(self.shared.limits.max_seconds)
 
-        def job() -> dict:
+        def job(stop: RunStop) -> dict:
             result = None
             for done, result in study_iter(self.shared.lm, cfg, load_prompts(), stop):
                 progress(done / n, desc=f"study: {done} of {n} prompts done")
             return result
-        with self.shared.research_slots.hold():
-            result = _on(self.shared.research_executor, job)
+        with self.shared.research_job(request) as stop:
+            result = _on(self.shared.research_executor, job, stop)
         result = json.loads(json.dumps(result), parse_constant=lambda c: None)
         return {self.study_plot: study_figure(result), self.study_md: study_heading(result, here=True) + "\n\n"
                 + table(result)}
 
-    def _job(self, job: Callable[..., Any], s: Any, progress: gr.Progress, *args: Any) -> Any:
-        """`job(lm, s, *args)` on the research thread, within the server's time limit, reporting to `progress`."""
-        shared = self.shared
-        with shared.research_slots.hold():
-            return _on(shared.research_executor, job, shared.lm, s, *args,
-                       stop=RunStop(shared.limits.max_seconds), progress=_reporter(progress))
+    def _job(self, request: gr.Request, job: Callable[..., Any], s: Any, progress: gr.Progress, *args: Any) -> Any:
+        """`job(lm, s, *args)` on the research thread, within the server's time limit (Stop and a closed tab end
+        it too), reporting to `progress`."""
+        with self.shared.research_job(request) as stop:
+            return _on(self.shared.research_executor, job, self.shared.lm, s, *args, stop=stop,
+                       progress=_reporter(progress))

@@ -68,3 +68,14 @@ def test_multiscale_rewind_records_each_layers_share(lm):
     step, idx = next((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if not c.alive)
     fig = rewind_figure(trace, f"{step}:{idx}")
     assert any(tr.type == "heatmap" for tr in fig.data)
+
+
+def test_a_stop_ends_beam_search_at_its_next_token(lm):
+    """Research jobs obey Stop and the time limit: HF beam search gets the run's stop flag as a stopping criterion."""
+    from tempo_core.baseline import beam_search
+    from tempo_core.limits import RunStop
+    prompt = lm.tokenizer("the cat sat")["input_ids"]
+    whole = beam_search(lm, prompt, 3, 12)
+    assert whole["steps"] == 12 and whole["stopped"] is None
+    timed = beam_search(lm, prompt, 3, 12, stop=RunStop(0.0))  # its time limit already past
+    assert timed["steps"] == 1 and timed["stopped"] == "time_limit"

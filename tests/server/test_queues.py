@@ -138,3 +138,26 @@ def test_the_faithfulness_phase_reports_progress_before_the_last_event(lm):
     assert progress and progress[0] == "measuring faithfulness 0%" and all("%" in p for p in progress)
     assert events[-1].done and events[-1].progress is None and events[-1].trace.faithfulness is not None
     assert sum(1 for e in events if not e.progress and not e.done) == 4  # one event per step, as before
+
+
+def test_stop_reaches_the_sessions_research_job(lm, live_server):
+    """A long sweep on the research thread ends at Stop (its runs stop, the rest are skipped) and /health counts it
+    while it runs; another session's Stop does not touch it."""
+    url, fastapi_app = live_server(lm, limits=Limits(**{**ROOMY.__dict__, "max_tokens": 480}))
+    shared = fastapi_app.state.shared
+    researcher, other = PageClient(url, fastapi_app, "researcher"), PageClient(url, fastapi_app, "other")
+    form = researcher.form(prompt="the cat", max_tokens=480, min_steps=480,
+                           selection_threshold=0.02, faithfulness=True, faithfulness_paths=32)
+    with ThreadPoolExecutor(1) as pool:
+        t0 = time.perf_counter()
+        job = pool.submit(researcher.call, "run_sweep", ["0, 0.01, 0.02, 0.05, 0.1", *form], 300)
+        assert wait_until(lambda: httpx.get(url + "/health").json()["research_active"] == 1, 30), job.result()
+        time.sleep(1.0)
+        other.call("stop", [])
+        assert not job.done()
+        researcher.call("stop", [])
+        out = job.result(timeout=30)
+    assert time.perf_counter() - t0 < 30
+    table = out["data"][2]
+    assert "stopped" in table, table
+    assert shared.research_slots.active == 0
