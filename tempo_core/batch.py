@@ -154,6 +154,11 @@ class Batcher:
     def _serve(self) -> None:
         try:
             self.tick()
+        except BaseException as exc:  # noqa: BLE001 - a fault of the batcher itself ends every run, not the server
+            with self._lock:
+                runs, self._runs = list(self._runs), deque()
+            for run in runs:
+                _report(run, exc)
         finally:
             with self._lock:
                 self._scheduled = bool(self._runs)
@@ -188,7 +193,7 @@ class Batcher:
                     forward_batch(group)
             except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
                 for run, _ in batch:
-                    run.on_event(None, exc)
+                    _report(run, exc)
                     gone.append(run)
             spent = time.monotonic() - t0
             for run, _ in batch:
@@ -234,10 +239,18 @@ class Batcher:
                     return True
                 served = False
         except StopIteration:
-            run.on_event(None, RuntimeError("the run produced no events"))
+            _report(run, RuntimeError("the run produced no events"))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which reports it
-            run.on_event(None, exc)
+            _report(run, exc)
         return False
+
+
+def _report(run: _Run, error: BaseException) -> None:
+    """Hand `error` to the run's consumer; a consumer that fails on it too is not the batcher's to bear."""
+    try:
+        run.on_event(None, error)
+    except BaseException:  # noqa: BLE001
+        pass
 
 
 def _by_model(requests: list[ForwardRequest]) -> list[list[ForwardRequest]]:

@@ -208,3 +208,38 @@ def test_a_paused_run_resumes_where_it_left(lm):
                 break
     assert [e.index for e in seen[:-1]] == list(range(len(solo.steps)))
     assert_same_run(solo, seen[-1].trace)
+
+
+def test_a_failing_run_leaves_and_the_others_go_on(lm):
+    """A run whose events raise, or whose consumer raises on every call, ends with the error; the batcher and the
+    other runs go on (one visitor's fault never stalls the class)."""
+    def fails_at_once():
+        raise ValueError("bad run")
+        yield
+
+    s = settings(**RUNS[0])
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool), Collect()
+        errors = []
+        batcher.add(fails_at_once, lambda e, err: errors.append(err))
+
+        def always_fails(event, error):
+            errors.append(error)
+            raise RuntimeError("a consumer that fails")
+        batcher.add(lambda: generate(lm, settings(**RUNS[1]), cooperative=True), always_fails)
+        batcher.add(lambda: generate(lm, s, cooperative=True), got.on_event("ok"))
+        got.wait(1)
+        assert wait_for(lambda: batcher.active == 0)
+    assert isinstance(errors[0], ValueError)
+    assert any(isinstance(e, RuntimeError) for e in errors[1:])
+    assert_same_run(run(lm, s), got.traces["ok"])
+
+
+def wait_for(cond, timeout=10.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
