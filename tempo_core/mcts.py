@@ -115,7 +115,13 @@ class MctsSearch:
         self.root = child
 
 
-def mcts_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
+PIECE_S = 0.25  # cooperative: simulations between two yields, so a server's other runs take their turns
+
+
+def mcts_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
+                cooperative: bool = False) -> Iterator[StepEvent]:
+    """MCTS decoding, an event per committed token. `cooperative`: also a progress event whenever a step's
+    simulations have run PIECE_S seconds, so one step of many simulations does not hold a shared model thread."""
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
     search = MctsSearch(lm, s, trace.prompt_token_ids)
@@ -126,11 +132,15 @@ def mcts_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None 
         if stop is not None and stop.is_set():
             trace.stop_reason = stop_reason(stop)
             break
-        ts = time.perf_counter()
-        for _ in range(s.mcts_simulations):
+        ts = piece = time.perf_counter()
+        for i in range(s.mcts_simulations):
             if stop is not None and stop.is_set():  # a step of many simulations can be long: stop inside it
                 break
             search.simulate()
+            if cooperative and time.perf_counter() - piece > PIECE_S and i + 1 < s.mcts_simulations:
+                yield StepEvent(len(trace.steps) - 1, trace, [],
+                                progress=f"searching step {step + 1}: {i + 1} of {s.mcts_simulations} simulations")
+                piece = time.perf_counter()
         if stop is not None and stop.is_set():
             trace.stop_reason = stop_reason(stop)
             break

@@ -28,7 +28,7 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
     if s.mode == "default":
         return default_events(lm, s, stop)
     if s.mode == "mcts":
-        return mcts_events(lm, s, stop)
+        return mcts_events(lm, s, stop, cooperative)
     events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix, cooperative=cooperative)
     if s.faithfulness:
         events = _then(events, "faithfulness", "measuring faithfulness",

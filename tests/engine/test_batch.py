@@ -243,3 +243,37 @@ def wait_for(cond, timeout=10.0):
             return True
         time.sleep(0.02)
     return False
+
+
+def test_the_meter_works_in_pieces_and_gives_the_same_result(lm, monkeypatch):
+    """The faithfulness meter yields between pieces of at most PIECE_ROWS path rows and one greedy token each, so a
+    shared model thread serves other runs between them; the pieces give exactly the one-shot result, and the
+    greedy reference is HF generate's."""
+    from tempo_core import faithfulness
+    trace = run(lm, settings(prompt="the cat sat", selection_threshold=0.02, max_tokens=8))
+    whole = list(faithfulness.measure_iter(lm, trace, max_paths=16))
+    result = trace.faithfulness
+    monkeypatch.setattr(faithfulness, "PIECE_ROWS", 4)
+    pieces = list(faithfulness.measure_iter(lm, trace, max_paths=16))
+    assert len(pieces) > len(whole) + 8 and pieces == sorted(pieces) and pieces[-1] < 1
+    for a, b in zip(result["steps"], trace.faithfulness["steps"]):
+        assert abs(a["kl"] - b["kl"]) <= TOL and a["paths"] == b["paths"]
+    assert abs(result["greedy_ppl"] - trace.faithfulness["greedy_ppl"]) <= TOL
+    greedy = []
+    list(faithfulness._greedy_ids(lm, trace.prompt_token_ids, 12, greedy))
+    ids = torch.tensor([trace.prompt_token_ids])
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                            temperature=None, top_p=None, top_k=None)[0, ids.shape[1]:].tolist()
+    assert greedy == out[:len(greedy)] and (len(greedy) == 12 or out[len(greedy)] in lm.eos_ids)
+
+
+def test_a_cooperative_mcts_step_yields_between_simulations(lm, monkeypatch):
+    from tempo_core import mcts
+    s = settings(prompt="the cat", mode="mcts", mcts_simulations=6, max_tokens=4)
+    solo = run(lm, s)
+    monkeypatch.setattr(mcts, "PIECE_S", 0.0)
+    events = list(generate(lm, s, cooperative=True))
+    progress = [e for e in events if e.progress]
+    assert len(progress) == 5 * len(solo.steps) and "of 6 simulations" in progress[0].progress
+    assert [[c.token_id for c in st.candidates] for st in events[-1].trace.steps] == \
+        [[c.token_id for c in st.candidates] for st in solo.steps]
