@@ -26,6 +26,7 @@ from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable,
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
+from .prefix import PrefixStore, prefix_store
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
@@ -148,11 +149,19 @@ class ParallelSequence:
         """Whether this run's forwards may share a forward with other runs' (batch.py): a DynamicCache, no graphs."""
         return self.cache is not None and self.static_len is None and self.graphs is None
 
-    def prefill_requests(self, chunk: int) -> Iterator[ForwardRequest]:
-        """The prompt as forwards of at most `chunk` rows each, each causal over the cache before it (the same
-        cache as one prefill); the last one's logits are the prompt's. A long prompt thus takes turns."""
+    def reuse_prefix(self, store: PrefixStore) -> int:
+        """Copy the longest prefix of the prompt that `store` holds into this run's (empty) cache; the rows copied."""
+        rows, kv = store.longest(self.layout.tokens)
+        for layer, (keys, values) in enumerate(kv):
+            self.cache.update(keys[:, :, :rows].clone(), values[:, :, :rows].clone(), layer)
+        return rows
+
+    def prefill_requests(self, chunk: int, start: int = 0) -> Iterator[ForwardRequest]:
+        """The prompt from row `start` (those before are in the cache) as forwards of at most `chunk` rows each,
+        each causal over the cache before it (the same cache as one prefill); the last one's logits are the
+        prompt's. A long prompt thus takes turns."""
         tokens, positions = self.layout.tokens, self.layout.positions
-        for first in range(0, len(tokens), chunk):
+        for first in range(start, len(tokens), chunk):
             yield ForwardRequest(self, tokens[first:first + chunk], positions[first:first + chunk], None, keep=1,
                                  record=False)
 
@@ -274,12 +283,17 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         probs = mixture(to_probs(seq.prefill_with(trace.steps), s.temperature), [c.prob for c in last.candidates])
         trace.stats["reused_steps"] = len(prefix)
     elif cooperative and seq.batchable:  # the prompt in chunks, each a turn shared with other runs' steps
-        for req in seq.prefill_requests(prefill_chunk):
+        store = prefix_store(lm)
+        reused = seq.reuse_prefix(store)  # a prefix another run fed (a class's shared chat template)
+        if reused:
+            trace.stats["prompt_rows_reused"] = reused
+        for req in seq.prefill_requests(prefill_chunk, start=reused):
             yield req
             if stop is not None and stop.is_set():
                 break  # the step loop below reports the stop
         else:
             probs = to_probs(req.logits[-1], s.temperature)
+            store.put(seq.layout.tokens, seq.cache)
     else:
         probs = to_probs(seq.prefill(), s.temperature)
     trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3

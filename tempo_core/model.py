@@ -43,6 +43,7 @@ class LoadedModel:
     load_seconds: float
     cuda_graphs: bool = True  # replay TEMPO steps from captured CUDA graphs where the model allows (graphs.py)
     slots: Any = field(default=None, repr=False, compare=False)  # graphs.SlotPool, made on first use
+    prefixes: Any = field(default=None, repr=False, compare=False)  # prefix.PrefixStore, made on first use
 
     def forward(self, cache: Any = None, **kwargs: Any) -> Any:
         """The model's forward with a KV cache, under the name this transformers version uses for it:

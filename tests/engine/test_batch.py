@@ -2,6 +2,7 @@
 transformers: each run's trace in a batch must be its solo trace (same candidates, probabilities to 1e-5, the
 same pruning), whoever it shares the forward with and whenever they join or leave."""
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,11 @@ LONG = " ".join(["once upon a time there was a small robot who liked to read boo
 @pytest.fixture(scope="module")
 def lm():
     return tiny_llama(seed=0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_prefixes(lm):
+    lm.prefixes = None  # each test starts with no prompt prefixes known (prefix.py)
 
 
 def settings(**kw):
@@ -99,7 +105,8 @@ def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
     # the TEMPO runs shared forwards: far fewer ticks than their steps together
     tempo_steps = sum(len(t.steps) for t, kw in zip(solo, RUNS) if kw.get("mode", "tempo") == "tempo")
     assert batcher.batched_forwards < tempo_steps / 2
-    chunks = -(-len(solo[4].prompt_token_ids) // PREFILL_CHUNK)  # the long prompt went in chunks
+    fed = len(solo[4].prompt_token_ids) - got.traces[4].stats.get("prompt_rows_reused", 0)
+    chunks = -(-fed // PREFILL_CHUNK)  # the long prompt went in chunks
     assert chunks > 1 and got.traces[4].stats["forward_passes"] == solo[4].stats["forward_passes"] + chunks - 1
 
 
@@ -277,3 +284,31 @@ def test_a_cooperative_mcts_step_yields_between_simulations(lm, monkeypatch):
     assert len(progress) == 5 * len(solo.steps) and "of 6 simulations" in progress[0].progress
     assert [[c.token_id for c in st.candidates] for st in events[-1].trace.steps] == \
         [[c.token_id for c in st.candidates] for st in solo.steps]
+
+
+def test_runs_reuse_a_prompt_prefix_another_run_fed(lm):
+    """A class types different questions after the same chat template: a run whose prompt starts like one fed
+    before copies those rows and feeds the rest; its trace is still its solo run's."""
+    questions = ["the cat sat on the mat", "the dog ran to the park", "hello world", "once upon a time"]
+    all_settings = [settings(prompt=q, raw_prompt=False, enable_thinking=True, selection_threshold=0.05, max_tokens=8,
+                             use_retroactive_pruning=True) for q in questions]
+    solo = [run(lm, s) for s in all_settings]
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool, max_rows=512), Collect()
+        batcher.add(lambda: generate(lm, all_settings[0], cooperative=True), got.on_event(0))
+        got.wait(1)  # the first prompt is in the store now
+        for i, s in enumerate(all_settings[1:], 1):
+            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
+        got.wait(len(all_settings) - 1)
+    shared = len(os.path.commonprefix([t.prompt_token_ids for t in solo]))
+    assert shared >= 8
+    assert "prompt_rows_reused" not in got.traces[0].stats
+    for i, trace in enumerate(solo):
+        assert_same_run(trace, got.traces[i])
+        if i:
+            assert got.traces[i].stats["prompt_rows_reused"] >= shared
+            assert got.traces[i].stats["tokens_processed"] < trace.stats["tokens_processed"]
+    # the same prompt again: all but its last token come from the store
+    events = list(serve_alone(generate(lm, all_settings[2], cooperative=True)))
+    assert events[-1].trace.stats["prompt_rows_reused"] == len(solo[2].prompt_token_ids) - 1
+    assert_same_run(solo[2], events[-1].trace)
