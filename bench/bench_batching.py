@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-rows", type=int, default=256, help="the batched variant's tick budget")
+    ap.add_argument("--only", help="comma list of variants to time (default: all)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     if args.random_config:
@@ -87,6 +88,8 @@ def main() -> None:
     if lm.device.type == "cuda":
         variants["round robin, graphed"] = dict(max_rows=1, graphs=True)
         variants["batched, graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
+    if args.only:
+        variants = {name: kw for name, kw in variants.items() if name in args.only.split(",")}
     serve(lm, 2, args.k, 4, args.max_rows, lm.device.type == "cuda")  # warm-up (a graph capture, allocations)
     rows = []
     for n in (int(x) for x in args.runs.split(",")):
@@ -95,7 +98,9 @@ def main() -> None:
             for name, kw in variants.items():
                 times[name].append(serve(lm, n, args.k, args.steps, **kw)["steps_per_s"])
         row = {"runs": n, **{name: statistics.median(v) for name, v in times.items()}}
-        row["speed-up"] = row["batched"] / max(v for name, v in row.items() if name.startswith("round robin"))
+        baselines = [v for name, v in row.items() if name.startswith("round robin")]
+        if "batched" in row and baselines:
+            row["speed-up"] = row["batched"] / max(baselines)
         rows.append(row)
         print(" | ".join(f"{name} {value:.1f}" if isinstance(value, float) else f"{name} {value}"
                          for name, value in row.items()), flush=True)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -24,8 +24,18 @@ from .attention import AttentionRecorder, attend, batched_attention
 from .events import StepEvent
 from .fastpath import fast_rows
 
-if TYPE_CHECKING:
-    from .engine import ParallelSequence
+class RunSequence(Protocol):
+    """What a batch needs of a run (engine.ParallelSequence, which imports this module)."""
+    lm: Any
+    cache: Any  # its DynamicCache
+    capture: dict[int, float]  # the layers whose attention pruning reads
+    forward_passes: int
+    tokens_processed: int
+
+    @property
+    def batchable(self) -> bool: ...
+
+    def serve(self, req: "ForwardRequest") -> None: ...
 
 
 @dataclass
@@ -33,7 +43,7 @@ class ForwardRequest:
     """Rows one run needs fed: their token ids and position ids, their mask over the run's cache once they are in
     it ([1, 1, q, cached + q], True = may attend; None = causal), how many last rows' logits to keep, and whether
     to record the attention pruning reads. Served, it holds `logits` [keep, V] and `attention` {layer: [keep, kv]}."""
-    seq: "ParallelSequence"
+    seq: RunSequence
     token_ids: list[int]
     positions: list[int]
     mask: torch.Tensor | None
