@@ -86,8 +86,8 @@ def main() -> None:
     variants = {"batched": dict(max_rows=args.max_rows, graphs=False),
                 "round robin": dict(max_rows=1, graphs=False)}
     if lm.device.type == "cuda":
-        variants["round robin, graphed"] = dict(max_rows=1, graphs=True)
-        variants["batched, graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
+        variants["round robin graphed"] = dict(max_rows=1, graphs=True)
+        variants["batched graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
     if args.only:
         variants = {name: kw for name, kw in variants.items() if name in args.only.split(",")}
     serve(lm, 2, args.k, 4, args.max_rows, lm.device.type == "cuda")  # warm-up (a graph capture, allocations)

@@ -96,7 +96,7 @@ def attend(layer: int | None, query: torch.Tensor, key: torch.Tensor, value: tor
 
     if rec is not None and layer in rec.layers:
         rows = q_len if rec.last_rows is None else min(rec.last_rows, q_len)
-        probs = _explicit_probs(query[:, :, q_len - rows:], key, attention_mask, groups, scaling)
+        probs = explicit_probs(query[:, :, q_len - rows:], key, attention_mask, groups, scaling)
         rec.weights[layer] = probs.mean(dim=(1, 2))[0]  # mean over heads -> [rows, kv]
         if rows == q_len:  # the recorded rows are all the rows: use the probabilities we already have
             out = torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
@@ -126,7 +126,7 @@ def stacked_gqa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.T
     return out.reshape(b, heads, q_len, dim)
 
 
-def _explicit_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, groups: int,
+def explicit_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, groups: int,
                     scaling: float) -> torch.Tensor:
     """softmax(q k^T) in fp32 for the given (last) query rows, grouped by KV head: [b, kv_heads, groups, q, kv]."""
     b, heads, q_len, dim = query.shape

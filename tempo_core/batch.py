@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+import torch.nn.functional as F
 
-from .attention import AttentionRecorder, attend, batched_attention
+from .attention import AttentionRecorder, attend, batched_attention, explicit_probs, stacked_gqa_attention
 from .events import StepEvent
 from .fastpath import fast_rows
 
@@ -54,11 +55,16 @@ class ForwardRequest:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+GROUP_MAX_ROWS = 8  # runs feeding more rows (a prompt's chunk) attend on their own
+GROUP_SLACK = 1.5  # a group's longest cache is at most this times its shortest (+ 32 rows): little padding
+
+
 class BatchForward:
     """What attention needs while one forward carries several runs' rows: where each run's rows are, and its own
-    cache, mask and attention recorder."""
+    cache, mask and attention recorder. Runs of a few rows with caches of similar length attend together, in one
+    padded call per layer (`_Group`); the others one by one."""
 
-    def __init__(self, requests: list[ForwardRequest]):
+    def __init__(self, requests: list[ForwardRequest], device: torch.device):
         self.requests = requests
         self.bounds, first = [], 0
         for req in requests:
@@ -66,29 +72,104 @@ class BatchForward:
             first += len(req.token_ids)
         self.recorders = [AttentionRecorder(frozenset(req.seq.capture) if req.record else frozenset(), req.keep)
                           for req in requests]
+        lengths = [req.seq.cache.get_seq_length() + len(req.token_ids) for req in requests]  # cache after the rows
+        few = sorted((i for i, req in enumerate(requests) if len(req.token_ids) <= GROUP_MAX_ROWS),
+                     key=lambda i: lengths[i])
+        self.groups: list[_Group] = []
+        self.alone = [i for i, req in enumerate(requests) if len(req.token_ids) > GROUP_MAX_ROWS]
+        while few:
+            n = 1
+            while n < len(few) and lengths[few[n]] <= GROUP_SLACK * lengths[few[0]] + 32:
+                n += 1
+            members, few = few[:n], few[n:]
+            if n == 1:
+                self.alone += members
+            else:
+                self.groups.append(_Group(members, self, lengths, device))
 
     def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float) -> torch.Tensor:
         """Each run's queries over its own cache (its new keys and values appended first), under its own mask."""
-        out = []
-        for req, rec, (a, b) in zip(self.requests, self.recorders, self.bounds):
+        out = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])  # [1, rows, heads, dim]
+        for i in self.alone:
+            req, (a, b) = self.requests[i], self.bounds[i]
             keys, values = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
-            out.append(attend(layer, query[:, :, a:b], keys, values, req.mask, scaling, rec))
-        return torch.cat(out, dim=1)
+            out[:, a:b] = attend(layer, query[:, :, a:b], keys, values, req.mask, scaling, self.recorders[i])
+        for group in self.groups:
+            group.attend(layer, query, key, value, scaling, out)
+        return out
 
 
-def forward_batch(requests: list[ForwardRequest]) -> None:
+class _Group:
+    """Runs that attend in one call: their queries gathered into [runs, heads, q, dim] (q = the most rows any of
+    them feeds), their caches padded to the longest, each run's own mask in its slice and nothing past it."""
+
+    def __init__(self, members: list[int], batch: BatchForward, lengths: list[int], device: torch.device):
+        self.members, self.batch = members, batch
+        self.q = max(len(batch.requests[i].token_ids) for i in members)
+        self.lengths = [lengths[i] for i in members]
+        self.kv = max(lengths[i] for i in members)
+        mask = torch.zeros(len(members), 1, self.q, self.kv, dtype=torch.bool)
+        slots, rows = [], []
+        for j, i in enumerate(members):
+            req, (a, b) = batch.requests[i], batch.bounds[i]
+            q, kv = b - a, lengths[i]
+            if req.mask is not None:
+                mask[j, 0, :q, :kv] = req.mask[0, 0].cpu()
+            else:  # causal, bottom-right aligned (one row: the whole cache)
+                mask[j, 0, :q, :kv] = torch.ones(q, kv, dtype=torch.bool).tril(diagonal=kv - q)
+            mask[j, 0, q:, 0] = True  # pad query rows see one key (no NaN); their output is dropped
+            slots += [j * self.q + r for r in range(q)]
+            rows += list(range(a, b))
+        gather = [batch.bounds[i][0] + min(r, batch.bounds[i][1] - batch.bounds[i][0] - 1)
+                  for i in members for r in range(self.q)]
+        self.mask = mask.to(device)
+        self.gather = torch.tensor(gather, device=device)  # padded query slot -> row of the forward
+        self.slots, self.rows = torch.tensor(slots, device=device), torch.tensor(rows, device=device)
+
+    def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float, out: torch.Tensor) -> None:
+        batch, g = self.batch, len(self.members)
+        _, heads, _, dim = query.shape
+        kv_heads = key.shape[1]
+        keys = key.new_zeros(g, kv_heads, self.kv, dim)
+        values = value.new_zeros(g, kv_heads, self.kv, dim)
+        for j, i in enumerate(self.members):
+            (a, b), req = batch.bounds[i], batch.requests[i]
+            k, v = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
+            keys[j, :, :k.shape[2]], values[j, :, :v.shape[2]] = k[0], v[0]
+        q = query[0].index_select(1, self.gather).view(heads, g, self.q, dim).transpose(0, 1)
+        recorders = [batch.recorders[i] for i in self.members]
+        if any(layer in rec.layers for rec in recorders):
+            probs = explicit_probs(q, keys, self.mask, heads // kv_heads, scaling)
+            result = torch.matmul(probs.to(values.dtype), values.unsqueeze(2)).reshape(g, heads, self.q, dim)
+            means = probs.mean(dim=(1, 2))  # [runs, q, kv]
+            for j, (i, rec) in enumerate(zip(self.members, recorders)):
+                if layer in rec.layers:
+                    (a, b), keep = batch.bounds[i], batch.requests[i].keep
+                    rec.weights[layer] = means[j, b - a - keep:b - a, :self.lengths[j]]
+        elif query.device.type == "cpu":
+            result = F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, scale=scaling,
+                                                    enable_gqa=heads > kv_heads)
+        else:
+            result = stacked_gqa_attention(q, keys, values, self.mask, scaling)
+        result = result.transpose(1, 2).reshape(g * self.q, heads, dim)
+        out[0].index_copy_(0, self.rows, result.index_select(0, self.slots))
+
+
+def forward_batch(requests: list[ForwardRequest]) -> int:
     """Serve `requests` (runs on one model, each with its own DynamicCache) in one forward; a lone request gets a
-    forward of its own (`ParallelSequence.serve`: the single-run path, unchanged)."""
+    forward of its own (`ParallelSequence.serve`: the single-run path, unchanged). Returns how many runs attended
+    in groups."""
     if len(requests) == 1:
         requests[0].seq.serve(requests[0])
-        return
+        return 0
     lm = requests[0].seq.lm
-    batch = BatchForward(requests)
+    dev = lm.device
+    batch = BatchForward(requests, dev)
     keep = [i for req, (a, b) in zip(requests, batch.bounds) for i in range(b - req.keep, b)]
     ids = [t for req in requests for t in req.token_ids]
     positions = [p for req in requests for p in req.positions]
-    dev = lm.device
     placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev)  # a 4D mask: HF passes it on untouched
     with torch.inference_mode(), fast_rows(lm.model), batched_attention(batch):
         out = lm.forward(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
@@ -99,6 +180,7 @@ def forward_batch(requests: list[ForwardRequest]) -> None:
         req.logits, req.attention = part, rec.weights
         req.seq.forward_passes += 1
         req.seq.tokens_processed += len(req.token_ids)
+    return sum(len(group.members) for group in batch.groups)
 
 
 def serve_alone(items: Iterator[StepEvent | ForwardRequest]) -> Iterator[StepEvent]:
@@ -140,6 +222,7 @@ class Batcher:
         self.ticks = 0
         self.batched_forwards = 0
         self.rows = 0
+        self.grouped_runs = 0  # runs' turns whose attention went in a padded group call (BatchForward)
 
     def add(self, make: Callable[[], Iterator[StepEvent | ForwardRequest]], on_event: OnEvent,
             waited: Callable[[float], None] | None = None, pause_after: Callable[[StepEvent], bool] | None = None,
@@ -155,6 +238,13 @@ class Batcher:
                 return
             self._scheduled = True
         self.executor.submit(self._serve)
+
+    @property
+    def alone(self) -> bool:
+        """Asked while a run starts (inside its `make`, where it is counted): no other run is being served, so it
+        may keep CUDA graphs and take its turns alone (on an H200 a graphed run beats batching only while it is
+        alone, bench/README.md); among others it goes eager and batches with them."""
+        return self.active <= 1
 
     @property
     def active(self) -> int:
@@ -200,7 +290,7 @@ class Batcher:
             t0 = time.monotonic()
             try:
                 for group in _by_model([req for _, req in batch]):
-                    forward_batch(group)
+                    self.grouped_runs += forward_batch(group)
             except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
                 for run, _ in batch:
                     _report(run, exc)

@@ -22,14 +22,18 @@ from .trace import Step, Trace
 
 
 def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,
-             prefix: list[Step] | None = None, cooperative: bool = False) -> Iterator[StepEvent | ForwardRequest]:
+             prefix: list[Step] | None = None, cooperative: bool = False, cuda_graphs: bool = True
+             ) -> Iterator[StepEvent | ForwardRequest]:
     """Events of a run in the mode `s` selects (TEMPO, default/baseline, MCTS or soft). `cooperative`: a TEMPO
-    run also yields its forwards for a `batch.Batcher` to serve with other runs' (engine.tempo_events)."""
+    run also yields its forwards for a `batch.Batcher` to serve with other runs' (engine.tempo_events).
+    `cuda_graphs`: a TEMPO run may replay CUDA graphs (a server turns it off for a run that starts among others,
+    whose steps then batch with theirs)."""
     if s.mode == "default":
         return default_events(lm, s, stop)
     if s.mode == "mcts":
         return mcts_events(lm, s, stop, cooperative)
-    events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix, cooperative=cooperative)
+    events = soft_events(lm, s, stop) if s.mode == "soft" else tempo_events(lm, s, stop, prefix, cooperative=cooperative,
+                                                                        cuda_graphs=cuda_graphs)
     if s.faithfulness:
         events = _then(events, "faithfulness", "measuring faithfulness",
                        lambda trace: faithfulness_iter(lm, trace, s.faithfulness_paths), stop)

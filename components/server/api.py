@@ -145,7 +145,8 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
             finished.set_exception(exc)
         elif event.done:
             finished.set_result(event.trace)
-    step_by_step(batcher, lambda: tempo_generate(lm, s, stop, cooperative=True), on_event, stop.extend)
+    step_by_step(batcher, lambda: tempo_generate(lm, s, stop, cooperative=True, cuda_graphs=batcher.alone),
+                 on_event, stop.extend)
     work = asyncio.wrap_future(finished)
     while not work.done():
         await asyncio.wait({work}, timeout=0.2)

@@ -107,7 +107,7 @@ class Shared:
         return admit(self.lm, settings_from_form(form, self.limits), self.limits, runs)
 
     def _decode(self, s: TempoSettings, stop: RunStop) -> Iterator[StepEvent]:
-        yield from generate(self.lm, s, stop, cooperative=self.batching)
+        yield from generate(self.lm, s, stop, cooperative=self.batching, cuda_graphs=self.batcher.alone)
 
     def queue_line(self) -> str:
         """What a run that was just admitted waits for."""

@@ -97,7 +97,9 @@ class StepMode:
         run = self.shared.stepped.get(key)
         if run is None or run.done:
             s = self.shared.settings(form)
-            run = self.shared.stepped.start(key, lambda stop: generate(self.shared.lm, s, stop, cooperative=True))
+            graphs = self.shared.batcher.active == 0  # made before it joins the batcher (not counted yet)
+            run = self.shared.stepped.start(key, lambda stop: generate(self.shared.lm, s, stop, cooperative=True,
+                                                                       cuda_graphs=graphs))
         return run
 
     def step(self, request: gr.Request, predict: bool, **form: Any) -> Outputs:

@@ -105,6 +105,7 @@ def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
     # the TEMPO runs shared forwards: far fewer ticks than their steps together
     tempo_steps = sum(len(t.steps) for t, kw in zip(solo, RUNS) if kw.get("mode", "tempo") == "tempo")
     assert batcher.batched_forwards < tempo_steps / 2
+    assert batcher.grouped_runs > tempo_steps / 2  # most turns attended in padded groups of runs
     fed = len(solo[4].prompt_token_ids) - got.traces[4].stats.get("prompt_rows_reused", 0)
     chunks = -(-fed // PREFILL_CHUNK)  # the long prompt went in chunks
     assert chunks > 1 and got.traces[4].stats["forward_passes"] == solo[4].stats["forward_passes"] + chunks - 1
@@ -312,3 +313,21 @@ def test_runs_reuse_a_prompt_prefix_another_run_fed(lm):
     events = list(serve_alone(generate(lm, all_settings[2], cooperative=True)))
     assert events[-1].trace.stats["prompt_rows_reused"] == len(solo[2].prompt_token_ids) - 1
     assert_same_run(solo[2], events[-1].trace)
+
+
+def test_alone_says_whether_a_starting_run_has_company(lm):
+    """A run asks `alone` from inside its make (where it is counted): only the first of several is alone."""
+    answers = []
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool), Collect()
+
+        def make(i):
+            answers.append((i, batcher.alone))
+            return generate(lm, settings(**RUNS[1]), cooperative=True)
+        batcher.add(lambda: make(0), got.on_event(0))
+        got.wait(1)
+        pool.submit(lambda: None).result()  # the batcher has let the finished run go
+        for i in (1, 2):
+            batcher.add(lambda i=i: make(i), got.on_event(i))
+        got.wait(2)
+    assert answers == [(0, True), (1, False), (2, False)]

@@ -95,13 +95,13 @@ def test_closing_the_connection_stops_an_api_run(lm, live_server):
 @pytest.mark.parametrize("extra", [{}, {"disable_kv_cache": True}])
 def test_a_long_prompt_with_pruning_records_attention_of_the_newest_rows_only(lm, monkeypatch, extra):
     shapes = []
-    real = attention._explicit_probs
+    real = attention.explicit_probs
 
     def spy(query, key, mask, groups, scaling):
         probs = real(query, key, mask, groups, scaling)
         shapes.append(tuple(probs.shape[-2:]))
         return probs
-    monkeypatch.setattr(attention, "_explicit_probs", spy)
+    monkeypatch.setattr(attention, "explicit_probs", spy)
     s = build_settings({"prompt": "the cat sat on the mat " * 50, "raw_prompt": True, "max_tokens": 6,
                         "selection_threshold": 0.02, "max_parallel_tokens": 8, "use_retroactive_pruning": True,
                         **extra})
