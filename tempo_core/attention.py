@@ -62,7 +62,7 @@ def record_attention(layers: frozenset[int] | set[int], last_rows: int | None = 
         _RECORDER.reset(token)
 
 
-def _bool_causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
+def bool_causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
     # bottom-right aligned causal mask: query i sits at kv position kv - q + i
     return torch.ones(q, kv, dtype=torch.bool, device=device).tril(diagonal=kv - q)[None, None]
 
@@ -82,35 +82,40 @@ def attend(layer: int | None, query: torch.Tensor, key: torch.Tensor, value: tor
            attention_mask: torch.Tensor | None, scaling: float, rec: AttentionRecorder | None) -> torch.Tensor:
     """One run's attention: queries [b, heads, q, dim] over its keys/values [b, kv_heads, kv, dim] under its mask
     (None: causal, bottom-right aligned); records the probabilities `rec` asks for. [b, q, heads, dim] out."""
-    b, heads, q_len, dim = query.shape
+    heads, q_len = query.shape[1], query.shape[2]
     kv_heads, kv_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     if attention_mask is None and q_len > 1 and q_len != kv_len:
-        attention_mask = _bool_causal(q_len, kv_len, query.device)  # queries after a cache: bottom-right causal
+        attention_mask = bool_causal(q_len, kv_len, query.device)  # queries after a cache: bottom-right causal
     if attention_mask is not None:
         if attention_mask.shape[-1] < kv_len:  # a static cache's slots past the mask are empty: not read at all
             kv_len = attention_mask.shape[-1]
             key, value = key[:, :, :kv_len], value[:, :, :kv_len]
         attention_mask = attention_mask[..., :kv_len]
-    causal = attention_mask is None and q_len > 1  # a plain prefill: SDPA's own causal kernel, no q x kv mask
-
+    probs = None
     if rec is not None and layer in rec.layers:
         rows = q_len if rec.last_rows is None else min(rec.last_rows, q_len)
         probs = explicit_probs(query[:, :, q_len - rows:], key, attention_mask, groups, scaling)
         rec.weights[layer] = probs.mean(dim=(1, 2))[0]  # mean over heads -> [rows, kv]
-        if rows == q_len:  # the recorded rows are all the rows: use the probabilities we already have
-            out = torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
-            return out.transpose(1, 2).contiguous()
+    return attention_output(query, key, value, attention_mask, scaling, probs).transpose(1, 2).contiguous()
 
-    if query.device.type == "cpu" or attention_mask is None:
+
+def attention_output(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                     scaling: float, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T) v, [b, heads, q, dim]: from `probs` (explicit_probs) when they cover every query row, else
+    by SDPA (mask None: a plain prefill, SDPA's own causal kernel with no q x kv mask, or one query row)."""
+    b, heads, q_len, dim = query.shape
+    groups = heads // key.shape[1]
+    if probs is not None and probs.shape[-2] == q_len:  # the recorded rows are all the rows: use them
+        return torch.matmul(probs.to(value.dtype), value.unsqueeze(2)).reshape(b, heads, q_len, dim)
+    if query.device.type == "cpu" or mask is None:
         # CPU SDPA handles GQA natively with a mask; this skips HF's repeat_kv copy (perf study: -1..13 %)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
-                                             is_causal=causal, enable_gqa=groups > 1)
-        return out.transpose(1, 2).contiguous()
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                              is_causal=mask is None and q_len > 1, enable_gqa=groups > 1)
     # GPU with a custom mask: memory-efficient SDPA (cuDNN is switched off at install, below). enable_gqa here
     # falls back to the math kernel (1.4-1.6x greedy, less exact in bf16), and repeating K/V for every query
     # head copies the whole cache every layer (+0.4 ms per step per 256 cached rows on an H200, 3B).
-    return stacked_gqa_attention(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous()
+    return stacked_gqa_attention(query, key, value, mask, scaling)
 
 
 def stacked_gqa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
@@ -133,7 +138,7 @@ def explicit_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | 
     qg = query.reshape(b, heads // groups, groups, q_len, dim)
     scores = torch.matmul(qg, key.unsqueeze(2).transpose(-1, -2)).float() * scaling
     if mask is None and q_len > 1:
-        mask = _bool_causal(q_len, key.shape[2], query.device)
+        mask = bool_causal(q_len, key.shape[2], query.device)
     if mask is not None:
         m = mask[..., mask.shape[-2] - q_len:, :].unsqueeze(1)  # [b, 1, 1, q, kv]: the same last rows
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
-import torch.nn.functional as F
 
-from .attention import AttentionRecorder, attend, batched_attention, explicit_probs, stacked_gqa_attention
+from .attention import AttentionRecorder, attend, attention_output, batched_attention, bool_causal, explicit_probs
 from .events import StepEvent
 from .fastpath import fast_rows
+
 
 class RunSequence(Protocol):
     """What a batch needs of a run (engine.ParallelSequence, which imports this module)."""
@@ -117,7 +117,7 @@ class _Group:
             if req.mask is not None:
                 mask[j, 0, :q, :kv] = req.mask[0, 0].cpu()
             else:  # causal, bottom-right aligned (one row: the whole cache)
-                mask[j, 0, :q, :kv] = torch.ones(q, kv, dtype=torch.bool).tril(diagonal=kv - q)
+                mask[j, 0, :q, :kv] = bool_causal(q, kv, torch.device("cpu"))[0, 0]
             mask[j, 0, q:, 0] = True  # pad query rows see one key (no NaN); their output is dropped
             slots += [j * self.q + r for r in range(q)]
             rows += list(range(a, b))
@@ -140,19 +140,15 @@ class _Group:
             keys[j, :, :k.shape[2]], values[j, :, :v.shape[2]] = k[0], v[0]
         q = query[0].index_select(1, self.gather).view(heads, g, self.q, dim).transpose(0, 1)
         recorders = [batch.recorders[i] for i in self.members]
+        probs = None
         if any(layer in rec.layers for rec in recorders):
             probs = explicit_probs(q, keys, self.mask, heads // kv_heads, scaling)
-            result = torch.matmul(probs.to(values.dtype), values.unsqueeze(2)).reshape(g, heads, self.q, dim)
             means = probs.mean(dim=(1, 2))  # [runs, q, kv]
             for j, (i, rec) in enumerate(zip(self.members, recorders)):
                 if layer in rec.layers:
                     (a, b), keep = batch.bounds[i], batch.requests[i].keep
                     rec.weights[layer] = means[j, b - a - keep:b - a, :self.lengths[j]]
-        elif query.device.type == "cpu":
-            result = F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, scale=scaling,
-                                                    enable_gqa=heads > kv_heads)
-        else:
-            result = stacked_gqa_attention(q, keys, values, self.mask, scaling)
+        result = attention_output(q, keys, values, self.mask, scaling, probs)
         result = result.transpose(1, 2).reshape(g * self.q, heads, dim)
         out[0].index_copy_(0, self.rows, result.index_select(0, self.slots))
 
@@ -270,7 +266,7 @@ class Batcher:
         in one."""
         with self._lock:
             runs = list(self._runs)
-        batch: list[tuple[_Run, ForwardRequest]] = []
+        batch: list[_Run] = []  # runs whose pending forward goes in this tick's one forward
         rows, left_out, gone = 0, [], []
         for run in runs:
             if rows >= self.max_rows:
@@ -281,7 +277,7 @@ class Batcher:
                 gone.append(run)
             elif run.pending is not None and run.pending.logits is None:
                 if run.pending.seq.batchable:
-                    batch.append((run, run.pending))
+                    batch.append(run)
                     rows += len(run.pending.token_ids)
                 else:
                     run.pending.seq.serve(run.pending)  # a static cache or graphs: a forward of its own
@@ -289,14 +285,14 @@ class Batcher:
         if batch:
             t0 = time.monotonic()
             try:
-                for group in _by_model([req for _, req in batch]):
+                for group in _by_model([run.pending for run in batch]):
                     self.grouped_runs += forward_batch(group)
             except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
-                for run, _ in batch:
+                for run in batch:
                     _report(run, exc)
                     gone.append(run)
             spent = time.monotonic() - t0
-            for run, _ in batch:
+            for run in batch:
                 run.own_s += spent
             self.batched_forwards += 1
             self.rows += rows
