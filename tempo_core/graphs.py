@@ -53,15 +53,9 @@ def window(rows: int) -> int:
     return max(MIN_CAPACITY, 1 << (rows - 1).bit_length())
 
 
-_pools_lock = threading.Lock()
-
-
 def slot_pool(lm: Any) -> SlotPool:
     """The model's pool of static caches, made on first use (it lives and dies with the LoadedModel)."""
-    with _pools_lock:
-        if lm.slots is None:
-            lm.slots = SlotPool()
-        return lm.slots
+    return lm.own("slots", SlotPool)
 
 
 def graphs_unavailable(lm: Any, s: Any) -> str | None:

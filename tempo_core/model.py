@@ -15,10 +15,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 HUB_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled GGUF)"
 CACHE_FORMAT = 1  # bump when the cache layout changes; older caches are rebuilt
+T = TypeVar("T")
+_own_lock = threading.Lock()
 
 
 class ModelError(RuntimeError):
@@ -44,6 +47,14 @@ class LoadedModel:
     cuda_graphs: bool = True  # replay TEMPO steps from captured CUDA graphs where the model allows (graphs.py)
     slots: Any = field(default=None, repr=False, compare=False)  # graphs.SlotPool, made on first use
     prefixes: Any = field(default=None, repr=False, compare=False)  # prefix.PrefixStore, made on first use
+
+    def own(self, attr: str, make: Callable[[], T]) -> T:
+        """`self.<attr>`, made by `make()` on first use, once however many threads ask together (it lives and dies
+        with this model: its static-cache pool, its prompt prefixes)."""
+        with _own_lock:
+            if getattr(self, attr) is None:
+                setattr(self, attr, make())
+            return getattr(self, attr)
 
     def forward(self, cache: Any = None, **kwargs: Any) -> Any:
         """The model's forward with a KV cache, under the name this transformers version uses for it:

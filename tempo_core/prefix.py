@@ -61,12 +61,6 @@ def _common(a: tuple[int, ...], b: list[int], limit: int) -> int:
     return n
 
 
-_stores_lock = threading.Lock()
-
-
 def prefix_store(lm: Any) -> PrefixStore:
     """The model's store, made on first use (it lives and dies with the LoadedModel)."""
-    with _stores_lock:
-        if lm.prefixes is None:
-            lm.prefixes = PrefixStore()
-        return lm.prefixes
+    return lm.own("prefixes", PrefixStore)
