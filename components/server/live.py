@@ -19,6 +19,7 @@ from tempo_core import Step, StepEvent, Trace
 from tempo_core.batch import Batcher, ForwardRequest
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
+MAX_FRAME_S = 2.0  # the longest gap between frames that the steps shown can ask for
 _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness", "commitment")
 
 
@@ -77,14 +78,16 @@ def step_by_step(batcher: Batcher, events: Callable[[], Iterator[StepEvent | For
 
 
 def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], window: int, min_frame_s: float = 0.1,
-                batcher: Batcher | None = None, waited: Callable[[float], None] | None = None
-                ) -> Iterator[Frame]:
+                batcher: Batcher | None = None, waited: Callable[[float], None] | None = None,
+                frame_s_per_step: float = 0.0) -> Iterator[Frame]:
     """Run `events()` (the engine's events) step by step on `batcher` (the model's own thread, shared by every
     run: see `Shared.batcher`) or a thread of its own; yield a `Frame` of the replica at most every `min_frame_s`
-    seconds (and at least 3x the last frame's consumer time apart), always the last state.
+    seconds, or `frame_s_per_step` per step it holds (up to MAX_FRAME_S), and at least 3x the last frame's
+    consumer time apart; always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
-    frames rarer, never the decoding slower."""
+    frames rarer, never the decoding slower. The per-step gap is for what this generator cannot measure: the
+    browser's time to take in a frame, which grows with the steps it shows."""
     q: queue.SimpleQueue[StepDelta] = queue.SimpleQueue()
 
     sent = 0  # steps the replica has been sent so far
@@ -100,13 +103,13 @@ def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], wind
     own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if batcher is None else None
     step_by_step(batcher or Batcher(own), events, on_event, waited)
     try:
-        yield from _frames(q, min_frame_s)
+        yield from _frames(q, min_frame_s, frame_s_per_step)
     finally:
         if own is not None:
             own.shutdown(wait=False)
 
 
-def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[Frame]:
+def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float, frame_s_per_step: float) -> Iterator[Frame]:
     replica = Trace("", "", {}, "", "", [])
     progress: str | None = None
     next_frame, pending = 0.0, False
@@ -129,4 +132,5 @@ def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float) -> Iterator[F
         if done:
             return
         pending = False
-        next_frame = time.perf_counter() + max(min_frame_s, 3 * (time.perf_counter() - t0))
+        gap = max(min_frame_s, min(MAX_FRAME_S, frame_s_per_step * len(replica.steps)))
+        next_frame = time.perf_counter() + max(gap, 3 * (time.perf_counter() - t0))

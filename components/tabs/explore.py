@@ -36,6 +36,10 @@ from .widgets import branching_text, plotly_view
 log = logging.getLogger("tempo.app")
 NO_TRACE = Trace("", "tempo", {}, "", "", [])  # what the page shows before any run
 MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
+# A browser takes in a frame (clone the values, apply the diff, redraw the tree and the text) in time that grows
+# with the steps shown: about 0.2 s at 200 steps on a 2-core laptop (Chromium profile, tests/tabs). Frames get
+# rarer as the run grows, 1 s apart at 200 steps, so that the page keeps up and stays responsive.
+FRAME_S_PER_STEP = 0.005
 RECORDED = (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"), ("curve", "Threshold curve"))
 # the settings whose change redraws the threshold curve at once, before any run
 CURVE_FIELDS = ("dynamic_threshold", "dynamic_threshold_form", "attention_threshold", "final_threshold", "bezier_p1",
@@ -225,7 +229,7 @@ class Explore:
         view = self.page.view
         try:
             for frame in live_traces(lambda: events(s, flag), s.pruning_window, MIN_FRAME_S, self.shared.batcher,
-                                     waited=flag.extend):
+                                     waited=flag.extend, frame_s_per_step=FRAME_S_PER_STEP):
                 status = status_line(frame.trace, not frame.done, progress=frame.progress)
                 out = view.show(frame.trace, status, live=not frame.done)
                 yield {**out, **arrival(frame.trace, source, self.page)} if frame.done else out

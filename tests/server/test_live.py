@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 
 import pytest
 from gradio.utils import diff
@@ -123,3 +124,26 @@ def test_progress_of_a_phase_after_the_steps_travels_with_the_frames():
     frames = list(live_traces(lambda: iter(events), s.pruning_window, 0.0))
     assert [f.progress for f in frames if f.progress] and frames[-1].done and frames[-1].progress is None
     assert all("progress" not in f.trace.stats for f in frames)
+
+
+def test_frames_get_rarer_as_the_run_grows_and_the_last_step_is_always_shown():
+    """With a per-step gap, a frame showing n steps is followed by the next no sooner than n x the gap (the
+    browser's cost of a frame grows with the steps it shows); the last frame is the finished run all the same."""
+    lm = _lm()
+    s = build_settings(dict(LONG, max_tokens=40))
+    events = list(generate(lm, s))
+
+    def paced():  # an engine that makes a step every 5 ms
+        for event in events:
+            time.sleep(0.005)
+            yield event
+    per_step = 0.004
+    shown = []
+    for frame in live_traces(paced, s.pruning_window, 0.0, frame_s_per_step=per_step):
+        shown.append((time.perf_counter(), len(frame.trace.steps), frame.done))
+    assert shown[-1][1:] == (len(events[-1].trace.steps), True)
+    for (t0, n0, _), (t1, _, done) in zip(shown, shown[1:]):
+        if not done:
+            assert t1 - t0 >= per_step * n0 - 1e-3, (n0, t1 - t0)
+    eager = list(live_traces(paced, s.pruning_window, 0.0))  # without it, every step may be its own frame
+    assert len(shown) < len(eager)

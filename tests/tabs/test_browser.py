@@ -287,7 +287,10 @@ PLOT_SHAPES = """sel => { const el = document.querySelector(sel + ' .js-plotly-p
 
 
 def _plot(page, selector: str) -> list[dict]:
-    """The traces a Plotly figure on the page draws (what it says, read from the browser)."""
+    """The traces a Plotly figure on the page draws (what it says, read from the browser), once it has drawn the
+    newest value (a figure holds a value that came soon after a costly drawing: widgets.py)."""
+    page.wait_for_function("sel => { const el = document.querySelector(sel); return el && !el.__tempoHeld; }",
+                           arg=selector + " .js-plotly-plot", timeout=20_000)
     return page.evaluate(PLOT_DATA, selector + " .js-plotly-plot")
 
 
