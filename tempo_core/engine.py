@@ -9,6 +9,7 @@ probability-weighted mixture of the live siblings' distributions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 import weakref
@@ -19,14 +20,14 @@ from transformers import DynamicCache
 
 from .attention import record_attention
 from .config import TempoSettings
-from .events import StepEvent, new_trace
+from .events import StepEvent, encode_prompt, new_trace
 from .batch import ForwardRequest
 from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
-from .prefix import PrefixStore, prefix_store
+from .prefix import MIN_SHARED, PrefixStore, prefix_store
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
@@ -242,6 +243,24 @@ def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
         best = int(masked.argmax())
         kept = [(best, float(dist[best]))]
     return [i for i, _ in kept], [p for _, p in kept], False, dropped
+
+
+def warm_prompt_head(lm: LoadedModel, s: TempoSettings) -> int:
+    """Feed once the head that every prompt of settings like `s` starts with (the chat template up to the user's
+    words) and keep it in the model's prefix store. Runs copy a prefix only from prompts fed before they joined, so
+    without this a class pressing Generate together would each feed the template. Returns the rows kept (0 where
+    prompts share no head worth keeping, e.g. raw prompts)."""
+    a, b = (encode_prompt(lm, dataclasses.replace(s, prompt=p))[1] for p in ("a", "b"))
+    head = a[:next(i for i, (x, y) in enumerate(zip(a + [-1], b + [-2])) if x != y)]
+    if len(head) < MIN_SHARED:
+        return 0
+    seq = ParallelSequence(lm, s, head)
+    try:
+        seq.prefill()
+        prefix_store(lm).put(head, seq.cache)
+    finally:
+        seq.close()
+    return len(head)
 
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,

@@ -19,7 +19,6 @@ from tempo_core import Step, StepEvent, Trace
 from tempo_core.batch import Batcher, ForwardRequest
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
-MAX_FRAME_S = 2.0  # the longest gap between frames that the steps shown can ask for
 _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness", "commitment")
 
 
@@ -77,17 +76,29 @@ def step_by_step(batcher: Batcher, events: Callable[[], Iterator[StepEvent | For
     batcher.add(events, on_event, waited)
 
 
-def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], window: int, min_frame_s: float = 0.1,
-                batcher: Batcher | None = None, waited: Callable[[float], None] | None = None,
-                frame_s_per_step: float = 0.0) -> Iterator[Frame]:
+@dataclass(frozen=True)
+class Pace:
+    """How far apart frames are: `min_s`, or more for what the frame generator cannot measure itself, up to
+    `max_s`: `per_step_s` per step shown (the browser's time to take in a frame grows with the steps it shows)
+    and `per_run_s` per run being served (each run's frames cost the server's event loop and its clients, while
+    the runs share the model; a class of 30 drawing 4 frames a second each would take a core from decoding)."""
+    min_s: float = 0.1
+    per_step_s: float = 0.0
+    per_run_s: float = 0.0
+    max_s: float = 2.0
+
+    def gap(self, steps: int, runs: int) -> float:
+        return max(self.min_s, min(self.max_s, self.per_step_s * steps + self.per_run_s * runs))
+
+
+def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], window: int, pace: Pace = Pace(),
+                batcher: Batcher | None = None, waited: Callable[[float], None] | None = None) -> Iterator[Frame]:
     """Run `events()` (the engine's events) step by step on `batcher` (the model's own thread, shared by every
-    run: see `Shared.batcher`) or a thread of its own; yield a `Frame` of the replica at most every `min_frame_s`
-    seconds, or `frame_s_per_step` per step it holds (up to MAX_FRAME_S), and at least 3x the last frame's
-    consumer time apart; always the last state.
+    run: see `Shared.batcher`) or a thread of its own; yield a `Frame` of the replica at most every
+    `pace.gap(...)` seconds, and at least 3x the last frame's consumer time apart; always the last state.
 
     The consumer's time between frames is measured from when this generator resumes, so a slow frame makes
-    frames rarer, never the decoding slower. The per-step gap is for what this generator cannot measure: the
-    browser's time to take in a frame, which grows with the steps it shows."""
+    frames rarer, never the decoding slower."""
     q: queue.SimpleQueue[StepDelta] = queue.SimpleQueue()
 
     sent = 0  # steps the replica has been sent so far
@@ -101,15 +112,16 @@ def live_traces(events: Callable[[], Iterator[StepEvent | ForwardRequest]], wind
         sent = len(event.trace.steps)
 
     own = ThreadPoolExecutor(1, thread_name_prefix="tempo-decode") if batcher is None else None
-    step_by_step(batcher or Batcher(own), events, on_event, waited)
+    served = batcher or Batcher(own)
+    step_by_step(served, events, on_event, waited)
     try:
-        yield from _frames(q, min_frame_s, frame_s_per_step)
+        yield from _frames(q, lambda steps: pace.gap(steps, served.active))
     finally:
         if own is not None:
             own.shutdown(wait=False)
 
 
-def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float, frame_s_per_step: float) -> Iterator[Frame]:
+def _frames(q: "queue.SimpleQueue[StepDelta]", gap: Callable[[int], float]) -> Iterator[Frame]:
     replica = Trace("", "", {}, "", "", [])
     progress: str | None = None
     next_frame, pending = 0.0, False
@@ -132,5 +144,4 @@ def _frames(q: "queue.SimpleQueue[StepDelta]", min_frame_s: float, frame_s_per_s
         if done:
             return
         pending = False
-        gap = max(min_frame_s, min(MAX_FRAME_S, frame_s_per_step * len(replica.steps)))
-        next_frame = time.perf_counter() + max(gap, 3 * (time.perf_counter() - t0))
+        next_frame = time.perf_counter() + max(gap(len(replica.steps)), 3 * (time.perf_counter() - t0))

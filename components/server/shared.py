@@ -6,6 +6,7 @@ One `Shared` is made per server (`app.build_app`) and passed to each tab; nothin
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,15 +14,19 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from tempo_core import LoadedModel, StepEvent, Trace, generate
+from tempo_core import LoadedModel, StepEvent, Trace, build_settings, generate
 from tempo_core.batch import Batcher
 from tempo_core.config import TempoSettings
+from tempo_core.engine import warm_prompt_head
 from tempo_core.limits import Limits, RunStop, kv_cache_bytes
 
 from .forms import settings_from_form
 from .api import admit
 from .sessions import Slots, StopFlags, TraceStore, session_key
 from .stepping import SteppedRuns
+
+log = logging.getLogger("tempo.app")
+
 
 def env_int(name: str, default: int) -> int:
     """A positive integer setting from the environment; a bad value stops the server with its name."""
@@ -83,6 +88,15 @@ class Shared:
         self.stepped = SteppedRuns(self.executor, self.batcher, max_runs=env_int("TEMPO_STEP_RUNS", 40),
                                    max_bytes=env_int("TEMPO_STEP_CACHE_MB", 1024) * 2**20, bytes_of=self.cache_bytes,
                                    idle_s=env_int("TEMPO_STEP_IDLE_S", 300), press_s=self.limits.max_seconds)
+        if self.batching:  # before any visitor's run: the chat template's head, fed once for every run to copy
+            self.executor.submit(self._warm_prompt_head)
+
+    def _warm_prompt_head(self) -> None:
+        try:
+            rows = warm_prompt_head(self.lm, build_settings({"prompt": "warm-up"}))
+            log.info("prompt head of %d tokens fed once for every run to copy", rows)
+        except Exception:  # noqa: BLE001 - a model this cannot warm still serves runs, each feeding its own prompt
+            log.exception("could not feed the prompt head ahead of the runs")
 
     def cache_bytes(self, trace: Trace) -> int:
         """The KV cache a run holds once it has made `trace`: its prompt's rows and every row it fed."""

@@ -22,7 +22,7 @@ from ..figures.lessons import GLOSSARY, RECORDINGS, recorded
 from ..figures.views import empty_figure, status_line, tree_view, units
 from ..server.api import admit
 from ..server.forms import RESEARCH_EXAMPLES, RESEARCH_FIELDS, examples, research_examples
-from ..server.live import live_traces
+from ..server.live import Pace, live_traces
 from ..server.sessions import session_key
 from ..server.shared import Shared
 from .compare import Compare
@@ -35,11 +35,12 @@ from .widgets import branching_text, plotly_view
 
 log = logging.getLogger("tempo.app")
 NO_TRACE = Trace("", "tempo", {}, "", "", [])  # what the page shows before any run
-MIN_FRAME_S = 0.25  # draw at most 4 frames a second; the last step is always drawn
-# A browser takes in a frame (clone the values, apply the diff, redraw the tree and the text) in time that grows
-# with the steps shown: about 0.2 s at 200 steps on a 2-core laptop (Chromium profile, tests/tabs). Frames get
-# rarer as the run grows, 1 s apart at 200 steps, so that the page keeps up and stays responsive.
-FRAME_S_PER_STEP = 0.005
+# At most 4 frames a second (the last step is always drawn). A browser takes in a frame (clone the values, apply
+# the diff, redraw the tree and the text) in time that grows with the steps shown, about 0.2 s at 200 steps on a
+# 2-core laptop (Chromium profile): frames get rarer as a run grows, 1 s apart at 200 steps, so the page keeps up.
+# With many runs at once, each run's frames get rarer too (a class of 30: 1.5 s apart), so that drawing does not
+# take the server's cores from decoding.
+FRAMES = Pace(min_s=0.25, per_step_s=0.005, per_run_s=0.05, max_s=2.0)
 RECORDED = (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"), ("curve", "Threshold curve"))
 # the settings whose change redraws the threshold curve at once, before any run
 CURVE_FIELDS = ("dynamic_threshold", "dynamic_threshold_form", "attention_threshold", "final_threshold", "bezier_p1",
@@ -228,8 +229,8 @@ class Explore:
     def _frames(self, s: TempoSettings, flag: RunStop, events: Events, source: str) -> Iterator[Outputs]:
         view = self.page.view
         try:
-            for frame in live_traces(lambda: events(s, flag), s.pruning_window, MIN_FRAME_S, self.shared.batcher,
-                                     waited=flag.extend, frame_s_per_step=FRAME_S_PER_STEP):
+            for frame in live_traces(lambda: events(s, flag), s.pruning_window, FRAMES, self.shared.batcher,
+                                     waited=flag.extend):
                 status = status_line(frame.trace, not frame.done, progress=frame.progress)
                 out = view.show(frame.trace, status, live=not frame.done)
                 yield {**out, **arrival(frame.trace, source, self.page)} if frame.done else out

@@ -12,7 +12,7 @@ from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
 from tempo_core.batch import Batcher, ForwardRequest, serve_alone
-from tempo_core.engine import PREFILL_CHUNK, ParallelSequence
+from tempo_core.engine import PREFILL_CHUNK, ParallelSequence, warm_prompt_head
 from tempo_core.limits import RunStop
 
 TOL = 1e-5
@@ -313,6 +313,26 @@ def test_runs_reuse_a_prompt_prefix_another_run_fed(lm):
     events = list(serve_alone(generate(lm, all_settings[2], cooperative=True)))
     assert events[-1].trace.stats["prompt_rows_reused"] == len(solo[2].prompt_token_ids) - 1
     assert_same_run(solo[2], events[-1].trace)
+
+
+def test_a_class_joining_together_copies_the_warmed_template_head(lm):
+    """Runs that join in the same tick cannot copy from each other; once the server has warmed the template's head
+    (warm_prompt_head), every one of them copies it, and each trace is still its solo run's."""
+    questions = ["the cat sat on the mat", "once upon a time", "hello world"]  # no two share a first word
+    all_settings = [settings(prompt=q, raw_prompt=False, enable_thinking=True, selection_threshold=0.05, max_tokens=6,
+                             use_retroactive_pruning=True) for q in questions]
+    solo = [run(lm, s) for s in all_settings]
+    head = warm_prompt_head(lm, all_settings[0])
+    assert head == len(os.path.commonprefix([t.prompt_token_ids for t in solo])) >= 8
+    assert warm_prompt_head(lm, settings(prompt="x")) == 0  # raw prompts share no head
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool, max_rows=512), Collect()
+        for i, s in enumerate(all_settings):
+            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
+        got.wait(len(all_settings))
+    for i, trace in enumerate(solo):
+        assert_same_run(trace, got.traces[i])
+        assert got.traces[i].stats["prompt_rows_reused"] == head
 
 
 def test_alone_says_whether_a_starting_run_has_company(lm):

@@ -11,7 +11,7 @@ from gradio.utils import diff
 
 from components.figures.layers import commitment_strip
 from components.figures.views import curve_view, heatmap_view, text_view, tree_view
-from components.server.live import apply_delta, delta_of, live_traces
+from components.server.live import Pace, apply_delta, delta_of, live_traces
 from tempo_core import Trace, build_settings, generate, run
 from tempo_core.limits import RunStop
 from tiny import tiny_llama
@@ -48,7 +48,7 @@ def test_live_frames_end_with_the_finished_trace_and_never_block_decoding():
     lm = _lm()
     s = build_settings(LONG)
     frames = []
-    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, 0.0):
+    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, Pace(0.0)):
         trace = frame.trace
         frames.append((len(trace.steps), frame.done))
     reference = run(lm, s)
@@ -61,7 +61,7 @@ def test_live_frames_end_with_the_finished_trace_and_never_block_decoding():
     # a consumer that takes its time sees fewer frames, and the decoding is not held back by it
     gate = threading.Event()
     slow = []
-    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, 0.0):
+    for frame in live_traces(lambda: generate(lm, s), s.pruning_window, Pace(0.0)):
         slow.append(len(frame.trace.steps))
         gate.wait(0.3 if not slow[1:] else 0)  # the first frame stalls; decoding goes on meanwhile
     assert slow[1] - slow[0] > 1 and slow[-1] == len(reference.steps)
@@ -72,7 +72,7 @@ def test_stop_ends_a_live_run_within_a_step():
     s = build_settings(LONG)
     stop = RunStop()
     seen = []
-    for frame in live_traces(lambda: generate(lm, s, stop), 3, 0.0):
+    for frame in live_traces(lambda: generate(lm, s, stop), 3, Pace(0.0)):
         trace, done = frame.trace, frame.done
         seen.append(len(trace.steps))
         if len(seen) == 1:
@@ -109,9 +109,9 @@ def test_a_run_that_fails_mid_way_reaches_the_page_as_its_error_never_a_hang():
         yield next(events)
         raise RuntimeError("the model fell over")
     with pytest.raises(RuntimeError, match="fell over"):
-        list(live_traces(broken, 3, 0.0))
+        list(live_traces(broken, 3, Pace(0.0)))
     with pytest.raises(AttributeError):  # not an engine event: the error reaches the page instead of hanging it
-        list(live_traces(lambda: iter([("a trace", True)]), 3, 0.0))
+        list(live_traces(lambda: iter([("a trace", True)]), 3, Pace(0.0)))
 
 
 def test_progress_of_a_phase_after_the_steps_travels_with_the_frames():
@@ -121,7 +121,7 @@ def test_progress_of_a_phase_after_the_steps_travels_with_the_frames():
     events = list(generate(lm, s))
     said = [e.progress for e in events if e.progress]
     assert said
-    frames = list(live_traces(lambda: iter(events), s.pruning_window, 0.0))
+    frames = list(live_traces(lambda: iter(events), s.pruning_window, Pace(0.0)))
     assert [f.progress for f in frames if f.progress] and frames[-1].done and frames[-1].progress is None
     assert all("progress" not in f.trace.stats for f in frames)
 
@@ -139,11 +139,19 @@ def test_frames_get_rarer_as_the_run_grows_and_the_last_step_is_always_shown():
             yield event
     per_step = 0.004
     shown = []
-    for frame in live_traces(paced, s.pruning_window, 0.0, frame_s_per_step=per_step):
+    for frame in live_traces(paced, s.pruning_window, Pace(0.0, per_step_s=per_step)):
         shown.append((time.perf_counter(), len(frame.trace.steps), frame.done))
     assert shown[-1][1:] == (len(events[-1].trace.steps), True)
     for (t0, n0, _), (t1, _, done) in zip(shown, shown[1:]):
         if not done:
             assert t1 - t0 >= per_step * n0 - 1e-3, (n0, t1 - t0)
-    eager = list(live_traces(paced, s.pruning_window, 0.0))  # without it, every step may be its own frame
+    eager = list(live_traces(paced, s.pruning_window, Pace(0.0)))  # without it, every step may be its own frame
     assert len(shown) < len(eager)
+
+
+def test_the_pace_of_frames_follows_the_steps_shown_and_the_runs_served_within_its_bounds():
+    pace = Pace(min_s=0.25, per_step_s=0.005, per_run_s=0.05, max_s=2.0)
+    assert pace.gap(10, 1) == 0.25  # a short run alone: 4 frames a second
+    assert pace.gap(200, 1) == pytest.approx(1.05)  # a long one: the browser's frame grows with the steps
+    assert pace.gap(16, 30) == pytest.approx(1.58)  # a class of 30: each run's frames rarer
+    assert pace.gap(200, 30) == 2.0
