@@ -90,16 +90,22 @@ def assert_same_run(solo, batched):
     assert (batched.commitment is None) == (solo.commitment is None)
 
 
+def serve_together(lm, all_settings, max_rows=512):
+    """Runs of `all_settings` added to one Batcher at once, served to their ends: (the batcher, their traces)."""
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool, max_rows=max_rows), Collect()
+        for i, s in enumerate(all_settings):
+            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
+        got.wait(len(all_settings))
+    return batcher, got
+
+
 def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
     all_settings = [settings(**kw) for kw in RUNS]
     solo = [run(lm, s) for s in all_settings]
     assert any(c.pruned_at is not None for st in solo[0].steps for c in st.candidates)  # pruning is exercised
     assert any(len(st.candidates) > 1 for st in solo[3].steps)
-    with ThreadPoolExecutor(1) as pool:
-        batcher, got = Batcher(pool, max_rows=512), Collect()
-        for i, s in enumerate(all_settings):
-            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
-        got.wait(len(all_settings))
+    batcher, got = serve_together(lm, all_settings)
     for i, trace in enumerate(solo):
         assert_same_run(trace, got.traces[i])
     # the TEMPO runs shared forwards: far fewer ticks than their steps together
@@ -325,11 +331,7 @@ def test_a_class_joining_together_copies_the_warmed_template_head(lm):
     head = warm_prompt_head(lm, all_settings[0])
     assert head == len(os.path.commonprefix([t.prompt_token_ids for t in solo])) >= 8
     assert warm_prompt_head(lm, settings(prompt="x")) == 0  # raw prompts share no head
-    with ThreadPoolExecutor(1) as pool:
-        batcher, got = Batcher(pool, max_rows=512), Collect()
-        for i, s in enumerate(all_settings):
-            batcher.add(lambda s=s: generate(lm, s, cooperative=True), got.on_event(i))
-        got.wait(len(all_settings))
+    batcher, got = serve_together(lm, all_settings)
     for i, trace in enumerate(solo):
         assert_same_run(trace, got.traces[i])
         assert got.traces[i].stats["prompt_rows_reused"] == head
