@@ -75,7 +75,8 @@ class Generate:
 def page_frames(url: str, generate: Generate, **values) -> Iterator[str]:
     """Press Generate the way the page does (Gradio's queue protocol: join, then read the event stream) and yield
     the status line of each frame. Light on the client's CPU, as a browser on its own machine would be."""
-    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    where = urllib.parse.urlsplit(url)
+    host, port = where.hostname, where.port
     session = uuid.uuid4().hex
     join = http.client.HTTPConnection(host, port, timeout=60)
     join.request("POST", "/gradio_api/queue/join", json.dumps({

@@ -27,7 +27,7 @@ from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable,
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
 from .model import LoadedModel
-from .prefix import MIN_SHARED, PrefixStore, prefix_store
+from .prefix import MIN_SHARED, PrefixStore, prefix_store, shared_length
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
 from .selection import mixture, select_forced, select_with_near_misses, to_probs
@@ -251,7 +251,7 @@ def warm_prompt_head(lm: LoadedModel, s: TempoSettings) -> int:
     without this a class pressing Generate together would each feed the template. Returns the rows kept (0 where
     prompts share no head worth keeping, e.g. raw prompts)."""
     a, b = (encode_prompt(lm, dataclasses.replace(s, prompt=p))[1] for p in ("a", "b"))
-    head = a[:next(i for i, (x, y) in enumerate(zip(a + [-1], b + [-2])) if x != y)]
+    head = a[:shared_length(a, b, len(b))]
     if len(head) < MIN_SHARED:
         return 0
     seq = ParallelSequence(lm, s, head)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ class PrefixStore:
         best, kv = 0, []
         with self._lock:
             for known, layers in self._kv.items():
-                n = _common(known, ids, len(ids) - 1)
+                n = shared_length(known, ids, len(ids) - 1)
                 if n > best:
                     best, kv, hit = n, layers, known
             if best < MIN_SHARED:
@@ -52,7 +52,8 @@ class PrefixStore:
         return len(self._kv)
 
 
-def _common(a: tuple[int, ...], b: list[int], limit: int) -> int:
+def shared_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """How many tokens `a` and the first `limit` of `b` share from the start."""
     n = 0
     for x, y in zip(a, b[:limit]):
         if x != y:
