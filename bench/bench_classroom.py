@@ -3,10 +3,10 @@
     .venv/bin/python bench/bench_classroom.py [--students 30] [--tokens 16] [--spread 3] [--env K=V ...]
                                               [--client light|gradio]
 
-Starts `app.py` in its own process (as a Space would run it). Once N students have the page open, each presses
-Generate with its own prompt at a random moment within `--spread` seconds and streams the run, the way the page
-does (Gradio's queue protocol; `--client gradio`: through gradio_client, whose own CPU cost shares the server's
-cores). For each: seconds from the press to the first frame that shows a step, and to the finished run. Prints
+Starts `app.py` in its own process (as a Space would run it). Once N students have the page open (loaded, and its
+load event run, which is when Gradio makes a session's state), each presses Generate with its own prompt at a
+random moment within `--spread` seconds and streams the run, the way the page does (Gradio's queue protocol;
+`--client gradio`: through gradio_client, whose own CPU cost shares the server's cores). For each: seconds from the press to the first frame that shows a step, and to the finished run. Prints
 p50/p95/max, errors, and the CPU seconds the server and the clients used meanwhile.
 """
 
@@ -66,34 +66,59 @@ class Generate:
         ids = {c["id"]: c for c in client.config["components"]}
         outputs = client.config["dependencies"][self.fn_index]["outputs"]
         self.status = next(i for i, o in enumerate(outputs) if ids[o].get("props", {}).get("elem_id") == "status")
+        # what a page runs as it opens (a share link's form), with the inputs' values as the page loads; Gradio
+        # makes a session's state on its first event
+        self.on_load = [(i, [ids[c].get("props", {}).get("value") for c in d["inputs"]])
+                        for i, d in enumerate(client.config["dependencies"])
+                        if any(t[1] == "load" for t in d.get("targets", []))]
 
     def data(self, **values) -> list:
         data = [values.get(name, default) for name, default in zip(self.names, self.defaults)]
         return list(self.endpoint.insert_empty_state(*data))
 
 
-def page_frames(url: str, generate: Generate, **values) -> Iterator[str]:
-    """Press Generate the way the page does (Gradio's queue protocol: join, then read the event stream) and yield
-    the status line of each frame. Light on the client's CPU, as a browser on its own machine would be."""
+def open_page(url: str, generate: Generate) -> str:
+    """Open the page the way a browser does: load it, then run its load events (which is when Gradio makes the
+    session's state). Returns the session's hash."""
+    where = urllib.parse.urlsplit(url)
+    page = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+    page.request("GET", "/")
+    page.getresponse().read()
+    session = uuid.uuid4().hex
+    for fn_index, data in generate.on_load:
+        for msg in queue_events(url, session, fn_index, data):
+            if msg.get("msg") == "process_completed" and not msg.get("success"):
+                raise RuntimeError(f"opening the page: {str(msg.get('output'))[:200]}")
+    return session
+
+
+def queue_events(url: str, session: str, fn_index: int, data: list) -> Iterator[dict]:
+    """Join Gradio's queue with one event of `session` and yield the messages of its stream until it ends."""
     where = urllib.parse.urlsplit(url)
     host, port = where.hostname, where.port
-    session = uuid.uuid4().hex
     join = http.client.HTTPConnection(host, port, timeout=60)
     join.request("POST", "/gradio_api/queue/join", json.dumps({
-        "data": generate.data(**values), "fn_index": generate.fn_index, "trigger_id": generate.fn_index,
-        "session_hash": session, "event_data": None}), {"Content-Type": "application/json"})
+        "data": data, "fn_index": fn_index, "trigger_id": fn_index, "session_hash": session, "event_data": None}),
+        {"Content-Type": "application/json"})
     answer = join.getresponse()
     if answer.status != 200:
         raise RuntimeError(f"join: HTTP {answer.status} {answer.read()[:200]!r}")
     answer.read()
     stream = http.client.HTTPConnection(host, port, timeout=300)
     stream.request("GET", f"/gradio_api/queue/data?session_hash={session}")
-    events = stream.getresponse()
+    for line in stream.getresponse():
+        if line.startswith(b"data:"):
+            msg = json.loads(line[5:])
+            yield msg
+            if msg.get("msg") in ("process_completed", "close_stream"):
+                return
+
+
+def page_frames(url: str, session: str, generate: Generate, **values) -> Iterator[str]:
+    """Press Generate the way the page does (Gradio's queue protocol: join, then read the event stream) and yield
+    the status line of each frame. Light on the client's CPU, as a browser on its own machine would be."""
     status = ""
-    for line in events:
-        if not line.startswith(b"data:"):
-            continue
-        msg = json.loads(line[5:])
+    for msg in queue_events(url, session, generate.fn_index, generate.data(**values)):
         if msg.get("msg") in ("process_generating", "process_completed"):
             out = (msg.get("output") or {})
             if out.get("error"):
@@ -105,8 +130,6 @@ def page_frames(url: str, generate: Generate, **values) -> Iterator[str]:
                 for op, _, v in value:
                     status = v if op == "replace" else status + v if op == "append" else status
             yield status
-        if msg.get("msg") in ("process_completed", "close_stream"):
-            return
 
 
 def student(url: str, prompt: str, tokens: int, delay: float, ready: threading.Semaphore, go: threading.Event,
@@ -115,12 +138,14 @@ def student(url: str, prompt: str, tokens: int, delay: float, ready: threading.S
         if light is None:
             from gradio_client import Client
             client = Client(url, verbose=False)
+        else:
+            session = open_page(url, light)
         ready.release()
         go.wait()
         time.sleep(delay)
         t0 = time.perf_counter()
         values = dict(prompt=prompt, max_tokens=tokens, selection_threshold=0.1)
-        frames = (page_frames(url, light, **values) if light is not None else
+        frames = (page_frames(url, session, light, **values) if light is not None else
                   (str(f[4]) for f in client.submit(**values, api_name="/generate")))
         for status in frames:
             out["frames"], out["last"] = out.get("frames", 0) + 1, status[:40]

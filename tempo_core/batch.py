@@ -50,6 +50,7 @@ class ForwardRequest:
     mask: torch.Tensor | None
     keep: int
     record: bool = True
+    ends_prompt: bool = False  # the prompt's last chunk: the run plans its first set as soon as this is served
     rows: list[int] = field(default_factory=list)  # the rows of the run's layout these tokens fill
     logits: torch.Tensor | None = None
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -210,8 +211,10 @@ class Batcher:
     work a run does (an analysis piece, a mode that does its own forwards) as one unit of its turn. Runs join and
     leave between ticks; between two ticks the executor runs whatever else was queued on it."""
 
-    def __init__(self, executor: Executor, max_rows: int = 256):
-        self.executor, self.max_rows = executor, max_rows
+    def __init__(self, executor: Executor, max_rows: int = 256, early_first_sets: bool = True):
+        """`early_first_sets`: the tick that ends a run's prompt also feeds its first set (see `tick`); off, that
+        set waits for the next tick (bench/bench_join.py compares the two)."""
+        self.executor, self.max_rows, self.early_first_sets = executor, max_rows, early_first_sets
         self._runs: deque[_Run] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
@@ -263,7 +266,8 @@ class Batcher:
 
     def tick(self) -> None:
         """Advance every run to its next forward (delivering the events on the way), then serve those forwards
-        in one."""
+        in one. Runs whose prompt that forward ended then plan their first sets, fed in a second forward: a run's
+        first step shows one tick after it joins, not two (with a class of 30 a tick is most of a second)."""
         with self._lock:
             runs = list(self._runs)
         batch: list[_Run] = []  # runs whose pending forward goes in this tick's one forward
@@ -273,29 +277,24 @@ class Batcher:
                 left_out.append(run)
                 continue
             t0 = time.monotonic()
-            if not self._advance(run):
+            if self._advance(run):
+                rows += self._take(run, batch)
+            else:
                 gone.append(run)
-            elif run.pending is not None and run.pending.logits is None:
-                if run.pending.seq.batchable:
-                    batch.append(run)
-                    rows += len(run.pending.token_ids)
-                else:
-                    run.pending.seq.serve(run.pending)  # a static cache or graphs: a forward of its own
             run.own_s = time.monotonic() - t0
-        if batch:
+        self._feed(batch, rows, gone)
+        starting: list[_Run] = []
+        rows = 0
+        for run in batch:
+            if not self.early_first_sets or run in gone or not run.pending.ends_prompt or rows >= self.max_rows:
+                continue
             t0 = time.monotonic()
-            try:
-                for group in _by_model([run.pending for run in batch]):
-                    self.grouped_runs += forward_batch(group)
-            except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
-                for run in batch:
-                    _report(run, exc)
-                    gone.append(run)
-            spent = time.monotonic() - t0
-            for run in batch:
-                run.own_s += spent
-            self.batched_forwards += 1
-            self.rows += rows
+            if self._advance(run):
+                rows += self._take(run, starting)
+            else:
+                gone.append(run)
+            run.own_s += time.monotonic() - t0
+        self._feed(starting, rows, gone)
         self.ticks += 1
         now = time.monotonic()
         for run in runs:
@@ -310,6 +309,36 @@ class Batcher:
             for run in reversed(left_out):  # first in line next tick
                 self._runs.remove(run)
                 self._runs.appendleft(run)
+
+    @staticmethod
+    def _take(run: _Run, batch: list[_Run]) -> int:
+        """Put `run`'s pending forward in `batch` (the rows it adds), or serve it now if it cannot share one."""
+        req = run.pending
+        if req is None or req.logits is not None:
+            return 0
+        if not req.seq.batchable:
+            req.seq.serve(req)  # a static cache or graphs: a forward of its own
+            return 0
+        batch.append(run)
+        return len(req.token_ids)
+
+    def _feed(self, batch: list[_Run], rows: int, gone: list[_Run]) -> None:
+        """Serve the pending forwards of `batch` in one forward (one per model); a failure ends those runs."""
+        if not batch:
+            return
+        t0 = time.monotonic()
+        try:
+            for group in _by_model([run.pending for run in batch]):
+                self.grouped_runs += forward_batch(group)
+        except BaseException as exc:  # noqa: BLE001 - every run in the failed forward reports it
+            for run in batch:
+                _report(run, exc)
+                gone.append(run)
+        spent = time.monotonic() - t0
+        for run in batch:
+            run.own_s += spent
+        self.batched_forwards += 1
+        self.rows += rows
 
     def _advance(self, run: _Run) -> bool:
         """Resume `run` until it asks for a forward, ends or pauses; False once it has left. After a forward it

@@ -164,7 +164,7 @@ class ParallelSequence:
         tokens, positions = self.layout.tokens, self.layout.positions
         for first in range(start, len(tokens), chunk):
             yield ForwardRequest(self, tokens[first:first + chunk], positions[first:first + chunk], None, keep=1,
-                                 record=False)
+                                 record=False, ends_prompt=first + chunk >= len(tokens))
 
     def plan_set(self, token_ids: list[int], position: int) -> ForwardRequest:
         """Append one set at one position and return the forward that feeds it: already served where it replays a

@@ -197,6 +197,39 @@ def test_stop_between_prompt_chunks_ends_a_long_prompt(lm):
     assert events[-1].trace.stop_reason == "time_limit" and events[-1].trace.steps == []
 
 
+def test_a_run_shows_its_first_step_the_tick_after_its_prompt_ends(lm):
+    """The tick that feeds a prompt's last chunk also feeds the run's first set (a second forward): its first step
+    arrives at the start of the next tick, also while other runs are mid-run, and every trace is its solo run's."""
+    kws = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=8, use_retroactive_pruning=True),
+           dict(prompt=LONG, selection_threshold=0.05, max_tokens=4), dict(prompt="hello", max_tokens=4)]
+    all_settings = [settings(**kw) for kw in kws]
+    solo = [run(lm, s) for s in all_settings]
+    first_at, joined_at = {}, {}
+    with ThreadPoolExecutor(1) as pool:
+        batcher, got = Batcher(pool), Collect()
+
+        def make(i):
+            joined_at[i] = batcher.ticks  # made in the first tick it takes part in
+            return generate(lm, all_settings[i], cooperative=True)
+
+        def add(i):
+            batcher.add(lambda: make(i), got.on_event(i, first_step(i)))
+
+        def first_step(i):
+            def seen(event):
+                first_at.setdefault(i, batcher.ticks)
+                if i == 0 and event.index == 2:  # run 0 mid-run: the others join
+                    add(1), add(2)
+            return seen
+        add(0)
+        got.wait(3)
+    chunks = -(-len(solo[1].prompt_token_ids) // PREFILL_CHUNK)
+    assert chunks > 1
+    assert first_at == {0: joined_at[0] + 1, 1: joined_at[1] + chunks, 2: joined_at[2] + 1}
+    for i, trace in enumerate(solo):
+        assert_same_run(trace, got.traces[i])
+
+
 def test_serving_alone_equals_the_plain_run(lm):
     for kw in RUNS[:4]:
         s = settings(**kw)
