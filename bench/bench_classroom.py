@@ -6,8 +6,10 @@
 Starts `app.py` in its own process (as a Space would run it). Once N students have the page open (loaded, and its
 load event run, which is when Gradio makes a session's state), each presses Generate with its own prompt at a
 random moment within `--spread` seconds and streams the run, the way the page does (Gradio's queue protocol;
-`--client gradio`: through gradio_client, whose own CPU cost shares the server's cores). For each: seconds from the press to the first frame that shows a step, and to the finished run. Prints
-p50/p95/max, errors, and the CPU seconds the server and the clients used meanwhile.
+`--client gradio`: through gradio_client, whose own CPU cost shares the server's cores). For each: seconds from
+the press to the first frame that shows a step, and to the finished run. Prints p50/p95/max, errors, the CPU
+seconds the server and the clients used meanwhile, and how fast the machine was (`machine_s`: 20 fp32 matmuls of
+2048x2048, timed before the server starts).
 """
 
 from __future__ import annotations
@@ -165,6 +167,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_seconds() -> float:
+    """Seconds for 20 fp32 2048x2048 matmuls: how fast this shared machine is right now (it varies by 1.5x over a
+    day), so rounds run at different times can be compared."""
+    import torch
+    a = torch.randn(2048, 2048)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    return round(time.perf_counter() - t0, 2)
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -182,6 +195,7 @@ def main() -> None:
                          "gradio: a gradio_client per student (about 0.14 s of this machine's CPU per Generate, "
                          "on the server's cores)")
     args = ap.parse_args()
+    machine_s = machine_seconds()
     port = free_port()
     server = start_server(port, dict(kv.split("=", 1) for kv in args.env))
     url = f"http://127.0.0.1:{port}/"
@@ -222,7 +236,7 @@ def main() -> None:
                                 "max": round(max(done), 2)} if done else None,
                "errors": len(errors), "wall_s": round(wall, 1),
                # CPU seconds while the class ran, of the server and of this process's clients (same 2 cores)
-               "server_cpu_s": round(server_cpu, 1), "clients_cpu_s": round(clients_cpu, 1)}
+               "server_cpu_s": round(server_cpu, 1), "clients_cpu_s": round(clients_cpu, 1), "machine_s": machine_s}
     print(json.dumps(summary))
     for e in errors[:5]:
         print("error:", e)
