@@ -1,0 +1,84 @@
+"""Where a tick of N batched runs spends its time on the GPU (random Llama-3B shape, bf16): per-run Python, the
+forward, and how many kernels a tick launches.
+
+    python3 bench/profile_batch_tick.py [--runs 32] [--k 2]
+
+N runs of exactly k candidates per step are served by one Batcher, the ticks driven on this thread; after 4 warm
+ticks, 4 ticks are profiled (torch.profiler). Prints the wall time per tick, the time inside `forward_batch`, the
+kernels launched per tick, and the CPU ops that cost most. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_steps import PROMPTS, random_model  # noqa: E402
+from tempo_core import batch as batch_module  # noqa: E402
+from tempo_core import build_settings  # noqa: E402
+from tempo_core.batch import Batcher  # noqa: E402
+from tempo_core.engine import tempo_events  # noqa: E402
+
+
+class _Manual:
+    """An executor that runs nothing by itself: the ticks are driven here, one `tick()` at a time."""
+
+    def submit(self, fn, *args):
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=32)
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--ticks", type=int, default=4)
+    args = ap.parse_args()
+    lm = random_model("llama3b", "cuda", "bf16")
+    words = " ".join(PROMPTS).split()
+    batcher = Batcher(_Manual())
+    for i in range(args.runs):
+        s = build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=64, min_steps=64,
+                                selection_threshold=0.0, max_parallel_tokens=args.k, raw_prompt=True))
+        batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
+    for _ in range(4):
+        batcher.tick()
+    spent = [0.0]
+    plain = batch_module.forward_batch
+
+    def timed(requests):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = plain(requests)
+        torch.cuda.synchronize()
+        spent[0] += time.perf_counter() - t0
+        return out
+    batch_module.forward_batch = timed
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.ticks):
+        batcher.tick()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / args.ticks
+    print(f"{args.runs} runs, k = {args.k}: {wall * 1e3:.1f} ms a tick, of which forward_batch "
+          f"{spent[0] / args.ticks * 1e3:.1f} ms; the rest (each run's step in Python) "
+          f"{(wall - spent[0] / args.ticks) / args.runs * 1e3:.2f} ms a run")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.ticks):
+            batcher.tick()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    print(f"kernels launched per tick: {launches / args.ticks:.0f}")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
