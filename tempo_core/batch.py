@@ -276,24 +276,14 @@ class Batcher:
             if rows >= self.max_rows:
                 left_out.append(run)
                 continue
-            t0 = time.monotonic()
-            if self._advance(run):
-                rows += self._take(run, batch)
-            else:
-                gone.append(run)
-            run.own_s = time.monotonic() - t0
+            run.own_s = 0.0
+            rows += self._turn(run, batch, gone)
         self._feed(batch, rows, gone)
         starting: list[_Run] = []
         rows = 0
         for run in batch:
-            if not self.early_first_sets or run in gone or not run.pending.ends_prompt or rows >= self.max_rows:
-                continue
-            t0 = time.monotonic()
-            if self._advance(run):
-                rows += self._take(run, starting)
-            else:
-                gone.append(run)
-            run.own_s += time.monotonic() - t0
+            if self.early_first_sets and run not in gone and run.pending.ends_prompt and rows < self.max_rows:
+                rows += self._turn(run, starting, gone)
         self._feed(starting, rows, gone)
         self.ticks += 1
         now = time.monotonic()
@@ -310,17 +300,21 @@ class Batcher:
                 self._runs.remove(run)
                 self._runs.appendleft(run)
 
-    @staticmethod
-    def _take(run: _Run, batch: list[_Run]) -> int:
-        """Put `run`'s pending forward in `batch` (the rows it adds), or serve it now if it cannot share one."""
-        req = run.pending
-        if req is None or req.logits is not None:
-            return 0
-        if not req.seq.batchable:
-            req.seq.serve(req)  # a static cache or graphs: a forward of its own
-            return 0
-        batch.append(run)
-        return len(req.token_ids)
+    def _turn(self, run: _Run, batch: list[_Run], gone: list[_Run]) -> int:
+        """Advance `run` (`gone` if it leaves) and put its pending forward in `batch`, or serve it now if it cannot
+        share one; the rows it adds to `batch`. Its time counts in `run.own_s`."""
+        t0 = time.monotonic()
+        rows = 0
+        if not self._advance(run):
+            gone.append(run)
+        elif run.pending is not None and run.pending.logits is None:
+            if run.pending.seq.batchable:
+                batch.append(run)
+                rows = len(run.pending.token_ids)
+            else:
+                run.pending.seq.serve(run.pending)  # a static cache or graphs: a forward of its own
+        run.own_s += time.monotonic() - t0
+        return rows
 
     def _feed(self, batch: list[_Run], rows: int, gone: list[_Run]) -> None:
         """Serve the pending forwards of `batch` in one forward (one per model); a failure ends those runs."""

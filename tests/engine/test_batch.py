@@ -197,16 +197,18 @@ def test_stop_between_prompt_chunks_ends_a_long_prompt(lm):
     assert events[-1].trace.stop_reason == "time_limit" and events[-1].trace.steps == []
 
 
-def test_a_run_shows_its_first_step_the_tick_after_its_prompt_ends(lm):
+@pytest.mark.parametrize("early", [True, False])
+def test_a_run_shows_its_first_step_the_tick_after_its_prompt_ends(lm, early):
     """The tick that feeds a prompt's last chunk also feeds the run's first set (a second forward): its first step
-    arrives at the start of the next tick, also while other runs are mid-run, and every trace is its solo run's."""
+    arrives at the start of the next tick, also while other runs are mid-run, and every trace is its solo run's.
+    With `early_first_sets` off the first set waits a tick more."""
     kws = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=8, use_retroactive_pruning=True),
            dict(prompt=LONG, selection_threshold=0.05, max_tokens=4), dict(prompt="hello", max_tokens=4)]
     all_settings = [settings(**kw) for kw in kws]
     solo = [run(lm, s) for s in all_settings]
     first_at, joined_at = {}, {}
     with ThreadPoolExecutor(1) as pool:
-        batcher, got = Batcher(pool), Collect()
+        batcher, got = Batcher(pool, early_first_sets=early), Collect()
 
         def make(i):
             joined_at[i] = batcher.ticks  # made in the first tick it takes part in
@@ -225,7 +227,8 @@ def test_a_run_shows_its_first_step_the_tick_after_its_prompt_ends(lm):
         got.wait(3)
     chunks = -(-len(solo[1].prompt_token_ids) // PREFILL_CHUNK)
     assert chunks > 1
-    assert first_at == {0: joined_at[0] + 1, 1: joined_at[1] + chunks, 2: joined_at[2] + 1}
+    late = 0 if early else 1
+    assert first_at == {0: joined_at[0] + 1 + late, 1: joined_at[1] + chunks + late, 2: joined_at[2] + 1 + late}
     for i, trace in enumerate(solo):
         assert_same_run(trace, got.traces[i])
 
