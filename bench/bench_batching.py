@@ -6,7 +6,9 @@ round robin it replaced (a forward per run per step: the same Batcher with a tic
 
 Every run has a set of exactly --k candidates per step (threshold 0, max_parallel_tokens k; EOS may not end a
 run) and its own prompt. On a GPU the round robin is timed both ways today's runs go: each run replaying CUDA
-graphs (while the pool has static-cache slots) and eager. Variants alternate within each round. Not a test.
+graphs (while the pool has static-cache slots) and eager, and the batched ticks both with the runs' caches in the
+model's K/V store (kvstore.py, the CUDA default) and in tensors of their own. Variants alternate within each
+round. Not a test.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from bench_steps import PROMPTS, random_model, sync  # noqa: E402
 from tempo_core import build_settings, load_model  # noqa: E402
 from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
+from tempo_core.kvstore import kv_store  # noqa: E402
 
 
-def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool) -> dict:
-    """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time."""
+def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True) -> dict:
+    """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time. `shared_kv` False:
+    the runs keep their caches in tensors of their own even where the model has a K/V store (kvstore.py)."""
+    store = kv_store(lm) or False
+    lm.kvstore = store if shared_kv else False
     words = " ".join(PROMPTS).split()
     settings = [build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps,
                                     min_steps=steps, selection_threshold=0.0, max_parallel_tokens=k,
@@ -59,6 +65,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool) -> dic
             finished.acquire()
         sync(lm.device)
         wall = time.perf_counter() - t0
+    lm.kvstore = store
     if errors:
         raise errors[0]
     return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": batcher.ticks}
@@ -86,6 +93,7 @@ def main() -> None:
     variants = {"batched": dict(max_rows=args.max_rows, graphs=False),
                 "round robin": dict(max_rows=1, graphs=False)}
     if lm.device.type == "cuda":
+        variants["batched own caches"] = dict(max_rows=args.max_rows, graphs=False, shared_kv=False)
         variants["round robin graphed"] = dict(max_rows=1, graphs=True)
         variants["batched graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
     if args.only:

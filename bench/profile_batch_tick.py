@@ -40,8 +40,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=32)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--ticks", type=int, default=4)
+    ap.add_argument("--own-caches", action="store_true", help="runs keep caches of their own, not the K/V store")
     args = ap.parse_args()
     lm = random_model("llama3b", "cuda", "bf16")
+    if args.own_caches:
+        lm.kvstore = False
     words = " ".join(PROMPTS).split()
     batcher = Batcher(_Manual())
     for i in range(args.runs):
@@ -67,7 +70,8 @@ def main() -> None:
         batcher.tick()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / args.ticks
-    print(f"{args.runs} runs, k = {args.k}: {wall * 1e3:.1f} ms a tick, of which forward_batch "
+    print(f"caches: {'own' if args.own_caches else 'in the K/V store'}; "
+          f"{args.runs} runs, k = {args.k}: {wall * 1e3:.1f} ms a tick, of which forward_batch "
           f"{spent[0] / args.ticks * 1e3:.1f} ms; the rest (each run's step in Python) "
           f"{(wall - spent[0] / args.ticks) / args.runs * 1e3:.2f} ms a run")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -23,6 +23,7 @@ import torch
 from .attention import AttentionRecorder, attend, attention_output, batched_attention, bool_causal, explicit_probs
 from .events import StepEvent
 from .fastpath import fast_rows
+from .kvstore import KVStore, SlotCache
 
 
 class RunSequence(Protocol):
@@ -74,19 +75,21 @@ class BatchForward:
         self.recorders = [AttentionRecorder(frozenset(req.seq.capture) if req.record else frozenset(), req.keep)
                           for req in requests]
         lengths = [req.seq.cache.get_seq_length() + len(req.token_ids) for req in requests]  # cache after the rows
+        stores = [_store(req.seq.cache, lengths[i]) for i, req in enumerate(requests)]
         few = sorted((i for i, req in enumerate(requests) if len(req.token_ids) <= GROUP_MAX_ROWS),
-                     key=lambda i: lengths[i])
+                     key=lambda i: (stores[i] is None, lengths[i]))
         self.groups: list[_Group] = []
         self.alone = [i for i, req in enumerate(requests) if len(req.token_ids) > GROUP_MAX_ROWS]
-        while few:
+        while few:  # runs of one kind (in the K/V store or not) whose caches are of similar length
             n = 1
-            while n < len(few) and lengths[few[n]] <= GROUP_SLACK * lengths[few[0]] + 32:
+            while (n < len(few) and stores[few[n]] is stores[few[0]]
+                   and lengths[few[n]] <= GROUP_SLACK * lengths[few[0]] + 32):
                 n += 1
             members, few = few[:n], few[n:]
             if n == 1:
                 self.alone += members
             else:
-                self.groups.append(_Group(members, self, lengths, device))
+                self.groups.append(_Group(members, self, lengths, stores[members[0]], device))
 
     def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float) -> torch.Tensor:
@@ -103,15 +106,18 @@ class BatchForward:
 
 class _Group:
     """Runs that attend in one call: their queries gathered into [runs, heads, q, dim] (q = the most rows any of
-    them feeds), their caches padded to the longest, each run's own mask in its slice and nothing past it."""
+    them feeds), their caches padded to the longest, each run's own mask in its slice and nothing past it. With
+    their caches in one K/V store (kvstore.py) the new rows go in with one write per layer and the caches come
+    out with one gather; otherwise each run's cache is appended to and copied in on its own."""
 
-    def __init__(self, members: list[int], batch: BatchForward, lengths: list[int], device: torch.device):
-        self.members, self.batch = members, batch
+    def __init__(self, members: list[int], batch: BatchForward, lengths: list[int], store: KVStore | None,
+                 device: torch.device):
+        self.members, self.batch, self.store = members, batch, store
         self.q = max(len(batch.requests[i].token_ids) for i in members)
         self.lengths = [lengths[i] for i in members]
         self.kv = max(lengths[i] for i in members)
         mask = torch.zeros(len(members), 1, self.q, self.kv, dtype=torch.bool)
-        slots, rows = [], []
+        slots, rows, cache_slots, cache_rows = [], [], [], []
         for j, i in enumerate(members):
             req, (a, b) = batch.requests[i], batch.bounds[i]
             q, kv = b - a, lengths[i]
@@ -122,23 +128,43 @@ class _Group:
             mask[j, 0, q:, 0] = True  # pad query rows see one key (no NaN); their output is dropped
             slots += [j * self.q + r for r in range(q)]
             rows += list(range(a, b))
+            if store is not None:  # where the rows go in the store: the run's slot, after its cached rows
+                cache_slots += [req.seq.cache.slot] * q
+                cache_rows += list(range(kv - q, kv))
         gather = [batch.bounds[i][0] + min(r, batch.bounds[i][1] - batch.bounds[i][0] - 1)
                   for i in members for r in range(self.q)]
         self.mask = mask.to(device)
         self.gather = torch.tensor(gather, device=device)  # padded query slot -> row of the forward
         self.slots, self.rows = torch.tensor(slots, device=device), torch.tensor(rows, device=device)
+        if store is not None:
+            self.cache_slots = torch.tensor(cache_slots, device=device)
+            self.cache_rows = torch.tensor(cache_rows, device=device)
+            self.member_slots = torch.tensor([batch.requests[i].seq.cache.slot for i in members], device=device)
+            self.caches = [(batch.requests[i].seq.cache, batch.bounds[i][1] - batch.bounds[i][0]) for i in members]
+
+    def _keys_values(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' new keys/values appended to their caches, and their caches padded: [runs, kv_heads, kv, dim]."""
+        if self.store is not None:
+            self.store.write(layer, self.cache_slots, self.cache_rows, key[0].index_select(1, self.rows).transpose(0, 1),
+                             value[0].index_select(1, self.rows).transpose(0, 1))
+            for cache, q in self.caches:
+                cache.layers[layer].length += q
+            return self.store.read(layer, self.member_slots, self.kv)
+        g, (_, kv_heads, _, dim) = len(self.members), key.shape
+        keys = key.new_zeros(g, kv_heads, self.kv, dim)
+        values = value.new_zeros(g, kv_heads, self.kv, dim)
+        for j, i in enumerate(self.members):
+            (a, b), req = self.batch.bounds[i], self.batch.requests[i]
+            k, v = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
+            keys[j, :, :k.shape[2]], values[j, :, :v.shape[2]] = k[0], v[0]
+        return keys, values
 
     def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float, out: torch.Tensor) -> None:
         batch, g = self.batch, len(self.members)
         _, heads, _, dim = query.shape
         kv_heads = key.shape[1]
-        keys = key.new_zeros(g, kv_heads, self.kv, dim)
-        values = value.new_zeros(g, kv_heads, self.kv, dim)
-        for j, i in enumerate(self.members):
-            (a, b), req = batch.bounds[i], batch.requests[i]
-            k, v = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
-            keys[j, :, :k.shape[2]], values[j, :, :v.shape[2]] = k[0], v[0]
+        keys, values = self._keys_values(layer, key, value)
         q = query[0].index_select(1, self.gather).view(heads, g, self.q, dim).transpose(0, 1)
         recorders = [batch.recorders[i] for i in self.members]
         probs = None
@@ -152,6 +178,17 @@ class _Group:
         result = attention_output(q, keys, values, self.mask, scaling, probs)
         result = result.transpose(1, 2).reshape(g * self.q, heads, dim)
         out[0].index_copy_(0, self.rows, result.index_select(0, self.slots))
+
+
+def _store(cache: Any, rows: int) -> KVStore | None:
+    """The K/V store `cache` lives in, if it can hold `rows` rows there; a cache about to outgrow its slot leaves
+    the store first (it goes on as an ordinary DynamicCache)."""
+    if not isinstance(cache, SlotCache) or cache.store is None:
+        return None
+    if rows > cache.store.capacity:
+        cache.leave()
+        return None
+    return cache.store
 
 
 def forward_batch(requests: list[ForwardRequest]) -> int:

@@ -23,6 +23,7 @@ from .config import TempoSettings
 from .events import StepEvent, encode_prompt, new_trace
 from .batch import ForwardRequest
 from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
+from .kvstore import SlotCache, slot_cache
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -40,11 +41,13 @@ class ParallelSequence:
     """The model's view of one TEMPO run: the layout of rows, the one KV cache, and the forward pass."""
 
     def __init__(self, lm: LoadedModel, s: TempoSettings, prompt_ids: list[int], static_cache: bool = False,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, shared_kv: bool = False):
         """`static_cache`: a preallocated `StaticCache` borrowed from the model's pool (graphs.SlotPool), every
         forward at explicit cache positions with a mask over the whole buffer (the shape a captured CUDA graph
         needs); same results. `cuda_graphs`: also replay sets from graphs captured on that cache, where this
-        model and run allow it (`graphs_off` says why not). `close()` gives the cache back."""
+        model and run allow it (`graphs_off` says why not). `shared_kv`: otherwise keep the cache in a slot of the
+        model's K/V store where it has one (kvstore.py: what batched forwards read and write in one go).
+        `close()` gives the cache back."""
         self.lm, self.s = lm, s
         self.layout = Layout.for_prompt(prompt_ids, shared_positions=s.use_custom_rope)
         self.graphs_off = graphs_unavailable(lm, s) if cuda_graphs else "not requested"
@@ -54,7 +57,7 @@ class ParallelSequence:
             if not self._borrow(len(prompt_ids) + s.max_tokens + BUCKETS[-1], rows_filled=0):
                 self.graphs_off = self.graphs_off or f"all {slot_pool(lm).limit} static-cache slots are in use"
         if self.cache is None and not s.disable_kv_cache:
-            self.cache = DynamicCache(config=lm.model.config)
+            self.cache = slot_cache(lm) if shared_kv else DynamicCache(config=lm.model.config)
         self.forward_passes = 0
         self.tokens_processed = 0
         self.graphed_steps = 0
@@ -91,9 +94,11 @@ class ParallelSequence:
         self.graphs_off = self.graphs_off or "the run outgrew its cache and every static-cache slot was in use"
 
     def close(self) -> None:
-        """Give the static cache (and its graphs) back to the pool; a no-op on a dynamic cache."""
+        """Give the static cache (and its graphs) back to the pool, or the K/V store's slot back to the store."""
         if self._release is not None:
             self._release()
+        if isinstance(self.cache, SlotCache):
+            self.cache.close()
 
     def _forward(self, ids: list[int], positions: list[int], mask: torch.Tensor | None, keep: int,
                  record: bool = True, padding: int = 0):
@@ -282,7 +287,7 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
     """
     trace = new_trace(lm, s)
     t0 = time.perf_counter()
-    seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache, cuda_graphs)
+    seq = ParallelSequence(lm, s, trace.prompt_token_ids, static_cache, cuda_graphs, shared_kv=cooperative)
     try:
         yield from _steps(lm, s, trace, seq, t0, stop, prefix, force, cooperative, prefill_chunk)
     finally:

@@ -13,6 +13,7 @@ from tiny import tiny_llama
 from tempo_core import build_settings, generate, run
 from tempo_core.batch import Batcher, ForwardRequest, serve_alone
 from tempo_core.engine import PREFILL_CHUNK, ParallelSequence, warm_prompt_head
+from tempo_core.kvstore import KVStore
 from tempo_core.limits import RunStop
 
 TOL = 1e-5
@@ -27,6 +28,21 @@ def lm():
 @pytest.fixture(autouse=True)
 def fresh_prefixes(lm):
     lm.prefixes = None  # each test starts with no prompt prefixes known (prefix.py)
+
+
+@pytest.fixture(params=["own caches", "K/V store", "small K/V store"])
+def kv(lm, request):
+    """Where batched runs keep their caches: each its own DynamicCache (the CPU default), slots of one K/V store
+    (kvstore.py, the CUDA default), or a store too small for some runs (3 slots of 40 rows: runs find no slot, or
+    outgrow theirs mid-run and move out). Every slot is free again once the runs are done."""
+    store = {"own caches": False,
+             "K/V store": KVStore(lm.model.config, 16, 512, torch.float32, lm.device),
+             "small K/V store": KVStore(lm.model.config, 3, 40, torch.float32, lm.device)}[request.param]
+    lm.kvstore = store
+    yield store
+    lm.kvstore = None
+    if store:
+        assert store.free_slots == store.slots
 
 
 def settings(**kw):
@@ -100,7 +116,7 @@ def serve_together(lm, all_settings, max_rows=512):
     return batcher, got
 
 
-def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
+def test_runs_batched_in_one_forward_equal_their_solo_runs(lm, kv):
     all_settings = [settings(**kw) for kw in RUNS]
     solo = [run(lm, s) for s in all_settings]
     assert any(c.pruned_at is not None for st in solo[0].steps for c in st.candidates)  # pruning is exercised
@@ -112,12 +128,14 @@ def test_runs_batched_in_one_forward_equal_their_solo_runs(lm):
     tempo_steps = sum(len(t.steps) for t, kw in zip(solo, RUNS) if kw.get("mode", "tempo") == "tempo")
     assert batcher.batched_forwards < tempo_steps / 2
     assert batcher.grouped_runs > tempo_steps / 2  # most turns attended in padded groups of runs
+    if kv:  # groups wrote their new rows in the store with one write per layer
+        assert kv.writes >= lm.model.config.num_hidden_layers
     fed = len(solo[4].prompt_token_ids) - got.traces[4].stats.get("prompt_rows_reused", 0)
     chunks = -(-fed // PREFILL_CHUNK)  # the long prompt went in chunks
     assert chunks > 1 and got.traces[4].stats["forward_passes"] == solo[4].stats["forward_passes"] + chunks - 1
 
 
-def test_runs_joining_and_leaving_mid_way_and_a_small_row_budget(lm):
+def test_runs_joining_and_leaving_mid_way_and_a_small_row_budget(lm, kv):
     """Runs that join while others are mid-run, leave early (EOS, max_tokens), and a tick budget of 8 rows that
     leaves some runs out of a tick (they go first in the next): every trace still equals its solo run."""
     kws = [RUNS[0], RUNS[1], RUNS[3], dict(RUNS[2], max_tokens=3), dict(prompt=LONG, selection_threshold=0.1,
@@ -141,7 +159,7 @@ def test_runs_joining_and_leaving_mid_way_and_a_small_row_budget(lm):
 
 
 @pytest.mark.parametrize("chat", [False, True])
-def test_a_batched_run_at_threshold_one_equals_hf_greedy(lm, chat):
+def test_a_batched_run_at_threshold_one_equals_hf_greedy(lm, chat, kv):
     s = settings(prompt="once upon a time", max_tokens=16, selection_threshold=1.0, raw_prompt=not chat,
                  use_retroactive_pruning=True)
     with ThreadPoolExecutor(1) as pool:
@@ -329,7 +347,7 @@ def test_a_cooperative_mcts_step_yields_between_simulations(lm, monkeypatch):
         [[c.token_id for c in st.candidates] for st in solo.steps]
 
 
-def test_runs_reuse_a_prompt_prefix_another_run_fed(lm):
+def test_runs_reuse_a_prompt_prefix_another_run_fed(lm, kv):
     """A class types different questions after the same chat template: a run whose prompt starts like one fed
     before copies those rows and feeds the rest; its trace is still its solo run's."""
     questions = ["the cat sat on the mat", "the dog ran to the park", "hello world", "once upon a time"]
@@ -357,7 +375,7 @@ def test_runs_reuse_a_prompt_prefix_another_run_fed(lm):
     assert_same_run(solo[2], events[-1].trace)
 
 
-def test_a_class_joining_together_copies_the_warmed_template_head(lm):
+def test_a_class_joining_together_copies_the_warmed_template_head(lm, kv):
     """Runs that join in the same tick cannot copy from each other; once the server has warmed the template's head
     (warm_prompt_head), every one of them copies it, and each trace is still its solo run's."""
     questions = ["the cat sat on the mat", "once upon a time", "hello world"]  # no two share a first word

@@ -1,0 +1,207 @@
+"""One K/V store for the runs a batch serves: every run's cache in a slot of one tensor per layer.
+
+With each run's keys and values in tensors of its own, a forward carrying 32 runs' rows launches, per run and per
+layer, a copy that appends the new rows (DynamicCache's `cat`) and another that pads the run's cache into its
+group's tensor for attention. On an H200 those are most of a 32-run tick's 5463 kernel launches, while the GPU
+computes 16.5 ms of the tick's 91 ms (bench/results/batch_tick_gpu_h200_llama3b_random.txt). Here each run's cache
+lives in its slot of one [slots, kv_heads, capacity, head_dim] tensor per layer (K and V), so a group's new rows go
+in with one indexed write per layer and its caches come out with one gather, however many runs it holds
+(`KVStore.write`, `KVStore.read`; batch._Group).
+
+A run's cache is still a transformers `DynamicCache` (a forward of its own, a prefix copied in, `crop`, the prefix
+store reading it all work as before); its layers' keys and values are views of its slot. A cache that would outgrow
+its slot moves its rows into tensors of its own and goes on as an ordinary DynamicCache (`SlotCache.leave`).
+
+Off by default on a CPU, where a forward is bound by reading the weights and the store's memory (allocated up front)
+buys little; on CUDA `TEMPO_SHARED_KV_ROWS` rows per slot (default 2048) and `TEMPO_SHARED_KV_SLOTS` slots
+(default 32, the page's runs at once). 0 rows turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+log = logging.getLogger(__name__)
+
+
+class KVStore:
+    """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots, kv_heads, capacity, head_dim]."""
+
+    def __init__(self, config: Any, slots: int, capacity: int, dtype: torch.dtype, device: torch.device):
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        shape = (slots, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.slots, self.capacity, self.config = slots, capacity, config
+        self.writes = 0  # group writes (one per layer per group of runs); tests and benches read it
+        self._free = list(range(slots - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def cache(self) -> "SlotCache | None":
+        """A new empty cache in a free slot; None when every slot is taken."""
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+        return SlotCache(self, slot)
+
+    def give(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
+              values: torch.Tensor) -> None:
+        """Row i of `keys`/`values` ([n, kv_heads, head_dim]) into slot `slots[i]` at row `positions[i]`."""
+        self.keys[layer][slots, :, positions] = keys
+        self.values[layer][slots, :, positions] = values
+        self.writes += 1
+
+    def read(self, layer: int, slots: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `rows` rows of each of `slots`: keys and values [len(slots), kv_heads, rows, head_dim]."""
+        return (self.keys[layer][:, :, :rows].index_select(0, slots),
+                self.values[layer][:, :, :rows].index_select(0, slots))
+
+
+class SlotCache(DynamicCache):
+    """A run's DynamicCache whose layers live in one slot of a `KVStore` (until `leave`)."""
+
+    def __init__(self, store: KVStore, slot: int):
+        super().__init__(config=store.config)
+        self.store: KVStore | None = store
+        self.slot = slot
+        self.layers = [SlotLayer(self, i) for i in range(len(self.layers))]
+        self._release = weakref.finalize(self, store.give, slot)  # also when a run is dropped unfinished
+
+    def leave(self) -> None:
+        """Move every layer's rows into tensors of its own and give the slot back (an ordinary DynamicCache now)."""
+        if self.store is None:
+            return
+        for layer in self.layers:
+            layer.own()
+        self.store = None
+        self._release()
+
+    def close(self) -> None:
+        """Give the slot back at the run's end (its rows are not read again): an empty cache after."""
+        if self.store is None:
+            return
+        self.store = None
+        for layer in self.layers:
+            layer.reset()
+        self._release()
+
+
+class SlotLayer(DynamicLayer):
+    """One layer of a `SlotCache`: `keys`/`values` are views [1, kv_heads, length, head_dim] of the cache's slot
+    while it has one, and tensors of its own after."""
+
+    def __init__(self, cache: SlotCache, index: int):
+        super().__init__()
+        self.cache, self.index, self.length = cache, index, 0
+        self.is_initialized = True
+        self.device = cache.store.keys[index].device
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        store = self.cache.store if hasattr(self, "cache") else None
+        if store is None:
+            return self._keys
+        return store.keys[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._keys = value
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        store = self.cache.store if hasattr(self, "cache") else None
+        if store is None:
+            return self._values
+        return store.values[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._values = value
+
+    def own(self) -> None:
+        """Copy this layer's rows out of the store (`SlotCache.leave`)."""
+        self._keys, self._values = self.keys.clone(), self.values.clone()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        store = self.cache.store
+        if store is not None and self.length + key_states.shape[-2] > store.capacity:
+            self.cache.leave()  # every layer, so the cache stays whole
+            store = None
+        if store is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        n, slot = key_states.shape[-2], self.cache.slot
+        store.keys[self.index][slot, :, self.length:self.length + n] = key_states[0]
+        store.values[self.index][slot, :, self.length:self.length + n] = value_states[0]
+        self.length += n
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.cache.store is not None else super().get_seq_length()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.cache.store is None:
+            return super().crop(tokens_to_remove)
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes the number of rows to remove as a negative number")
+        self.length = max(0, self.length + tokens_to_remove)
+
+    def reset(self) -> None:
+        if self.cache.store is None:
+            return super().reset()
+        self.length = 0
+
+
+def kv_store(lm: Any) -> KVStore | None:
+    """The model's K/V store, made on first use (CUDA by default, see the module's docstring); None where off."""
+    return lm.own("kvstore", lambda: _store_from_env(lm)) or None
+
+
+def slot_cache(lm: Any) -> DynamicCache:
+    """A cache for a run that shares forwards with others: in a slot of the model's K/V store where it has one and
+    a slot is free, else an ordinary DynamicCache."""
+    store = kv_store(lm)
+    return (store.cache() if store else None) or DynamicCache(config=lm.model.config)
+
+
+def _store_from_env(lm: Any) -> KVStore | bool:
+    rows = _env_int("TEMPO_SHARED_KV_ROWS", 2048 if lm.device.type == "cuda" else 0)
+    slots = _env_int("TEMPO_SHARED_KV_SLOTS", 32)
+    cache = DynamicCache(config=lm.model.config)
+    if not rows or not slots or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return False  # off, or a model whose cache layers are not all plain (e.g. sliding windows)
+    store = KVStore(lm.model.config, slots, rows, lm.dtype, lm.device)
+    log.info("shared K/V store: %d slots of %d rows, %.0f MB", slots, rows, store.nbytes / 2**20)
+    return store
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if raw.isdigit():
+        return int(raw)
+    if raw:
+        log.warning("%s must be a whole number >= 0, got %r: using %d", name, raw, default)
+    return default
