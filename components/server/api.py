@@ -166,6 +166,9 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             "step_runs": len(stepped), "step_cache_bytes": stepped.cache_bytes, "step_cache_limit_bytes": stepped.max_bytes}
         if research is not None:
             paused |= {"research_active": research.active, "research_waiting": research.waiting}
+        if lm.kvstore:  # the batched runs' K/V store (kvstore.py), allocated up front once a run needed it
+            paused |= {"kv_store_bytes": lm.kvstore.nbytes, "kv_store_slots": lm.kvstore.slots,
+                       "kv_store_slots_free": lm.kvstore.free_slots}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}

@@ -8,6 +8,7 @@ from tiny import tiny_llama
 
 import app as tempo_app
 from tempo_core import Trace, build_settings, run
+from tempo_core.limits import kv_cache_bytes
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,23 @@ def test_health_names_the_model_its_device_and_version(client):
     body = r.json()
     assert body["model_loaded"] is True and body["model"] == "tiny-llama-3" and body["device"] == "cpu"
     assert body["version"]
+    assert "kv_store_bytes" not in body  # the K/V store of batched runs is off on a CPU by default (kvstore.py)
+
+
+def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
+    from tempo_core.kvstore import KVStore
+    store = KVStore(lm.model.config, 4, 64, lm.dtype, lm.device)
+    lm.kvstore = store
+    try:
+        body = client.get("/health").json()
+        assert (body["kv_store_slots"], body["kv_store_slots_free"]) == (4, 4)
+        assert body["kv_store_bytes"] == store.nbytes == kv_cache_bytes(lm.model.config, 4 * 64, 4)
+        cache = store.cache()
+        assert client.get("/health").json()["kv_store_slots_free"] == 3
+        cache.close()
+        assert client.get("/health").json()["kv_store_slots_free"] == 4
+    finally:
+        lm.kvstore = None
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/v2/generate"])
