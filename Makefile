@@ -43,7 +43,7 @@ $(FLOOR): requirements.txt
 test-floor: $(FLOOR)
 	.venv-floor/bin/python -m pytest -q $(addprefix tests/engine/,test_equivalence.py test_gpu_path.py test_rules.py \
 		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py test_soft.py \
-		test_commitment.py test_stats.py test_study.py test_batch.py) tests/figures/test_research.py tests/figures/test_commitment_strip.py \
+		test_commitment.py test_stats.py test_study.py test_batch.py test_kvstore.py) tests/figures/test_research.py tests/figures/test_commitment_strip.py \
 		tests/test_layers.py
 
 bench: $(STAMP)

@@ -41,10 +41,15 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--ticks", type=int, default=4)
     ap.add_argument("--own-caches", action="store_true", help="runs keep caches of their own, not the K/V store")
+    ap.add_argument("--whole", type=int, metavar="STEPS",
+                    help="first serve the runs with STEPS steps each from start to end, timing every tick")
     args = ap.parse_args()
     lm = random_model("llama3b", "cuda", "bf16")
     if args.own_caches:
         lm.kvstore = False
+    if args.whole:
+        for _ in range(2):  # the first a warm-up
+            whole_runs(lm, args.runs, args.k, args.whole)
     words = " ".join(PROMPTS).split()
     batcher = Batcher(_Manual())
     for i in range(args.runs):
@@ -82,6 +87,26 @@ def main() -> None:
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     print(f"kernels launched per tick: {launches / args.ticks:.0f}")
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def whole_runs(lm, runs: int, k: int, steps: int) -> None:
+    """`runs` runs of `steps` steps from their start to their end, as bench_batching.py serves them: each tick's ms
+    (the first ones feed the prompts, the last ones end the runs)."""
+    words = " ".join(PROMPTS).split()
+    batcher = Batcher(_Manual())
+    for i in range(runs):
+        s = build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps, min_steps=steps,
+                                selection_threshold=0.0, max_parallel_tokens=k, raw_prompt=True))
+        batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
+    ticks = []
+    while batcher.active:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        batcher.tick()
+        torch.cuda.synchronize()
+        ticks.append((time.perf_counter() - t0) * 1e3)
+    print(f"{runs} runs of {steps} steps: {sum(ticks):.0f} ms in {len(ticks)} ticks "
+          f"({runs * steps / sum(ticks) * 1e3:.0f} steps/s): " + " ".join(f"{t:.0f}" for t in ticks))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ class SlotCache(DynamicCache):
             return
         self.store = None
         for layer in self.layers:
-            layer.reset()
+            layer.keys = layer.values = None
+            layer.is_initialized, layer.length = False, 0
         self._release()
 
 
