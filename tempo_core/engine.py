@@ -158,8 +158,8 @@ class ParallelSequence:
     def reuse_prefix(self, store: PrefixStore) -> int:
         """Copy the longest prefix of the prompt that `store` holds into this run's (empty) cache; the rows copied."""
         rows, kv = store.longest(self.layout.tokens)
-        for layer, (keys, values) in enumerate(kv):
-            self.cache.update(keys[:, :, :rows].clone(), values[:, :, :rows].clone(), layer)
+        for layer, (keys, values) in enumerate(kv):  # `update` copies them (a slot's write, a DynamicCache's cat)
+            self.cache.update(keys[:, :, :rows], values[:, :, :rows], layer)
         return rows
 
     def prefill_requests(self, chunk: int, start: int = 0) -> Iterator[ForwardRequest]:
