@@ -145,8 +145,8 @@ class _Group:
     def _keys_values(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' new keys/values appended to their caches, and their caches padded: [runs, kv_heads, kv, dim]."""
         if self.store is not None:
-            self.store.write(layer, self.cache_slots, self.cache_rows, key[0].index_select(1, self.rows).transpose(0, 1),
-                             value[0].index_select(1, self.rows).transpose(0, 1))
+            self.store.write(layer, self.cache_slots, self.cache_rows, key[0].transpose(0, 1).index_select(0, self.rows),
+                             value[0].transpose(0, 1).index_select(0, self.rows))  # [rows, kv_heads, dim]
             for cache, q in self.caches:
                 cache.layers[layer].length += q
             return self.store.read(layer, self.member_slots, self.kv)
