@@ -122,13 +122,18 @@ class SlotLayer(DynamicLayer):
 
     def __init__(self, cache: SlotCache, index: int):
         super().__init__()
-        self.cache, self.index, self.length = cache, index, 0
+        self._cache = weakref.ref(cache)  # no cycle: a dropped run's cache goes (and frees its slot) at once
+        self.index, self.length = index, 0
         self.is_initialized = True
         self.device = cache.store.keys[index].device
 
     @property
+    def cache(self) -> SlotCache:
+        return self._cache()
+
+    @property
     def keys(self) -> torch.Tensor | None:
-        store = self.cache.store if hasattr(self, "cache") else None
+        store = self.cache.store if hasattr(self, "_cache") else None
         if store is None:
             return self._keys
         return store.keys[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]
@@ -139,7 +144,7 @@ class SlotLayer(DynamicLayer):
 
     @property
     def values(self) -> torch.Tensor | None:
-        store = self.cache.store if hasattr(self, "cache") else None
+        store = self.cache.store if hasattr(self, "_cache") else None
         if store is None:
             return self._values
         return store.values[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]

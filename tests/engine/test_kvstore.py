@@ -64,7 +64,5 @@ def test_no_free_slot_gives_none_and_a_dropped_cache_gives_its_slot_back(lm):
     store = KVStore(lm.model.config, 1, 8, torch.float32, lm.device)
     cache = store.cache()
     assert store.cache() is None
-    del cache  # a run dropped unfinished
-    import gc
-    gc.collect()
+    del cache  # a run dropped unfinished: its slot comes back at once (no reference cycle to wait for)
     assert store.free_slots == 1
