@@ -131,27 +131,16 @@ class SlotLayer(DynamicLayer):
     def cache(self) -> SlotCache:
         return self._cache()
 
-    @property
-    def keys(self) -> torch.Tensor | None:
-        store = self.cache.store if hasattr(self, "_cache") else None
+    def _view(self, which: str) -> torch.Tensor | None:
+        """This layer's rows of the store's `which` ("keys" or "values") while the cache has a slot, else its own."""
+        store = self.cache.store if hasattr(self, "_cache") else None  # (the base __init__ sets keys before _cache)
         if store is None:
-            return self._keys
-        return store.keys[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]
+            return getattr(self, "_" + which)
+        slot = self.cache.slot
+        return getattr(store, which)[self.index][slot:slot + 1, :, :self.length]
 
-    @keys.setter
-    def keys(self, value: torch.Tensor | None) -> None:
-        self._keys = value
-
-    @property
-    def values(self) -> torch.Tensor | None:
-        store = self.cache.store if hasattr(self, "_cache") else None
-        if store is None:
-            return self._values
-        return store.values[self.index][self.cache.slot:self.cache.slot + 1, :, :self.length]
-
-    @values.setter
-    def values(self, value: torch.Tensor | None) -> None:
-        self._values = value
+    keys = property(lambda self: self._view("keys"), lambda self, value: setattr(self, "_keys", value))
+    values = property(lambda self: self._view("values"), lambda self, value: setattr(self, "_values", value))
 
     def own(self) -> None:
         """Copy this layer's rows out of the store (`SlotCache.leave`)."""
