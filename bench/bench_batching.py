@@ -34,9 +34,12 @@ from tempo_core.engine import tempo_events  # noqa: E402
 from tempo_core.kvstore import kv_store  # noqa: E402
 
 
-def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True) -> dict:
+def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True,
+          no_batcher: bool = False) -> dict:
     """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time. `shared_kv` False:
-    the runs keep their caches in tensors of their own even where the model has a K/V store (kvstore.py)."""
+    the runs keep their caches in tensors of their own even where the model has a K/V store (kvstore.py).
+    `no_batcher`: the runs made one after another on this thread, as the CLI makes a run (no Batcher, no model
+    thread): what a single run cost before the server batched."""
     store = kv_store(lm) or False
     lm.kvstore = store if shared_kv else False
     words = " ".join(PROMPTS).split()
@@ -55,6 +58,15 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
         if error is not None or event.done:
             finished.release()
 
+    if no_batcher:
+        sync(lm.device)
+        t0 = time.perf_counter()
+        for s in settings:
+            made[0] += len(list(tempo_events(lm, s, cuda_graphs=graphs))[-1].trace.steps)
+        sync(lm.device)
+        wall = time.perf_counter() - t0
+        lm.kvstore = store
+        return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": 0}
     with ThreadPoolExecutor(1) as pool:
         batcher = Batcher(pool, max_rows=max_rows)
         sync(lm.device)
@@ -96,6 +108,7 @@ def main() -> None:
         variants["batched own caches"] = dict(max_rows=args.max_rows, graphs=False, shared_kv=False)
         variants["round robin graphed"] = dict(max_rows=1, graphs=True)
         variants["batched graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
+        variants["graphed no batcher"] = dict(max_rows=args.max_rows, graphs=True, no_batcher=True)
     if args.only:
         variants = {name: kw for name, kw in variants.items() if name in args.only.split(",")}
     serve(lm, 2, args.k, 4, args.max_rows, lm.device.type == "cuda")  # warm-up (a graph capture, allocations)
@@ -106,7 +119,7 @@ def main() -> None:
             for name, kw in variants.items():
                 times[name].append(serve(lm, n, args.k, args.steps, **kw)["steps_per_s"])
         row = {"runs": n, **{name: statistics.median(v) for name, v in times.items()}}
-        baselines = [v for name, v in row.items() if name.startswith("round robin")]
+        baselines = [v for name, v in row.items() if name.startswith("round robin")]  # (not the no-batcher line)
         if "batched" in row and baselines:
             row["speed-up"] = row["batched"] / max(baselines)
         rows.append(row)
