@@ -181,14 +181,8 @@ class _Group:
 
 
 def _store(cache: Any, rows: int) -> KVStore | None:
-    """The K/V store `cache` lives in, if it can hold `rows` rows there; a cache about to outgrow its slot leaves
-    the store first (it goes on as an ordinary DynamicCache)."""
-    if not isinstance(cache, SlotCache) or cache.store is None:
-        return None
-    if rows > cache.store.capacity:
-        cache.leave()
-        return None
-    return cache.store
+    """The K/V store `cache` lives in, if it can hold `rows` rows there (`SlotCache.room_for`)."""
+    return cache.room_for(rows) if isinstance(cache, SlotCache) else None
 
 
 def forward_batch(requests: list[ForwardRequest]) -> int:

@@ -24,7 +24,6 @@ eager path's `ParallelSequence.drop_tail` uses too).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -35,6 +34,7 @@ from .attention import record_attention
 from .fastpath import pad_set
 from .fused import fused_kernels
 from .layout import step_mask
+from .limits import env_count
 
 log = logging.getLogger(__name__)
 
@@ -193,20 +193,11 @@ def copy_rows(src: StaticCache, dst: Any, n: int) -> None:
             dst.update(layer.keys[:, :, :n], layer.values[:, :, :n], i)
 
 
-def _slots_from_env(default: int = 32) -> int:
-    raw = os.environ.get("TEMPO_GRAPH_SLOTS", "").strip()
-    if raw.isdigit() and int(raw) >= 1:
-        return int(raw)
-    if raw:
-        log.warning("TEMPO_GRAPH_SLOTS must be a whole number >= 1, got %r: using %d", raw, default)
-    return default
-
-
 class SlotPool:
     """The static caches (and their graphs) of one model: at most `limit`, lent one per run."""
 
     def __init__(self, limit: int | None = None):
-        self.limit = limit if limit is not None else _slots_from_env()
+        self.limit = limit if limit is not None else env_count("TEMPO_GRAPH_SLOTS", 32, 1, log)
         self.idle: list[StaticSlot] = []
         self.lent = 0
         self._lock = threading.Lock()

@@ -21,7 +21,6 @@ the first batched run starts (Llama-3.2-3B in bf16: 7 GiB). 0 rows turns it off.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .limits import kv_cache_bytes
+from .limits import env_count, kv_cache_bytes, kv_heads_and_dim
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,7 @@ class KVStore:
     """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots, kv_heads, capacity, head_dim]."""
 
     def __init__(self, config: Any, slots: int, capacity: int, dtype: torch.dtype, device: torch.device):
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads, head_dim = kv_heads_and_dim(config)
         shape = (slots, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
@@ -95,6 +92,13 @@ class SlotCache(DynamicCache):
         self.slot = slot
         self.layers = [SlotLayer(self, i) for i in range(len(self.layers))]
         self._release = weakref.finalize(self, store.give, slot)  # also when a run is dropped unfinished
+
+    def room_for(self, rows: int) -> KVStore | None:
+        """The store this cache lives in, if its slot can hold `rows` rows; a cache about to outgrow its slot
+        leaves the store first (it goes on as an ordinary DynamicCache) and gets None."""
+        if self.store is not None and rows > self.store.capacity:
+            self.leave()  # every layer, so the cache stays whole
+        return self.store
 
     def leave(self) -> None:
         """Move every layer's rows into tensors of its own and give the slot back (an ordinary DynamicCache now)."""
@@ -148,10 +152,7 @@ class SlotLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        store = self.cache.store
-        if store is not None and self.length + key_states.shape[-2] > store.capacity:
-            self.cache.leave()  # every layer, so the cache stays whole
-            store = None
+        store = self.cache.room_for(self.length + key_states.shape[-2])
         if store is None:
             return super().update(key_states, value_states, *args, **kwargs)
         n, slot = key_states.shape[-2], self.cache.slot
@@ -189,8 +190,8 @@ def slot_cache(lm: Any) -> DynamicCache:
 
 
 def _store_from_env(lm: Any) -> KVStore | bool:
-    rows = _env_int("TEMPO_SHARED_KV_ROWS", 2048 if lm.device.type == "cuda" else 0)
-    slots = _env_int("TEMPO_SHARED_KV_SLOTS", 32)
+    rows = env_count("TEMPO_SHARED_KV_ROWS", 2048 if lm.device.type == "cuda" else 0, 0, log)
+    slots = env_count("TEMPO_SHARED_KV_SLOTS", 32, 0, log)
     cache = DynamicCache(config=lm.model.config)
     if not rows or not slots or any(type(layer) is not DynamicLayer for layer in cache.layers):
         return False  # off, or a model whose cache layers are not all plain (e.g. sliding windows)
@@ -206,12 +207,3 @@ def _store_from_env(lm: Any) -> KVStore | bool:
     store = KVStore(lm.model.config, slots, rows, lm.dtype, lm.device)
     log.info("shared K/V store: %d slots of %d rows, %.0f MB", slots, rows, store.nbytes / 2**20)
     return store
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if raw.isdigit():
-        return int(raw)
-    if raw:
-        log.warning("%s must be a whole number >= 0, got %r: using %d", name, raw, default)
-    return default

@@ -66,3 +66,19 @@ def test_no_free_slot_gives_none_and_a_dropped_cache_gives_its_slot_back(lm):
     assert store.cache() is None
     del cache  # a run dropped unfinished: its slot comes back at once (no reference cycle to wait for)
     assert store.free_slots == 1
+
+
+def test_the_store_is_sized_by_the_environment_and_off_on_a_cpu_by_default(monkeypatch):
+    from tempo_core.kvstore import kv_store, slot_cache
+    lm = tiny_llama(seed=0)  # a fresh model: the store is made once per model
+    monkeypatch.delenv("TEMPO_SHARED_KV_ROWS", raising=False)
+    assert kv_store(lm) is None and type(slot_cache(lm)) is DynamicCache  # CPU default: off
+    for rows, slots, want in [("64", "3", (3, 64)), ("0", "3", None), ("64", "many", (32, 64))]:
+        lm = tiny_llama(seed=0)
+        monkeypatch.setenv("TEMPO_SHARED_KV_ROWS", rows)
+        monkeypatch.setenv("TEMPO_SHARED_KV_SLOTS", slots)  # not a whole number: logged, the default 32 kept
+        store = kv_store(lm)
+        assert (None if store is None else (store.slots, store.capacity)) == want
+        if store:
+            assert isinstance(slot_cache(lm), SlotCache)
+            assert store.free_slots == store.slots  # that cache is gone, and its slot back
