@@ -34,6 +34,14 @@ from tempo_core.engine import tempo_events  # noqa: E402
 from tempo_core.kvstore import kv_store  # noqa: E402
 
 
+def run_settings(runs: int, k: int, steps: int) -> list:
+    """`runs` runs' settings, each its own prompt, every step a set of exactly `k` (threshold 0, EOS may not end a
+    run before `steps`)."""
+    words = " ".join(PROMPTS).split()
+    return [build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps, min_steps=steps,
+                                selection_threshold=0.0, max_parallel_tokens=k, raw_prompt=True)) for i in range(runs)]
+
+
 def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True,
           no_batcher: bool = False) -> dict:
     """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time. `shared_kv` False:
@@ -42,10 +50,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
     thread): what a single run cost before the server batched."""
     store = kv_store(lm) or False
     lm.kvstore = store if shared_kv else False
-    words = " ".join(PROMPTS).split()
-    settings = [build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps,
-                                    min_steps=steps, selection_threshold=0.0, max_parallel_tokens=k,
-                                    raw_prompt=True)) for i in range(runs)]
+    settings = run_settings(runs, k, steps)
     finished = threading.Semaphore(0)
     errors: list[BaseException] = []
     made = [0]

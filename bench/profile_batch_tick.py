@@ -21,9 +21,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_steps import PROMPTS, random_model  # noqa: E402
+from bench_batching import run_settings  # noqa: E402
+from bench_steps import random_model  # noqa: E402
 from tempo_core import batch as batch_module  # noqa: E402
-from tempo_core import build_settings  # noqa: E402
 from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
 
@@ -33,6 +33,14 @@ class _Manual:
 
     def submit(self, fn, *args):
         return None
+
+
+def manual_batcher(lm, runs: int, k: int, steps: int) -> Batcher:
+    """A Batcher holding `runs` runs as bench_batching.py makes them, its ticks driven by the caller."""
+    batcher = Batcher(_Manual())
+    for s in run_settings(runs, k, steps):
+        batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
+    return batcher
 
 
 def main() -> None:
@@ -50,12 +58,7 @@ def main() -> None:
     if args.whole:
         for _ in range(2):  # the first a warm-up
             whole_runs(lm, args.runs, args.k, args.whole)
-    words = " ".join(PROMPTS).split()
-    batcher = Batcher(_Manual())
-    for i in range(args.runs):
-        s = build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=64, min_steps=64,
-                                selection_threshold=0.0, max_parallel_tokens=args.k, raw_prompt=True))
-        batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
+    batcher = manual_batcher(lm, args.runs, args.k, 64)
     for _ in range(4):
         batcher.tick()
     spent = [0.0]
@@ -92,12 +95,7 @@ def main() -> None:
 def whole_runs(lm, runs: int, k: int, steps: int) -> None:
     """`runs` runs of `steps` steps from their start to their end, as bench_batching.py serves them: each tick's ms
     (the first ones feed the prompts, the last ones end the runs)."""
-    words = " ".join(PROMPTS).split()
-    batcher = Batcher(_Manual())
-    for i in range(runs):
-        s = build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps, min_steps=steps,
-                                selection_threshold=0.0, max_parallel_tokens=k, raw_prompt=True))
-        batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
+    batcher = manual_batcher(lm, runs, k, steps)
     ticks = []
     while batcher.active:
         torch.cuda.synchronize()
