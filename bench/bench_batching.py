@@ -6,8 +6,9 @@ round robin it replaced (a forward per run per step: the same Batcher with a tic
 
 Every run has a set of exactly --k candidates per step (threshold 0, max_parallel_tokens k; EOS may not end a
 run) and its own prompt. On a GPU the round robin is timed both ways today's runs go: each run replaying CUDA
-graphs (while the pool has static-cache slots) and eager, and the batched ticks both with the runs' caches in the
-model's K/V store (kvstore.py, the CUDA default) and in tensors of their own. Variants alternate within each
+graphs (while the pool has static-cache slots) and eager, and the batched ticks with the runs' caches in the
+model's K/V store and each tick's forward replayed from a captured graph (batchgraph.py, the CUDA default), in the
+store with eager forwards, and in tensors of their own. Variants alternate within each
 round. Not a test.
 """
 
@@ -43,13 +44,15 @@ def run_settings(runs: int, k: int, steps: int) -> list:
 
 
 def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True,
-          no_batcher: bool = False) -> dict:
+          no_batcher: bool = False, batch_graphs: bool = True) -> dict:
     """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time. `shared_kv` False:
     the runs keep their caches in tensors of their own even where the model has a K/V store (kvstore.py).
+    `batch_graphs` False: the batched forwards stay eager where they would replay captured graphs (batchgraph.py).
     `no_batcher`: the runs made one after another on this thread, as the CLI makes a run (no Batcher, no model
     thread): what a single run cost before the server batched."""
     store = kv_store(lm) or False
     lm.kvstore = store if shared_kv else False
+    captured, lm.batchgraphs = lm.batchgraphs, lm.batchgraphs if batch_graphs else False
     settings = run_settings(runs, k, steps)
     finished = threading.Semaphore(0)
     errors: list[BaseException] = []
@@ -70,7 +73,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
             made[0] += len(list(tempo_events(lm, s, cuda_graphs=graphs))[-1].trace.steps)
         sync(lm.device)
         wall = time.perf_counter() - t0
-        lm.kvstore = store
+        lm.kvstore, lm.batchgraphs = store, captured
         return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": 0}
     with ThreadPoolExecutor(1) as pool:
         batcher = Batcher(pool, max_rows=max_rows)
@@ -82,7 +85,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
             finished.acquire()
         sync(lm.device)
         wall = time.perf_counter() - t0
-    lm.kvstore = store
+    lm.kvstore, lm.batchgraphs = store, captured
     if errors:
         raise errors[0]
     return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": batcher.ticks}
@@ -110,7 +113,9 @@ def main() -> None:
     variants = {"batched": dict(max_rows=args.max_rows, graphs=False),
                 "round robin": dict(max_rows=1, graphs=False)}
     if lm.device.type == "cuda":
-        variants["batched own caches"] = dict(max_rows=args.max_rows, graphs=False, shared_kv=False)
+        variants["batched eager"] = dict(max_rows=args.max_rows, graphs=False, batch_graphs=False)
+        variants["batched own caches"] = dict(max_rows=args.max_rows, graphs=False, shared_kv=False,
+                                              batch_graphs=False)
         variants["round robin graphed"] = dict(max_rows=1, graphs=True)
         variants["batched graphed alone"] = dict(max_rows=args.max_rows, graphs=True)
         variants["graphed no batcher"] = dict(max_rows=args.max_rows, graphs=True, no_batcher=True)
@@ -120,6 +125,8 @@ def main() -> None:
     rows = []
     for n in (int(x) for x in args.runs.split(",")):
         times: dict[str, list[float]] = {name: [] for name in variants}
+        if lm.device.type == "cuda":  # the batch graphs of this many runs' shapes are captured before timing
+            serve(lm, n, args.k, args.steps, args.max_rows, graphs=False)
         for _ in range(args.rounds):
             for name, kw in variants.items():
                 times[name].append(serve(lm, n, args.k, args.steps, **kw)["steps_per_s"])

@@ -1,10 +1,11 @@
-"""On a GPU: runs batched in one forward per tick, their caches in the K/V store (the CUDA default) and in caches of
-their own, against each run made alone (fp32, a small random GQA Llama: 4 layers, 8 query and 2 KV heads).
+"""On a GPU: runs batched in one forward per tick, their caches in the K/V store with the tick's forward replayed
+from captured graphs (the CUDA default, batchgraph.py), in the store with eager forwards, and in caches of their
+own, against each run made alone (fp32, a small random GQA Llama: 4 layers, 8 query and 2 KV heads).
 
     python3 bench/check_batch_gpu.py
 
 The CPU tests check the same (tests/engine/test_batch.py); this runs the CUDA kernels the store uses (indexed
-writes, gathers, SDPA over the gathered caches). Prints, per variant, whether every run's candidates and pruning
+writes, gathers, SDPA over the gathered caches) and the captured forwards. Prints, per variant, whether every run's candidates and pruning
 equal its solo run's and the largest probability difference. Not a test (CI has no GPU).
 """
 
@@ -24,6 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from tempo_core import build_settings, generate, wrap_model  # noqa: E402
 from tempo_core.batch import Batcher  # noqa: E402
+from tempo_core.batchgraph import batch_graphs  # noqa: E402
 from tempo_core.kvstore import kv_store  # noqa: E402
 
 RUNS = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=12, use_retroactive_pruning=True,
@@ -77,9 +79,12 @@ def main() -> None:
     solo = [list(generate(lm, s, cuda_graphs=False))[-1].trace for s in all_settings]
     store = kv_store(lm)
     assert store is not None, "the K/V store is on by default on CUDA (on a CPU: TEMPO_SHARED_KV_ROWS=512)"
-    for name, kv in (("K/V store", store), ("own caches", False)):
-        lm.kvstore = kv
-        writes = store.writes
+    graphs = batch_graphs(lm)
+    assert graphs is not None, "batch graphs are on by default on CUDA"
+    for name, kv, graphed in (("K/V store, graphed", store, graphs), ("K/V store, eager", store, False),
+                              ("own caches", False, False)):
+        lm.kvstore, lm.batchgraphs = kv, graphed
+        writes, replays = store.writes, graphs.replays
         got, grouped = batched(lm, all_settings)
         same, worst = True, 0.0
         for i, trace in enumerate(solo):
@@ -91,7 +96,8 @@ def main() -> None:
                                        if c.token_id == d.token_id])
             same &= len(trace.steps) == len(b.steps) and trace.text == b.text
         print(f"{name}: candidates, pruning and text equal to the solo runs: {same}; max |Δprob| {worst:.2e}; "
-              f"runs' turns in groups {grouped}; store writes {store.writes - writes}; free slots "
+              f"runs' turns in groups {grouped}; store writes {store.writes - writes}; graph replays "
+              f"{graphs.replays - replays} ({len(graphs.graphs)} shapes captured); free slots "
               f"{store.free_slots}/{store.slots}")
 
 

@@ -49,12 +49,15 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--ticks", type=int, default=4)
     ap.add_argument("--own-caches", action="store_true", help="runs keep caches of their own, not the K/V store")
+    ap.add_argument("--eager-forward", action="store_true", help="no captured batch forwards (batchgraph.py)")
     ap.add_argument("--whole", type=int, metavar="STEPS",
                     help="first serve the runs with STEPS steps each from start to end, timing every tick")
     args = ap.parse_args()
     lm = random_model("llama3b", "cuda", "bf16")
     if args.own_caches:
         lm.kvstore = False
+    if args.own_caches or args.eager_forward:
+        lm.batchgraphs = False
     if args.whole:
         for _ in range(2):  # the first a warm-up
             whole_runs(lm, args.runs, args.k, args.whole)
@@ -78,7 +81,8 @@ def main() -> None:
         batcher.tick()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / args.ticks
-    print(f"caches: {'own' if args.own_caches else 'in the K/V store'}; "
+    print(f"caches: {'own' if args.own_caches else 'in the K/V store'}; forward: "
+          f"{'eager' if lm.batchgraphs is False else 'captured graphs'}; "
           f"{args.runs} runs, k = {args.k}: {wall * 1e3:.1f} ms a tick, of which forward_batch "
           f"{spent[0] / args.ticks * 1e3:.1f} ms; the rest (each run's step in Python) "
           f"{(wall - spent[0] / args.ticks) / args.runs * 1e3:.2f} ms a run")

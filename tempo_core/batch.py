@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 
 from .attention import AttentionRecorder, attend, attention_output, batched_attention, bool_causal, explicit_probs
+from .batchgraph import batch_graphs
 from .events import StepEvent
 from .fastpath import fast_rows
 from .kvstore import KVStore, SlotCache
@@ -44,7 +45,8 @@ class RunSequence(Protocol):
 class ForwardRequest:
     """Rows one run needs fed: their token ids and position ids, their mask over the run's cache once they are in
     it ([1, 1, q, cached + q], True = may attend; None = causal), how many last rows' logits to keep, and whether
-    to record the attention pruning reads. Served, it holds `logits` [keep, V] and `attention` {layer: [keep, kv]}."""
+    to record the attention pruning reads. The mask is on the CPU (a batch lays it out there). Served, it holds
+    `logits` [keep, V] and `attention` {layer: [keep, kv]}."""
     seq: RunSequence
     token_ids: list[int]
     positions: list[int]
@@ -98,7 +100,8 @@ class BatchForward:
         for i in self.alone:
             req, (a, b) = self.requests[i], self.bounds[i]
             keys, values = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
-            out[:, a:b] = attend(layer, query[:, :, a:b], keys, values, req.mask, scaling, self.recorders[i])
+            mask = None if req.mask is None else req.mask.to(query.device)
+            out[:, a:b] = attend(layer, query[:, :, a:b], keys, values, mask, scaling, self.recorders[i])
         for group in self.groups:
             group.attend(layer, query, key, value, scaling, out)
         return out
@@ -122,7 +125,7 @@ class _Group:
             req, (a, b) = batch.requests[i], batch.bounds[i]
             q, kv = b - a, lengths[i]
             if req.mask is not None:
-                mask[j, 0, :q, :kv] = req.mask[0, 0].cpu()
+                mask[j, 0, :q, :kv] = req.mask[0, 0]
             else:  # causal, bottom-right aligned (one row: the whole cache)
                 mask[j, 0, :q, :kv] = bool_causal(q, kv, torch.device("cpu"))[0, 0]
             mask[j, 0, q:, 0] = True  # pad query rows see one key (no NaN); their output is dropped
@@ -187,11 +190,21 @@ def _store(cache: Any, rows: int) -> KVStore | None:
 
 def forward_batch(requests: list[ForwardRequest]) -> int:
     """Serve `requests` (runs on one model, each with its own DynamicCache) in one forward; a lone request gets a
-    forward of its own (`ParallelSequence.serve`: the single-run path, unchanged). Returns how many runs attended
-    in groups."""
-    if len(requests) == 1:
-        requests[0].seq.serve(requests[0])
-        return 0
+    forward of its own (`ParallelSequence.serve`: the single-run path, unchanged). On a GPU the runs that fit a
+    captured forward of a fixed shape go in that (batchgraph.py) and the others in a second, eager, forward.
+    Returns how many runs attended in groups."""
+    graphs = batch_graphs(requests[0].seq.lm) if len(requests) > 1 else None
+    left = graphs.serve(requests) if graphs is not None else requests
+    grouped = len(requests) - len(left)
+    if len(left) == 1:
+        left[0].seq.serve(left[0])
+    elif left:
+        grouped += _eager_batch(left)
+    return grouped
+
+
+def _eager_batch(requests: list[ForwardRequest]) -> int:
+    """Several runs' rows in one eager forward, attention split by `BatchForward`."""
     lm = requests[0].seq.lm
     dev = lm.device
     batch = BatchForward(requests, dev)

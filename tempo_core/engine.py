@@ -111,6 +111,7 @@ class ParallelSequence:
             first = self.layout.rows - (len(ids) - padding)
             extra["cache_position"] = torch.arange(first, first + len(ids), device=dev)
             mask = static_mask(mask, first, len(ids), dev)
+        mask = None if mask is None else mask.to(dev)
         with torch.inference_mode(), fast_rows(self.lm.model), record_attention(layers, last_rows=keep) as rec:
             out = self.lm.forward(input_ids=torch.tensor([ids], device=dev),
                                   position_ids=torch.tensor([positions], device=dev),
@@ -198,7 +199,7 @@ class ParallelSequence:
             mask = full_mask(self.layout, visible, dev)
             req.logits, req.attention = self._forward(self.layout.tokens, self.layout.positions, mask, keep=k)
         elif not (k == 1 and all(past_alive)):  # plain decoding keeps HF's mask-free fast path (mask None)
-            req.mask = step_mask(past_alive, k, visible, dev)
+            req.mask = step_mask(past_alive, k, visible, torch.device("cpu"))  # a batch lays masks out on the CPU
         return req
 
     def serve(self, req: ForwardRequest) -> None:

@@ -38,14 +38,16 @@ MIN_ROWS = 256  # a store whose slots hold fewer rows is not made
 
 
 class KVStore:
-    """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots, kv_heads, capacity, head_dim]."""
+    """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots + 1, kv_heads, capacity, head_dim].
+    The last slot (`scratch`) is never lent: a captured batch forward (batchgraph.py) writes its pad blocks there."""
 
     def __init__(self, config: Any, slots: int, capacity: int, dtype: torch.dtype, device: torch.device):
         kv_heads, head_dim = kv_heads_and_dim(config)
-        shape = (slots, kv_heads, capacity, head_dim)
+        shape = (slots + 1, kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.slots, self.capacity, self.config = slots, capacity, config
+        self.scratch = slots
         self.writes = 0  # group writes (one per layer per group of runs); tests and benches read it
         self._free = list(range(slots - 1, -1, -1))
         self._lock = threading.Lock()
@@ -197,7 +199,7 @@ def _store_from_env(lm: Any) -> KVStore | bool:
         return False  # off, or a model whose cache layers are not all plain (e.g. sliding windows)
     if lm.device.type == "cuda":  # at most a quarter of the memory still free: a small GPU keeps room for the rest
         free, _ = torch.cuda.mem_get_info(lm.device)
-        fits = int(free * MAX_SHARE_OF_FREE) // (slots * kv_cache_bytes(lm.model.config, 1, lm.dtype.itemsize))
+        fits = int(free * MAX_SHARE_OF_FREE) // ((slots + 1) * kv_cache_bytes(lm.model.config, 1, lm.dtype.itemsize))
         if fits < rows:
             log.warning("shared K/V store: %d rows a slot do not fit in a quarter of the free GPU memory; %d do",
                         rows, fits)

@@ -48,6 +48,7 @@ class LoadedModel:
     slots: Any = field(default=None, repr=False, compare=False)  # graphs.SlotPool, made on first use
     prefixes: Any = field(default=None, repr=False, compare=False)  # prefix.PrefixStore, made on first use
     kvstore: Any = field(default=None, repr=False, compare=False)  # kvstore.KVStore (False: off), made on first use
+    batchgraphs: Any = field(default=None, repr=False, compare=False)  # batchgraph.BatchGraphs (False: off)
 
     def own(self, attr: str, make: Callable[[], T]) -> T:
         """`self.<attr>`, made by `make()` on first use, once however many threads ask together (it lives and dies

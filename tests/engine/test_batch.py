@@ -12,6 +12,7 @@ from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
 from tempo_core.batch import Batcher, ForwardRequest, serve_alone
+from tempo_core.batchgraph import BatchGraphs
 from tempo_core.engine import PREFILL_CHUNK, ParallelSequence, warm_prompt_head
 from tempo_core.kvstore import KVStore
 from tempo_core.limits import RunStop
@@ -30,17 +31,20 @@ def fresh_prefixes(lm):
     lm.prefixes = None  # each test starts with no prompt prefixes known (prefix.py)
 
 
-@pytest.fixture(params=["own caches", "K/V store", "small K/V store"])
+@pytest.fixture(params=["own caches", "K/V store", "small K/V store", "fixed layout"])
 def kv(lm, request):
     """Where batched runs keep their caches: each its own DynamicCache (the CPU default), slots of one K/V store
-    (kvstore.py, the CUDA default), or a store too small for some runs (3 slots of 40 rows: runs find no slot, or
-    outgrow theirs mid-run and move out). Every slot is free again once the runs are done."""
+    (kvstore.py), or a store too small for some runs (3 slots of 40 rows: runs find no slot, or outgrow theirs
+    mid-run and move out). "fixed layout": the store, and forwards laid out in fixed shapes as the GPU captures
+    them (batchgraph.py, the CUDA default), here run eagerly. Every slot is free again once the runs are done."""
     store = {"own caches": False,
              "K/V store": KVStore(lm.model.config, 16, 512, torch.float32, lm.device),
-             "small K/V store": KVStore(lm.model.config, 3, 40, torch.float32, lm.device)}[request.param]
+             "small K/V store": KVStore(lm.model.config, 3, 40, torch.float32, lm.device),
+             "fixed layout": KVStore(lm.model.config, 6, 256, torch.float32, lm.device)}[request.param]
     lm.kvstore = store
+    lm.batchgraphs = BatchGraphs(lm, store, capture=False) if request.param == "fixed layout" else None
     yield store
-    lm.kvstore = None
+    lm.kvstore = lm.batchgraphs = None
     if store:
         assert store.free_slots == store.slots
 
@@ -130,6 +134,8 @@ def test_runs_batched_in_one_forward_equal_their_solo_runs(lm, kv):
     assert batcher.grouped_runs > tempo_steps / 2  # most turns attended in padded groups of runs
     if kv:  # groups wrote their new rows in the store with one write per layer
         assert kv.writes >= lm.model.config.num_hidden_layers
+    if lm.batchgraphs:  # most ticks were laid out in fixed shapes, with runs of 1 and 2 rows in blocks of 2
+        assert lm.batchgraphs.replays > tempo_steps / len(RUNS)
     fed = len(solo[4].prompt_token_ids) - got.traces[4].stats.get("prompt_rows_reused", 0)
     chunks = -(-fed // PREFILL_CHUNK)  # the long prompt went in chunks
     assert chunks > 1 and got.traces[4].stats["forward_passes"] == solo[4].stats["forward_passes"] + chunks - 1

@@ -37,7 +37,7 @@ def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
     try:
         body = client.get("/health").json()
         assert (body["kv_store_slots"], body["kv_store_slots_free"]) == (4, 4)
-        assert body["kv_store_bytes"] == store.nbytes == kv_cache_bytes(lm.model.config, 4 * 64, 4)
+        assert body["kv_store_bytes"] == store.nbytes == kv_cache_bytes(lm.model.config, (4 + 1) * 64, 4)  # + scratch
         cache = store.cache()
         assert client.get("/health").json()["kv_store_slots_free"] == 3
         cache.close()
