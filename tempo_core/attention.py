@@ -67,6 +67,15 @@ def bool_causal(q: int, kv: int, device: torch.device) -> torch.Tensor:
     return torch.ones(q, kv, dtype=torch.bool, device=device).tril(diagonal=kv - q)[None, None]
 
 
+def fill_causal(mask: torch.Tensor, kv: int) -> None:
+    """Set `mask` [q, >= kv] (a CPU bool tensor of a few rows) to `bool_causal(q, kv)` over its first kv columns, by
+    slices: on a busy many-core host CPU `tril` took ~5 ms a call (its thread pool), 150 ms a 32-run tick."""
+    q = mask.shape[0]
+    mask[:, :kv] = False
+    for i in range(q):
+        mask[i, :kv - q + i + 1] = True
+
+
 def tempo_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, dropout: float = 0.0,
                             scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:

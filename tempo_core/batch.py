@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from .attention import AttentionRecorder, attend, attention_output, batched_attention, bool_causal, explicit_probs
+from .attention import AttentionRecorder, attend, attention_output, batched_attention, explicit_probs, fill_causal
 from .batchgraph import batch_graphs
 from .events import StepEvent
 from .fastpath import fast_rows
 from .kvstore import KVStore, SlotCache
+from .selection import next_distributions
 
 
 class RunSequence(Protocol):
@@ -55,8 +56,21 @@ class ForwardRequest:
     record: bool = True
     ends_prompt: bool = False  # the prompt's last chunk: the run plans its first set as soon as this is served
     rows: list[int] = field(default_factory=list)  # the rows of the run's layout these tokens fill
+    next_set: NextSet | None = None  # set: whoever serves this also takes the run's next distribution and top-k
     logits: torch.Tensor | None = None
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class NextSet:
+    """What a run chooses its next set from, asked of a batch (`selection.next_distributions`, all runs at once):
+    the mixture of its kept rows' softmax (`weights`, at `temperature`), and that distribution's `top` most probable
+    tokens. Served: `probs` [V] and `top_k` (probabilities, ids)."""
+    weights: list[float]
+    temperature: float
+    top: int
+    probs: torch.Tensor | None = None
+    top_k: tuple[list[float], list[int]] | None = None
 
 
 GROUP_MAX_ROWS = 8  # runs feeding more rows (a prompt's chunk) attend on their own
@@ -127,7 +141,7 @@ class _Group:
             if req.mask is not None:
                 mask[j, 0, :q, :kv] = req.mask[0, 0]
             else:  # causal, bottom-right aligned (one row: the whole cache)
-                mask[j, 0, :q, :kv] = bool_causal(q, kv, torch.device("cpu"))[0, 0]
+                fill_causal(mask[j, 0, :q], kv)
             mask[j, 0, q:, 0] = True  # pad query rows see one key (no NaN); their output is dropped
             slots += [j * self.q + r for r in range(q)]
             rows += list(range(a, b))
@@ -200,7 +214,19 @@ def forward_batch(requests: list[ForwardRequest]) -> int:
         left[0].seq.serve(left[0])
     elif left:
         grouped += _eager_batch(left)
+    _next_sets([req for req in requests if req.next_set is not None])
     return grouped
+
+
+def _next_sets(requests: list[ForwardRequest]) -> None:
+    """Every run's next distribution and top-k from its served logits, for all of `requests` at once."""
+    if len(requests) < 2:
+        return  # a lone run takes its own, as it does outside a batch
+    asked = [req.next_set for req in requests]
+    dists, tops = next_distributions([req.logits for req in requests], [a.weights for a in asked],
+                                     [a.temperature for a in asked], [a.top for a in asked])
+    for j, a in enumerate(asked):
+        a.probs, a.top_k = dists[j], tops[j]
 
 
 def _eager_batch(requests: list[ForwardRequest]) -> int:

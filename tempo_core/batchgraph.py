@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .attention import attention_output, batched_attention, bool_causal, explicit_probs
+from .attention import attention_output, batched_attention, explicit_probs, fill_causal
 from .fused import fused_kernels
 from .graphs import window
 from .kvstore import KVStore, SlotCache
@@ -89,8 +89,10 @@ class StaticBatch:
             index[2][block] = [slot] * rows
             index[3][block] = range(cached, cached + rows)
             slots[j] = slot
-            own = req.mask[0, 0] if req.mask is not None else bool_causal(q, cached + q, torch.device("cpu"))[0, 0]
-            mask[j, 0, :q, :cached + q] = own
+            if req.mask is not None:
+                mask[j, 0, :q, :cached + q] = req.mask[0, 0]
+            else:
+                fill_causal(mask[j, 0, :q], cached + q)
         self.index.copy_(torch.tensor(index))
         self.read_slots.copy_(torch.tensor(slots))
         self.mask.copy_(mask)

@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, encode_prompt, new_trace
-from .batch import ForwardRequest
+from .batch import ForwardRequest, NextSet
 from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
 from .kvstore import SlotCache, slot_cache
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
@@ -31,7 +31,7 @@ from .model import LoadedModel
 from .prefix import MIN_SHARED, PrefixStore, prefix_store, shared_length
 from .pruning import RetroactivePruner, layer_weights
 from .schedule import pruning_threshold
-from .selection import mixture, select_forced, select_with_near_misses, to_probs
+from .selection import NEAR_MISSES, mixture, select_forced, select_with_near_misses, to_probs
 from .trace import Candidate, RunningText, Step, Trace, clean_token_ids, summarise
 
 PREFILL_CHUNK = 128  # prompt rows per forward when runs share the model (bench/README.md: a chunk's cost)
@@ -300,6 +300,7 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
            cooperative: bool, prefill_chunk: int) -> Iterator[StepEvent | ForwardRequest]:
     pruner = RetroactivePruner(s, s.seed, seq.capture) if seq.capture else None
     running = RunningText(s.show_token_ids)  # the trace's text, kept current a step at a time
+    top = None  # the next distribution's top-k where a batch took it (NextSet)
     if prefix:
         trace.steps = copy.deepcopy(prefix)
         for st in trace.steps:
@@ -313,11 +314,13 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         if reused:
             trace.stats["prompt_rows_reused"] = reused
         for req in seq.prefill_requests(prefill_chunk, start=reused):
+            if req.ends_prompt:
+                req.next_set = NextSet([1.0], s.temperature, s.max_parallel_tokens + NEAR_MISSES)
             yield req
             if stop is not None and stop.is_set():
                 break  # the step loop below reports the stop
         else:
-            probs = to_probs(req.logits[-1], s.temperature)
+            probs, top = _next_distribution(req, s, [1.0])
             store.put(seq.layout.tokens, seq.cache)
     else:
         probs = to_probs(seq.prefill(), s.temperature)
@@ -333,7 +336,7 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
             ids, ps, missed = select_forced(probs, force[step])
             trace.stats.update(forced_step=step, forced_token="/".join(lm.decode([i]) for i in force[step]))
         else:
-            ids, ps, missed = select_with_near_misses(probs, s.selection_threshold, s.max_parallel_tokens)
+            ids, ps, missed = select_with_near_misses(probs, s.selection_threshold, s.max_parallel_tokens, top=top)
         ids, ps, is_end, dropped = split_eos(ids, ps, eos, step >= s.min_steps, probs)
         if is_end:
             trace.stop_reason = "eos"
@@ -342,10 +345,11 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         req = seq.plan_set(ids, seq.layout.next_position(step))
         if req.logits is None:
             if cooperative:
+                req.next_set = NextSet(ps, s.temperature, s.max_parallel_tokens + NEAR_MISSES)
                 yield req  # whoever drives this run serves it, alone or in one forward with other runs' rows
             else:
                 seq.serve(req)
-        rows, logits, attention = req.rows, req.logits, req.attention
+        rows, attention = req.rows, req.attention
         threshold = pruning_threshold(step, s) if pruner else None
         texts = [lm.decode([i]) for i in ids]
         context = clean_token_ids(trace.steps[-3:]) if any("\ufffd" in t for t in texts) else []
@@ -357,7 +361,7 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         pruned = pruner.update(trace.steps, attention, threshold) if pruner else []
         for c in pruned:
             seq.layout.kill(c.row)
-        probs = mixture(to_probs(logits, s.temperature), ps)  # the current set is never pruned yet
+        probs, top = _next_distribution(req, s, ps)  # the current set is never pruned yet
         trace.steps[-1].time_ms = (time.perf_counter() - ts) * 1e3
         running.update(trace.steps, pruned)
         _finish(trace, lm, seq, t0, running)
@@ -365,6 +369,15 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
     running.update(trace.steps, [])
     _finish(trace, lm, seq, t0, running)
     yield StepEvent(len(trace.steps) - 1, trace, [], done=True)
+
+
+def _next_distribution(req: ForwardRequest, s: TempoSettings, weights: list[float]
+                       ) -> tuple[torch.Tensor, tuple[list[float], list[int]] | None]:
+    """The distribution the next set is chosen from (the mixture of the served rows' softmax, `weights` the set's
+    probabilities), and its top-k where the batch that served `req` took them for all its runs at once."""
+    if req.next_set is not None and req.next_set.probs is not None:
+        return req.next_set.probs, req.next_set.top_k
+    return mixture(to_probs(req.logits, s.temperature), weights), None
 
 
 def _finish(trace: Trace, lm: LoadedModel, seq: ParallelSequence, t0: float, running: RunningText) -> None:
