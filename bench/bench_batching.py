@@ -35,16 +35,17 @@ from tempo_core.engine import tempo_events  # noqa: E402
 from tempo_core.kvstore import kv_store  # noqa: E402
 
 
-def run_settings(runs: int, k: int, steps: int) -> list:
+def run_settings(runs: int, k: int, steps: int, pruning: bool = False) -> list:
     """`runs` runs' settings, each its own prompt, every step a set of exactly `k` (threshold 0, EOS may not end a
-    run before `steps`)."""
+    run before `steps`); `pruning`: retroactive pruning on, as the page starts (attention of every layer recorded)."""
     words = " ".join(PROMPTS).split()
     return [build_settings(dict(prompt=" ".join(words[i % 7:i % 7 + 6 + i % 5]), max_tokens=steps, min_steps=steps,
-                                selection_threshold=0.0, max_parallel_tokens=k, raw_prompt=True)) for i in range(runs)]
+                                selection_threshold=0.0, max_parallel_tokens=k, raw_prompt=True,
+                                use_retroactive_pruning=pruning)) for i in range(runs)]
 
 
 def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared_kv: bool = True,
-          no_batcher: bool = False, batch_graphs: bool = True) -> dict:
+          no_batcher: bool = False, batch_graphs: bool = True, pruning: bool = False) -> dict:
     """`runs` runs of `steps` steps served by one Batcher; aggregate steps/s and the wall time. `shared_kv` False:
     the runs keep their caches in tensors of their own even where the model has a K/V store (kvstore.py).
     `batch_graphs` False: the batched forwards stay eager where they would replay captured graphs (batchgraph.py).
@@ -53,7 +54,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
     store = kv_store(lm) or False
     lm.kvstore = store if shared_kv else False
     captured, lm.batchgraphs = lm.batchgraphs, lm.batchgraphs if batch_graphs else False
-    settings = run_settings(runs, k, steps)
+    settings = run_settings(runs, k, steps, pruning)
     finished = threading.Semaphore(0)
     errors: list[BaseException] = []
     made = [0]
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-rows", type=int, default=256, help="the batched variant's tick budget")
     ap.add_argument("--only", help="comma list of variants to time (default: all)")
+    ap.add_argument("--pruning", action="store_true", help="retroactive pruning on in every run (the page's start)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     if args.random_config:
@@ -121,12 +123,14 @@ def main() -> None:
         variants["graphed no batcher"] = dict(max_rows=args.max_rows, graphs=True, no_batcher=True)
     if args.only:
         variants = {name: kw for name, kw in variants.items() if name in args.only.split(",")}
-    serve(lm, 2, args.k, 4, args.max_rows, lm.device.type == "cuda")  # warm-up (a graph capture, allocations)
+    for kw in variants.values():
+        kw["pruning"] = args.pruning
+    serve(lm, 2, args.k, 4, args.max_rows, lm.device.type == "cuda", pruning=args.pruning)  # warm-up (captures)
     rows = []
     for n in (int(x) for x in args.runs.split(",")):
         times: dict[str, list[float]] = {name: [] for name in variants}
         if lm.device.type == "cuda":  # the batch graphs of this many runs' shapes are captured before timing
-            serve(lm, n, args.k, args.steps, args.max_rows, graphs=False)
+            serve(lm, n, args.k, args.steps, args.max_rows, graphs=False, pruning=args.pruning)
         for _ in range(args.rounds):
             for name, kw in variants.items():
                 times[name].append(serve(lm, n, args.k, args.steps, **kw)["steps_per_s"])
@@ -138,7 +142,7 @@ def main() -> None:
         print(" | ".join(f"{name} {value:.1f}" if isinstance(value, float) else f"{name} {value}"
                          for name, value in row.items()), flush=True)
     print(json.dumps({"model": lm.name, "device": torch.cuda.get_device_name() if lm.device.type == "cuda"
-                      else "cpu", "k": args.k, "steps": args.steps, "rows": rows}))
+                      else "cpu", "k": args.k, "steps": args.steps, "pruning": args.pruning, "rows": rows}))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 

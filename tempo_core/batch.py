@@ -25,6 +25,7 @@ from .batchgraph import batch_graphs
 from .events import StepEvent
 from .fastpath import fast_rows
 from .kvstore import KVStore, SlotCache
+from .pruning import AttentionPaid
 from .selection import next_distributions
 
 
@@ -57,8 +58,19 @@ class ForwardRequest:
     ends_prompt: bool = False  # the prompt's last chunk: the run plans its first set as soon as this is served
     rows: list[int] = field(default_factory=list)  # the rows of the run's layout these tokens fill
     next_set: NextSet | None = None  # set: whoever serves this also takes the run's next distribution and top-k
+    paid: PaidAttention | None = None  # set: a batch that can also takes the scores the run's pruning reads
     logits: torch.Tensor | None = None
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class PaidAttention:
+    """What a run's pruning reads of its set's attention (`pruning.attention_paid`: `weights` per layer, and each
+    layer's share where `by_layer`), asked of a batch that takes every run's at once (batchgraph.py). Served:
+    `result`; left None, the run takes its own from `ForwardRequest.attention`."""
+    weights: dict[int, float]
+    by_layer: bool
+    result: AttentionPaid | None = None
 
 
 @dataclass

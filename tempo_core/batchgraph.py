@@ -30,6 +30,7 @@ from .attention import attention_output, batched_attention, explicit_probs, fill
 from .fused import fused_kernels
 from .graphs import window
 from .kvstore import KVStore, SlotCache
+from .pruning import attention_paid_together
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,19 @@ class BatchGraphs:
         index = torch.tensor(keep, device=logits.device)
         parts = [req.keep for req in requests]
         kept_logits = logits.index_select(0, index).split(parts)
-        kept = {layer: w.view(-1, shape.window).index_select(0, index).split(parts) for layer, w in weights.items()}
+        kept = {layer: w.view(-1, shape.window).index_select(0, index) for layer, w in weights.items()}
+        lengths = [req.seq.cache.get_seq_length() + len(req.token_ids) for req in requests]
+        asks = [(req.paid.weights, req.paid.by_layer) if req.paid is not None and req.record else None
+                for req in requests]
+        paid = attention_paid_together(kept, parts, lengths, asks) if kept else [None] * len(requests)
+        split = {layer: rows.split(parts) for layer, rows in kept.items()}
         for j, req in enumerate(requests):
             q = len(req.token_ids)
-            length = req.seq.cache.get_seq_length() + q
             req.logits = kept_logits[j]
-            req.attention = {layer: kept[layer][j][:, :length] for layer in req.seq.capture} if req.record else {}
+            req.attention = ({layer: split[layer][j][:, :lengths[j]] for layer in req.seq.capture}
+                             if req.record else {})
+            if paid[j] is not None:
+                req.paid.result = paid[j]
             for layer in req.seq.cache.layers:
                 layer.length += q
             req.seq.forward_passes += 1

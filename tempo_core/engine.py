@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, encode_prompt, new_trace
-from .batch import ForwardRequest, NextSet
+from .batch import ForwardRequest, NextSet, PaidAttention
 from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
 from .kvstore import SlotCache, slot_cache
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
@@ -346,6 +346,8 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         if req.logits is None:
             if cooperative:
                 req.next_set = NextSet(ps, s.temperature, s.max_parallel_tokens + NEAR_MISSES)
+                if pruner:
+                    req.paid = PaidAttention(pruner.weights, s.use_multi_scale_attention)
                 yield req  # whoever drives this run serves it, alone or in one forward with other runs' rows
             else:
                 seq.serve(req)
@@ -358,6 +360,8 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         near = [{"token_id": i, "text": lm.decode([i]), "prob": p} for i, p in missed if i not in ids]
         trace.steps.append(Step(step, seq.layout.positions[rows[0]], s.selection_threshold, threshold, cands,
                                 hidden_rows=hidden, dropped_eos=dropped, alternatives=near))
+        if req.paid is not None and req.paid.result is not None:
+            attention = req.paid.result  # the batch took every run's scores at once
         pruned = pruner.update(trace.steps, attention, threshold) if pruner else []
         for c in pruned:
             seq.layout.kill(c.row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +36,53 @@ def combine_layers(per_layer: dict[int, torch.Tensor], weights: dict[int, float]
     return sum(weights[layer] * per_layer[layer].to(device) for layer in weights)
 
 
+@dataclass
+class AttentionPaid:
+    """What the newest set paid each earlier row (the scores pruning reads): the pruning layers combined with their
+    weights and averaged over the set's rows, and, with multi-scale weighting, each layer's own average."""
+    combined: list[float]
+    by_layer: dict[int, list[float]] = field(default_factory=dict)
+
+
+def attention_paid(per_layer: dict[int, torch.Tensor], weights: dict[int, float], by_layer: bool) -> AttentionPaid:
+    """`AttentionPaid` from the newest set's head-averaged attention (layer -> [k_new, rows]); `.tolist()` is one
+    device sync per step (a batch takes all its runs' with one, batchgraph.py)."""
+    combined = combine_layers(per_layer, weights).mean(dim=0).tolist()
+    return AttentionPaid(combined, {layer: per_layer[layer].mean(dim=0).tolist() for layer in weights}
+                         if by_layer else {})
+
+
+def attention_paid_together(kept: dict[int, torch.Tensor], parts: list[int], lengths: list[int],
+                            asks: list[tuple[dict[int, float], bool] | None]) -> list[AttentionPaid | None]:
+    """`attention_paid` for many runs' sets at once, from their rows side by side (layer -> [sum of parts, width]:
+    run j's `parts[j]` rows, of which its first `lengths[j]` columns are its own): one weighted sum and one device
+    sync for all of them. `asks[j]`: run j's (layer weights, by_layer), or None (nothing for it)."""
+    asked = [j for j, ask in enumerate(asks) if ask is not None]
+    if not asked:
+        return [None] * len(asks)
+    layers = sorted(kept)
+    n, at = sum(parts), {layer: i for i, layer in enumerate(layers)}
+    starts = [sum(parts[:j]) for j in range(len(parts))]
+    lines: list[tuple[int, int | None]] = []  # (run, None: its combined row | a layer: that layer's own)
+    for j in asked:
+        lines += [(j, None)] + ([(j, layer) for layer in asks[j][0]] if asks[j][1] else [])
+    coeff = torch.zeros(len(lines), len(layers) * n)  # each line: weight / rows on its run's rows of each layer
+    for line, (j, only) in enumerate(lines):
+        for layer, w in (asks[j][0].items() if only is None else [(only, 1.0)]):
+            first = at[layer] * n + starts[j]
+            coeff[line, first:first + parts[j]] = w / parts[j]
+    stacked = torch.stack([kept[layer] for layer in layers]).view(len(layers) * n, -1)
+    rows = (coeff.to(stacked.device) @ stacked.float()).cpu()
+    out: list[AttentionPaid | None] = [None] * len(asks)
+    for line, (j, only) in enumerate(lines):
+        values = rows[line, :lengths[j]].tolist()
+        if only is None:
+            out[j] = AttentionPaid(values)
+        else:
+            out[j].by_layer[only] = values
+    return out
+
+
 class RetroactivePruner:
     """Keeps the per-candidate scores and takes the pruning decisions for one run."""
 
@@ -53,14 +101,15 @@ class RetroactivePruner:
     def scored(self, step: Step) -> bool:
         return len(step.candidates) >= 2 or not self.s.preserve_isolated_tokens
 
-    def update(self, steps: list[Step], per_layer: dict[int, torch.Tensor], threshold: float) -> list[Candidate]:
-        """Score earlier sets with the newest step's attention (layer -> [k_new, rows], head-averaged);
-        return the newly pruned candidates. With multi-scale weighting each layer's share is kept too."""
+    def update(self, steps: list[Step], paid: dict[int, torch.Tensor] | AttentionPaid,
+               threshold: float) -> list[Candidate]:
+        """Score earlier sets with the newest step's attention (layer -> [k_new, rows], head-averaged, or what
+        `attention_paid` makes of it); return the newly pruned candidates. With multi-scale weighting each layer's
+        share is kept too."""
         now = steps[-1].step
-        # mean over the new step's query rows; .tolist() is one device sync per step
-        per_row = combine_layers(per_layer, self.weights).mean(dim=0).tolist()
-        layer_rows = ({layer: per_layer[layer].mean(dim=0).tolist() for layer in self.weights}
-                      if self.s.use_multi_scale_attention else {})
+        if not isinstance(paid, AttentionPaid):
+            paid = attention_paid(paid, self.weights, self.s.use_multi_scale_attention)
+        per_row, layer_rows = paid.combined, paid.by_layer
         pruned: list[Candidate] = []
         for past in steps[max(0, len(steps) - 1 - self.s.pruning_window):-1]:
             for c in past.candidates:

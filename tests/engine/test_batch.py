@@ -66,6 +66,8 @@ RUNS = [  # different prompt lengths, thresholds, pruning on and off, sibling vi
     dict(prompt="the park", max_tokens=6, mode="default"),
     dict(prompt="hello world", selection_threshold=0.05, max_tokens=6, mode="soft"),
     dict(prompt="the cat", selection_threshold=0.05, max_tokens=7, commitment=True),
+    dict(prompt="a small robot read", selection_threshold=0.04, max_tokens=10, use_retroactive_pruning=True,
+         attention_threshold=0.03, use_multi_scale_attention=True, num_layers_to_use=2),  # each layer's share kept
 ]
 
 
@@ -105,6 +107,11 @@ def assert_same_run(solo, batched):
         assert [c.pruned_at for c in a.candidates] == [c.pruned_at for c in b.candidates], a.step
         for x, y in zip(a.candidates, b.candidates):
             assert abs(x.prob - y.prob) <= TOL
+            assert (x.attention is None) == (y.attention is None)  # the scores pruning read, too
+            assert x.attention is None or abs(x.attention - y.attention) <= TOL
+            assert x.attention_by_layer.keys() == y.attention_by_layer.keys()
+            for step, layers in x.attention_by_layer.items():
+                assert all(abs(v - y.attention_by_layer[step][layer]) <= TOL for layer, v in layers.items())
     if solo.faithfulness:
         assert abs(batched.faithfulness["mean_kl"] - solo.faithfulness["mean_kl"]) <= TOL
     assert (batched.commitment is None) == (solo.commitment is None)
