@@ -36,7 +36,9 @@ RUNS = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=12, use_
              allow_intraset_token_visibility=True, use_retroactive_pruning=True, attention_threshold=0.05),
         dict(prompt=" ".join(["once upon a time there was a small robot"] * 20), selection_threshold=0.03,
              max_tokens=8),
-        dict(prompt="hello world", selection_threshold=0.05, max_tokens=14)]
+        dict(prompt="hello world", selection_threshold=0.05, max_tokens=14),
+        dict(prompt="a small robot read", selection_threshold=0.04, max_tokens=10, use_retroactive_pruning=True,
+             attention_threshold=0.03, use_multi_scale_attention=True, num_layers_to_use=2)]
 
 
 def small_model():
@@ -86,7 +88,7 @@ def main() -> None:
         lm.kvstore, lm.batchgraphs = kv, graphed
         writes, replays = store.writes, graphs.replays
         got, grouped = batched(lm, all_settings)
-        same, worst = True, 0.0
+        same, worst, worst_score = True, 0.0, 0.0
         for i, trace in enumerate(solo):
             b = got[i]
             for x, y in zip(trace.steps, b.steps):
@@ -94,8 +96,12 @@ def main() -> None:
                 same &= [c.pruned_at for c in x.candidates] == [c.pruned_at for c in y.candidates]
                 worst = max([worst] + [abs(c.prob - d.prob) for c in x.candidates for d in y.candidates
                                        if c.token_id == d.token_id])
+                scores = [(c.attention, d.attention) for c, d in zip(x.candidates, y.candidates)
+                          if c.attention is not None and d.attention is not None]
+                worst_score = max([worst_score] + [abs(a - b) for a, b in scores])
             same &= len(trace.steps) == len(b.steps) and trace.text == b.text
         print(f"{name}: candidates, pruning and text equal to the solo runs: {same}; max |Δprob| {worst:.2e}; "
+              f"max |Δ pruning score| {worst_score:.2e}; "
               f"runs' turns in groups {grouped}; store writes {store.writes - writes}; graph replays "
               f"{graphs.replays - replays} ({len(graphs.graphs)} shapes captured); free slots "
               f"{store.free_slots}/{store.slots}")

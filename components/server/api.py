@@ -169,6 +169,8 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
         if lm.kvstore:  # the batched runs' K/V store (kvstore.py), allocated up front once a run needed it
             paused |= {"kv_store_bytes": lm.kvstore.nbytes, "kv_store_slots": lm.kvstore.slots,
                        "kv_store_slots_free": lm.kvstore.free_slots}
+        if lm.batchgraphs:  # captured batch forwards (batchgraph.py), at most MAX_GRAPHS shapes
+            paused |= {"batch_graphs": len(lm.batchgraphs.graphs)}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}

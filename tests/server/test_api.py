@@ -8,6 +8,7 @@ from tiny import tiny_llama
 
 import app as tempo_app
 from tempo_core import Trace, build_settings, run
+from tempo_core.kvstore import KVStore
 from tempo_core.limits import kv_cache_bytes
 
 
@@ -31,7 +32,6 @@ def test_health_names_the_model_its_device_and_version(client):
 
 
 def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
-    from tempo_core.kvstore import KVStore
     store = KVStore(lm.model.config, 4, 64, lm.dtype, lm.device)
     lm.kvstore = store
     try:
@@ -44,6 +44,32 @@ def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
         assert client.get("/health").json()["kv_store_slots_free"] == 4
     finally:
         lm.kvstore = None
+
+
+def test_health_counts_the_captured_batch_forwards(lm, client):
+    """The batch forwards of fixed shapes (batchgraph.py, captured on CUDA, eager here) are counted: bounded memory."""
+    import threading
+
+    from tempo_core import generate
+    from tempo_core.batch import Batcher
+    from tempo_core.batchgraph import BatchGraphs
+    store = KVStore(lm.model.config, 4, 256, lm.dtype, lm.device)
+    lm.kvstore, lm.batchgraphs = store, BatchGraphs(lm, store, capture=False)
+    try:
+        assert client.get("/health").json()["batch_graphs"] == 0
+        done = threading.Semaphore(0)
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(pool)
+            for prompt in ("the cat", "a dog ran"):
+                s = build_settings({"prompt": prompt, "max_tokens": 4, "raw_prompt": True})
+                batcher.add(lambda s=s: generate(lm, s, cooperative=True),
+                            lambda event, error: done.release() if error or event.done else None)
+            assert done.acquire(timeout=60) and done.acquire(timeout=60)
+        shapes = len(lm.batchgraphs.graphs)
+        assert shapes >= 1 and lm.batchgraphs.replays >= 3  # two runs' sets shared one laid-out forward a tick
+        assert client.get("/health").json()["batch_graphs"] == shapes
+    finally:
+        lm.kvstore = lm.batchgraphs = None
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/v2/generate"])
