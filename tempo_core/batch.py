@@ -7,6 +7,12 @@ at its own positions, so the linear layers read the weights once), and each run 
 In attention every run keeps to its own KV cache and its own TEMPO mask (`BatchForward.attend`); selection,
 merging and pruning stay in the runs. On a CPU a forward of a small model is bound by reading its weights, so
 rows added to it cost little: this is what lets one model serve a class.
+
+On a GPU a forward of a few rows is bound by kernel launches instead, so there the runs whose caches are in the K/V
+store (kvstore.py) go in a forward of a fixed shape replayed from a CUDA graph (batchgraph.py). A batch also takes
+for all its runs at once what each run would otherwise launch kernels and sync for on its own: the next
+distribution and its top-k (`NextSet`, every batch), and the scores pruning reads (`PaidAttention`, a captured
+forward). The runs use them as they would have computed them.
 """
 
 from __future__ import annotations
