@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from tempo_core import build_settings, generate, wrap_model  # noqa: E402
 from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.batchgraph import batch_graphs  # noqa: E402
+from tempo_core.engine import warm_batch_graphs  # noqa: E402
 from tempo_core.kvstore import kv_store  # noqa: E402
 
 RUNS = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=12, use_retroactive_pruning=True,
@@ -83,6 +85,10 @@ def main() -> None:
     assert store is not None, "the K/V store is on by default on CUDA (on a CPU: TEMPO_SHARED_KV_ROWS=512)"
     graphs = batch_graphs(lm)
     assert graphs is not None, "batch graphs are on by default on CUDA"
+    t0 = time.perf_counter()  # as the server's start does: shapes captured before the runs, then reused by them
+    shapes = warm_batch_graphs(lm, build_settings({"raw_prompt": True, "prompt": "warm-up"}), runs=(2, 4, 8))
+    print(f"warm_batch_graphs: {shapes} shapes in {time.perf_counter() - t0:.1f} s; store slots free "
+          f"{store.free_slots}/{store.slots}")
     for name, kv, graphed in (("K/V store, graphed", store, graphs), ("K/V store, eager", store, False),
                               ("own caches", False, False)):
         lm.kvstore, lm.batchgraphs = kv, graphed

@@ -35,10 +35,10 @@ class _Manual:
         return None
 
 
-def manual_batcher(lm, runs: int, k: int, steps: int) -> Batcher:
+def manual_batcher(lm, runs: int, k: int, steps: int, pruning: bool = False) -> Batcher:
     """A Batcher holding `runs` runs as bench_batching.py makes them, its ticks driven by the caller."""
     batcher = Batcher(_Manual())
-    for s in run_settings(runs, k, steps):
+    for s in run_settings(runs, k, steps, pruning):
         batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
     return batcher
 
@@ -96,10 +96,10 @@ def main() -> None:
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def whole_runs(lm, runs: int, k: int, steps: int) -> None:
+def whole_runs(lm, runs: int, k: int, steps: int, pruning: bool = False) -> None:
     """`runs` runs of `steps` steps from their start to their end, as bench_batching.py serves them: each tick's ms
     (the first ones feed the prompts, the last ones end the runs)."""
-    batcher = manual_batcher(lm, runs, k, steps)
+    batcher = manual_batcher(lm, runs, k, steps, pruning)
     ticks = []
     while batcher.active:
         torch.cuda.synchronize()

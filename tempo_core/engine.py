@@ -13,7 +13,8 @@ import dataclasses
 import threading
 import time
 import weakref
-from typing import Iterator
+from concurrent.futures import Executor, Future
+from typing import Any, Iterator
 
 import torch
 from transformers import DynamicCache
@@ -21,9 +22,10 @@ from transformers import DynamicCache
 from .attention import record_attention
 from .config import TempoSettings
 from .events import StepEvent, encode_prompt, new_trace
-from .batch import ForwardRequest, NextSet, PaidAttention
+from .batch import Batcher, ForwardRequest, NextSet, PaidAttention
+from .batchgraph import batch_graphs
 from .fastpath import fast_rows, pad_set, padded_mask, rows_to_feed, unpad
-from .kvstore import SlotCache, slot_cache
+from .kvstore import SlotCache, kv_store, slot_cache
 from .graphs import BUCKETS, bucket, copy_rows, forget_rows, graphs_unavailable, slot_pool, static_mask
 from .layout import Layout, full_mask, step_mask
 from .limits import stop_reason
@@ -267,6 +269,39 @@ def warm_prompt_head(lm: LoadedModel, s: TempoSettings) -> int:
     finally:
         seq.close()
     return len(head)
+
+
+class _Idle(Executor):
+    """An executor that runs nothing: `warm_batch_graphs` drives its Batcher's ticks on the calling thread."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        return Future()
+
+
+def warm_batch_graphs(lm: LoadedModel, s: TempoSettings, runs: tuple[int, ...] = (2, 4, 8, 16, 32),
+                      sizes: tuple[int, ...] = (1, 2, 4)) -> int:
+    """On a GPU, before any visitor: make the batch forwards a class of runs like `s` will use (batchgraph.py: one
+    capture per shape, and the fused kernels compiled, ~15 s, on the first), so a class's first ticks do not wait for
+    them. Serves, on this thread (the model's), `n` short runs for each `n` in `runs` (while the K/V store has the
+    slots) and each set size in `sizes`. Returns the shapes there are (0 where there are no batch graphs: a CPU)."""
+    graphs = batch_graphs(lm)
+    if graphs is None:
+        return 0
+    failures: list[BaseException] = []
+    for n in runs:
+        if n > kv_store(lm).free_slots:
+            break
+        for k in sizes:
+            warm = s.replace(selection_threshold=0.0, max_parallel_tokens=k, max_tokens=2, min_steps=2)
+            batcher = Batcher(_Idle())
+            for _ in range(n):
+                batcher.add(lambda: tempo_events(lm, warm, cuda_graphs=False, cooperative=True),
+                            lambda event, error: failures.append(error) if error is not None else None)
+            while batcher.active:
+                batcher.tick()
+            if failures:
+                raise failures[0]
+    return len(graphs.graphs)
 
 
 def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None,

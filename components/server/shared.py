@@ -17,10 +17,10 @@ import gradio as gr
 from tempo_core import LoadedModel, StepEvent, Trace, build_settings, generate
 from tempo_core.batch import Batcher
 from tempo_core.config import TempoSettings
-from tempo_core.engine import warm_prompt_head
+from tempo_core.engine import warm_batch_graphs, warm_prompt_head
 from tempo_core.limits import Limits, RunStop, kv_cache_bytes
 
-from .forms import settings_from_form
+from .forms import page_defaults, settings_from_form
 from .api import admit
 from .sessions import Slots, StopFlags, TraceStore, session_key
 from .stepping import SteppedRuns
@@ -97,6 +97,12 @@ class Shared:
             log.info("prompt head of %d tokens fed once for every run to copy", rows)
         except Exception:  # noqa: BLE001 - a model this cannot warm still serves runs, each feeding its own prompt
             log.exception("could not feed the prompt head ahead of the runs")
+        try:  # a GPU: the batch forwards a class of the page's runs uses, captured before the class comes
+            shapes = warm_batch_graphs(self.lm, page_defaults(self.limits))
+            if shapes:
+                log.info("%d batch forward shapes captured ahead of the runs", shapes)
+        except Exception:  # noqa: BLE001 - the batches then capture on first use, as they would anyway
+            log.exception("could not capture the batch forwards ahead of the runs")
 
     def cache_bytes(self, trace: Trace) -> int:
         """The KV cache a run holds once it has made `trace`: its prompt's rows and every row it fed."""

@@ -13,7 +13,7 @@ from tiny import tiny_llama
 from tempo_core import build_settings, generate, run
 from tempo_core.batch import Batcher, ForwardRequest, serve_alone
 from tempo_core.batchgraph import BatchGraphs
-from tempo_core.engine import PREFILL_CHUNK, ParallelSequence, warm_prompt_head
+from tempo_core.engine import PREFILL_CHUNK, ParallelSequence, warm_batch_graphs, warm_prompt_head
 from tempo_core.kvstore import KVStore
 from tempo_core.limits import RunStop
 
@@ -420,3 +420,21 @@ def test_alone_says_whether_a_starting_run_has_company(lm):
             batcher.add(lambda i=i: make(i), got.on_event(i))
         got.wait(2)
     assert answers == [(0, True), (1, False), (2, False)]
+
+
+def test_warming_the_batch_forwards_makes_a_class_shapes_and_leaves_the_store_free(lm):
+    """`warm_batch_graphs` (the server's start on a GPU) serves short batched runs of each size to their ends, so
+    the shapes a class's ticks use exist before it comes; here, with the fixed layout run eagerly, the shapes are
+    made and every store slot is free after. Without batch graphs (a CPU) it does nothing."""
+    assert warm_batch_graphs(lm, settings(prompt="warm-up")) == 0
+    store = KVStore(lm.model.config, 4, 256, torch.float32, lm.device)
+    lm.kvstore, lm.batchgraphs = store, BatchGraphs(lm, store, capture=False)
+    try:
+        made = warm_batch_graphs(lm, settings(prompt="warm-up", use_retroactive_pruning=True), runs=(2, 4, 8),
+                                 sizes=(1, 2))
+        sets = {(shape.runs, shape.rows) for shape in lm.batchgraphs.graphs if shape.layers}  # pruning records
+        assert made == len(lm.batchgraphs.graphs) and {(2, 1), (2, 2), (4, 1), (4, 2)} <= sets
+        assert not any(shape.runs > 4 for shape in lm.batchgraphs.graphs)  # 8 runs do not fit 4 slots: skipped
+        assert store.free_slots == store.slots
+    finally:
+        lm.kvstore = lm.batchgraphs = None
