@@ -28,16 +28,9 @@ from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
 
 
-class _Manual:
-    """An executor that runs nothing by itself: the ticks are driven here, one `tick()` at a time."""
-
-    def submit(self, fn, *args):
-        return None
-
-
 def manual_batcher(lm, runs: int, k: int, steps: int, pruning: bool = False) -> Batcher:
     """A Batcher holding `runs` runs as bench_batching.py makes them, its ticks driven by the caller."""
-    batcher = Batcher(_Manual())
+    batcher = Batcher(None)  # no executor: the caller drives its ticks
     for s in run_settings(runs, k, steps, pruning):
         batcher.add(lambda s=s: tempo_events(lm, s, cooperative=True, cuda_graphs=False), lambda e, err: None)
     return batcher

@@ -127,6 +127,16 @@ def attention_output(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return stacked_gqa_attention(query, key, value, mask, scaling)
 
 
+def group_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float,
+                    record: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Several runs' queries [runs, heads, q, dim] over their own padded caches [runs, kv_heads, kv, dim], each under
+    its own mask [runs, 1, q, kv] (batch.py, batchgraph.py): the output [runs, heads, q, dim], and with `record` the
+    head-mean probabilities [runs, q, kv] that pruning reads."""
+    probs = explicit_probs(query, key, mask, query.shape[1] // key.shape[1], scaling) if record else None
+    out = attention_output(query, key, value, mask, scaling, probs)
+    return out, None if probs is None else probs.mean(dim=(1, 2))
+
+
 def stacked_gqa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
                           scaling: float) -> torch.Tensor:
     """SDPA for grouped-query attention with a mask, K/V read once: each KV head's query heads are stacked as

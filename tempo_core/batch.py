@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from .attention import AttentionRecorder, attend, attention_output, batched_attention, explicit_probs, fill_causal
+from .attention import AttentionRecorder, attend, batched_attention, fill_causal, group_attention
 from .batchgraph import batch_graphs
 from .events import StepEvent
 from .fastpath import fast_rows
@@ -124,6 +124,7 @@ class BatchForward:
                 self.alone += members
             else:
                 self.groups.append(_Group(members, self, lengths, stores[members[0]], device))
+        self.masks = {i: None if requests[i].mask is None else requests[i].mask.to(device) for i in self.alone}
 
     def attend(self, layer: int | None, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float) -> torch.Tensor:
@@ -132,8 +133,7 @@ class BatchForward:
         for i in self.alone:
             req, (a, b) = self.requests[i], self.bounds[i]
             keys, values = req.seq.cache.update(key[:, :, a:b], value[:, :, a:b], layer)
-            mask = None if req.mask is None else req.mask.to(query.device)
-            out[:, a:b] = attend(layer, query[:, :, a:b], keys, values, mask, scaling, self.recorders[i])
+            out[:, a:b] = attend(layer, query[:, :, a:b], keys, values, self.masks[i], scaling, self.recorders[i])
         for group in self.groups:
             group.attend(layer, query, key, value, scaling, out)
         return out
@@ -198,19 +198,15 @@ class _Group:
                scaling: float, out: torch.Tensor) -> None:
         batch, g = self.batch, len(self.members)
         _, heads, _, dim = query.shape
-        kv_heads = key.shape[1]
         keys, values = self._keys_values(layer, key, value)
         q = query[0].index_select(1, self.gather).view(heads, g, self.q, dim).transpose(0, 1)
         recorders = [batch.recorders[i] for i in self.members]
-        probs = None
-        if any(layer in rec.layers for rec in recorders):
-            probs = explicit_probs(q, keys, self.mask, heads // kv_heads, scaling)
-            means = probs.mean(dim=(1, 2))  # [runs, q, kv]
-            for j, (i, rec) in enumerate(zip(self.members, recorders)):
-                if layer in rec.layers:
-                    (a, b), keep = batch.bounds[i], batch.requests[i].keep
-                    rec.weights[layer] = means[j, b - a - keep:b - a, :self.lengths[j]]
-        result = attention_output(q, keys, values, self.mask, scaling, probs)
+        result, means = group_attention(q, keys, values, self.mask, scaling,
+                                        record=any(layer in rec.layers for rec in recorders))
+        for j, (i, rec) in enumerate(zip(self.members, recorders)):
+            if layer in rec.layers:
+                (a, b), keep = batch.bounds[i], batch.requests[i].keep
+                rec.weights[layer] = means[j, b - a - keep:b - a, :self.lengths[j]]
         result = result.transpose(1, 2).reshape(g * self.q, heads, dim)
         out[0].index_copy_(0, self.rows, result.index_select(0, self.slots))
 
@@ -299,9 +295,10 @@ class Batcher:
     work a run does (an analysis piece, a mode that does its own forwards) as one unit of its turn. Runs join and
     leave between ticks; between two ticks the executor runs whatever else was queued on it."""
 
-    def __init__(self, executor: Executor, max_rows: int = 256, early_first_sets: bool = True):
-        """`early_first_sets`: the tick that ends a run's prompt also feeds its first set (see `tick`); off, that
-        set waits for the next tick (bench/bench_join.py compares the two)."""
+    def __init__(self, executor: Executor | None, max_rows: int = 256, early_first_sets: bool = True):
+        """`executor` None: nothing is scheduled, the caller drives `tick()` itself (the server's start warming the
+        batch forwards, benches). `early_first_sets`: the tick that ends a run's prompt also feeds its first set (see
+        `tick`); off, that set waits for the next tick (bench/bench_join.py compares the two)."""
         self.executor, self.max_rows, self.early_first_sets = executor, max_rows, early_first_sets
         self._runs: deque[_Run] = deque()
         self._lock = threading.Lock()
@@ -321,7 +318,7 @@ class Batcher:
         run = _Run(make, on_event, waited, pause_after, paused)
         with self._lock:
             self._runs.append(run)
-            if self._scheduled:
+            if self._scheduled or self.executor is None:
                 return
             self._scheduled = True
         self.executor.submit(self._serve)

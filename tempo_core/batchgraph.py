@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from .attention import attention_output, batched_attention, explicit_probs, fill_causal
+from .attention import batched_attention, fill_causal, group_attention
 from .fused import fused_kernels
-from .graphs import window
-from .kvstore import KVStore, SlotCache
+from .graphs import graphs_unavailable, window
+from .kvstore import KVStore, SlotCache, kv_store
 from .pruning import attention_paid_together
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,12 @@ class StaticBatch:
         """Every block's new keys/values into its store slot, then its queries over its slot under its mask."""
         runs, rows = self.shape.runs, self.shape.rows
         _, heads, _, dim = query.shape
-        kv_heads = key.shape[1]
         self.store.write(layer, self.index[2], self.index[3], key[0].transpose(0, 1), value[0].transpose(0, 1))
         keys, values = self.store.read(layer, self.read_slots, self.shape.window)
         q = query[0].view(heads, runs, rows, dim).transpose(0, 1)  # [runs, heads, rows, dim]
-        probs = None
-        if layer in self.shape.layers:
-            probs = explicit_probs(q, keys, self.mask, heads // kv_heads, scaling)
-            self.weights[layer] = probs.mean(dim=(1, 2))  # [runs, rows, window]
-        out = attention_output(q, keys, values, self.mask, scaling, probs)
+        out, means = group_attention(q, keys, values, self.mask, scaling, record=layer in self.shape.layers)
+        if means is not None:
+            self.weights[layer] = means  # [runs, rows, window]
         return out.transpose(1, 2).reshape(1, runs * rows, heads, dim)
 
 
@@ -204,13 +201,10 @@ class BatchGraphs:
 
 
 def batch_graphs(lm: Any) -> BatchGraphs | None:
-    """The model's batch graphs where they apply: CUDA graphs on, a K/V store, one GPU (`lm.batchgraphs` False
-    turns them off, as the benches' A/B does)."""
-    from .kvstore import kv_store
-
-    if not lm.cuda_graphs or lm.device.type != "cuda" or lm.batchgraphs is False:
+    """The model's batch graphs where they apply: where a run could replay CUDA graphs (`graphs_unavailable`) and
+    the model has a K/V store. `lm.batchgraphs` False turns them off, as the benches' A/B does; elsewhere one handed
+    in is used (the CPU tests hand in eager ones)."""
+    if lm.batchgraphs is False or graphs_unavailable(lm) is not None:
         return lm.batchgraphs or None
     store = kv_store(lm)
-    if store is None or len(set((getattr(lm.model, "hf_device_map", None) or {}).values())) > 1:
-        return None
-    return lm.own("batchgraphs", lambda: BatchGraphs(lm, store))
+    return lm.own("batchgraphs", lambda: BatchGraphs(lm, store)) if store is not None else None

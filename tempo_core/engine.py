@@ -13,8 +13,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from concurrent.futures import Executor, Future
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from transformers import DynamicCache
@@ -271,13 +270,6 @@ def warm_prompt_head(lm: LoadedModel, s: TempoSettings) -> int:
     return len(head)
 
 
-class _Idle(Executor):
-    """An executor that runs nothing: `warm_batch_graphs` drives its Batcher's ticks on the calling thread."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
-        return Future()
-
-
 def warm_batch_graphs(lm: LoadedModel, s: TempoSettings, runs: tuple[int, ...] = (2, 4, 8, 16, 32),
                       sizes: tuple[int, ...] = (1, 2, 4)) -> int:
     """On a GPU, before any visitor: make the batch forwards a class of runs like `s` will use (batchgraph.py: one
@@ -293,7 +285,7 @@ def warm_batch_graphs(lm: LoadedModel, s: TempoSettings, runs: tuple[int, ...] =
             break
         for k in sizes:
             warm = s.replace(selection_threshold=0.0, max_parallel_tokens=k, max_tokens=2, min_steps=2)
-            batcher = Batcher(_Idle())
+            batcher = Batcher(None)  # its ticks driven here
             for _ in range(n):
                 batcher.add(lambda: tempo_events(lm, warm, cuda_graphs=False, cooperative=True),
                             lambda event, error: failures.append(error) if error is not None else None)

@@ -58,8 +58,9 @@ def slot_pool(lm: Any) -> SlotPool:
     return lm.own("slots", SlotPool)
 
 
-def graphs_unavailable(lm: Any, s: Any) -> str | None:
-    """Why this run cannot replay its steps from CUDA graphs (None: it can)."""
+def graphs_unavailable(lm: Any, s: Any = None) -> str | None:
+    """Why this run (settings `s`; None: any run on this model) cannot replay its steps from CUDA graphs (None: it
+    can)."""
     if not lm.cuda_graphs:
         return "switched off (--no-cuda-graphs / TEMPO_CUDA_GRAPHS=0)"
     if lm.device.type != "cuda":
@@ -67,7 +68,7 @@ def graphs_unavailable(lm: Any, s: Any) -> str | None:
     devices = set((getattr(lm.model, "hf_device_map", None) or {}).values())
     if len(devices) > 1:
         return f"the model is spread over {len(devices)} devices (graphs need one)"
-    if s.disable_kv_cache:
+    if s is not None and s.disable_kv_cache:
         return "disable_kv_cache re-feeds the whole sequence every step"
     return None
 
