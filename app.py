@@ -17,11 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gradio as gr
+import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from components.server import frame_diff
 from components.server.api import BodyLimit, add_routes
+from components.server.protocol import QueueGuard, QueueWatch, server_config
 from components.server.shared import Shared, env_int, model_executor
 from components.server.uploads import MAX_UPLOAD_BYTES
 from components.tabs.explore import Explore
@@ -96,14 +98,17 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     frame_diff.install()  # Gradio's own frame diff corrupts figures whose lists shrink (server/frame_diff.py)
     site = build_demo(shared)
     demo = site.blocks
-    demo.queue(max_size=env_int("TEMPO_QUEUE_SIZE", 64))
+    # api_open=False: Gradio's /run/<name> would otherwise call a queued function directly, past every limit
+    demo.queue(max_size=env_int("TEMPO_QUEUE_SIZE", 64), api_open=False)
     demo.max_threads = shared.concurrency + 40  # a streaming run waits for its steps in a worker thread
     demo.state_session_capacity = env_int("TEMPO_MAX_SESSIONS", 200)
     api = gr.mount_gradio_app(api, demo, path="/", css=CSS, theme=gr.themes.Soft(primary_hue="indigo"),
                               head=RANGE_NOTE_HEAD, max_file_size=f"{MAX_UPLOAD_BYTES // 1_000_000}mb")
     api.state.shared, api.state.demo, api.state.site = shared, demo, site
     shared.waiting_runs = lambda session_hash: waiting_model_events(demo, session_hash)
-    api.add_middleware(BodyLimit)
+    api.state.queue_watch = QueueWatch(demo, on_gone=shared.client_gone)
+    api.add_middleware(QueueGuard, watch=api.state.queue_watch)  # Gradio's queue, as a stranger may speak it
+    api.add_middleware(BodyLimit)  # outermost: no body over the limit reaches the guard or any route
     return api
 
 
@@ -119,8 +124,6 @@ def waiting_model_events(demo: gr.Blocks, session_hash: str) -> int:
 
 
 def main() -> None:
-    import uvicorn
-
     from tempo_core import load_model
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -136,7 +139,8 @@ def main() -> None:
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     print(f"TEMPO Explorer: model {lm.name} on {lm.device} — open http://{host}:{port}", flush=True)
-    uvicorn.run(fastapi_app, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(fastapi_app, host, port, read_timeout_s=env_int("TEMPO_READ_TIMEOUT_S", 10),
+                                 max_connections=env_int("TEMPO_MAX_CONNECTIONS", 512), log_level="warning")).run()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def live_server() -> Callable:
     import uvicorn
 
     import app as tempo_app
+    from components.server.protocol import server_config
     started: list[tuple[uvicorn.Server, threading.Thread, object]] = []
 
     def start(lm, **kwargs) -> tuple[str, object]:
@@ -33,7 +34,7 @@ def live_server() -> Callable:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         fastapi_app = tempo_app.build_app(lm, **kwargs)
-        srv = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=port, log_level="error"))
+        srv = uvicorn.Server(server_config(fastapi_app, "127.0.0.1", port, log_level="error"))
         thread = threading.Thread(target=srv.run, daemon=True)
         thread.start()
         deadline = time.time() + 60

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -161,6 +162,14 @@ class Shared:
             self.stops.stop(key)
         self.stepped.stop(key)  # Stop also halts Play, and ends a Step press still running
         self.research_stops.stop(key)  # and the session's research job
+
+    def client_gone(self, session_hash: str) -> None:
+        """A session's stream went away mid-event, or its events were dropped unheard (server/protocol.py): stop
+        its run, research job and Step press, as Stop does (its paused step-mode run stays, for its tab's return)."""
+        key = session_key(types.SimpleNamespace(session_hash=session_hash))
+        self.stops.stop(key)
+        self.stepped.stop(key)
+        self.research_stops.stop(key)
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads, flags and stepped run."""

@@ -1,0 +1,356 @@
+"""What a client can make the server do below the page's handlers: its connections and Gradio's queue protocol.
+
+A stranger need not use the page: they can speak HTTP and Gradio's queue protocol (`/gradio_api/queue/join`,
+`/queue/data`, `/call/...`) directly. What they name there is checked before Gradio does any work with it:
+
+- **Connections** (`server_config`): uvicorn with a deadline for each request to arrive whole (headers and body),
+  a 408 past it, and a cap on open connections. uvicorn has a keep-alive timeout but no read timeout of its own.
+- **Files** (`QueueGuard`): a file a queue event names must be one this server received through Gradio's upload
+  route and that no other session has named before; anything else (a server path, a URL, a directory, /dev/zero)
+  is refused with one message before Gradio hashes or copies it. Gradio's own upload-folder check is switched on
+  as well (`blocks.has_launched`, which `gr.mount_gradio_app` never sets).
+- **Fair share** (`QueueGuard`): each session and each client address may have only so many events waiting or
+  running; the queue hands an event to a worker only once its session listens (its `/queue/data` stream is open),
+  drops one nobody listens to within `grace_s`, and stops the runs of a session whose stream went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .uploads import MAX_UPLOAD_BYTES, UNREADABLE
+
+log = logging.getLogger("tempo.protocol")
+
+JOIN = re.compile(r"^/gradio_api/(queue/join|call/(v2/)?[^/]+|run/[^/]+|api/[^/]+)/?$")
+CALL_STREAM = re.compile(r"^/gradio_api/call/[^/]+/(?P<event_id>[0-9a-f]{32})/?$")
+QUEUE_STREAM = "/gradio_api/queue/data"
+FILE_DATA_KEYS = {"path", "url", "size", "orig_name", "mime_type", "is_stream", "meta"}  # gradio.FileData's fields
+_TIMEOUT_TEXT = b"request not received in time; connection closed"
+TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                    b"connection: close\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT))
+
+
+# --- connections -------------------------------------------------------------------------------------------------
+class DeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with one deadline per request: from its first byte (or the connection's opening)
+    the request's headers and body must arrive within `read_timeout_s`, or the client gets a 408 and the connection
+    closes. A slow or lying client (a drip of headers, a Content-Length larger than what it sends, an endless chunk)
+    thus holds a socket for seconds, not forever; a response, however long it streams, is not limited."""
+
+    read_timeout_s: float = 10.0
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first byte of the next request on a kept-alive connection
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete:
+            self._disarm()  # this request arrived whole
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.read_timeout_s, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+            self.transport.write(TIMEOUT_RESPONSE)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app reads http.disconnect and whatever it sends is dropped
+            self.cycle.message_event.set()
+        self.transport.close()
+
+
+def server_config(app: Any, host: str, port: int, read_timeout_s: float = 10.0, max_connections: int = 512,
+                  **kwargs: Any) -> uvicorn.Config:
+    """uvicorn's configuration for this app (`app.main` and the tests' servers): the request deadline, at most
+    `max_connections` open connections (a 503 past it), and keep-alive connections closed after 5 idle seconds."""
+    protocol = type("DeadlineProtocol", (DeadlineProtocol,), {"read_timeout_s": read_timeout_s})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=max_connections,
+                          timeout_keep_alive=5, **kwargs)
+
+
+# --- Gradio's queue ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FairShare:
+    """How much of the queue one client may hold: events waiting or running per session (in all, and in any one
+    concurrency group such as the model's) and per client address; how long an event may wait for its session's
+    stream before it is dropped."""
+    per_session: int = 4
+    per_session_group: int = 2
+    per_address: int = 48
+    grace_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> "FairShare":
+        from .shared import env_int
+        return cls(env_int("TEMPO_SESSION_EVENTS", cls.per_session), env_int("TEMPO_SESSION_GROUP_EVENTS",
+                   cls.per_session_group), env_int("TEMPO_ADDRESS_EVENTS", cls.per_address),
+                   float(env_int("TEMPO_STREAM_GRACE_S", int(cls.grace_s))))
+
+
+class QueueGuard:
+    """ASGI middleware in front of Gradio's queue routes (see the module's docstring); its state is the server's
+    one `QueueWatch` (Starlette may build its middleware more than once)."""
+
+    def __init__(self, app: Any, watch: "QueueWatch"):
+        self.app, self.watch = app, watch
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.watch.start_sweeping()
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and JOIN.match(path):
+            return await self._join(scope, receive, send)
+        if method == "GET" and (path == QUEUE_STREAM or CALL_STREAM.match(path)):
+            session = self.watch.stream_session(scope)
+            if session:
+                with self.watch.streaming(session):
+                    return await self.app(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def _join(self, scope: dict, receive: Any, send: Any) -> None:
+        chunks, more = [], True
+        while more:  # bounded in size by BodyLimit around this middleware, in time by DeadlineProtocol
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, RecursionError):
+            body = None  # Gradio answers a malformed body itself
+        if isinstance(body, dict):
+            session = body.get("session_hash") if isinstance(body.get("session_hash"), str) else None
+            refusal = self.watch.refusal(body, session, _client_address(scope))
+            if refusal is not None:
+                return await _reply(send, *refusal)
+        replayed = False
+
+        async def replay() -> dict:  # the body once, as read; then whatever the client does next (a disconnect)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await self.app(scope, replay, send)
+
+
+class QueueWatch:
+    """Which sessions listen, which uploads belong to whom, and the hooks into Gradio's queue: events are handed to a
+    worker only once their session listens; unheard ones are dropped after `share.grace_s`; a session whose stream
+    goes away mid-event has its work stopped (`on_gone(session_hash)`)."""
+
+    def __init__(self, demo: Any, on_gone: Callable[[str], None], share: FairShare | None = None,
+                 max_claims: int = 10_000):
+        self.demo, self.on_gone, self.share = demo, on_gone, share or FairShare.from_env()
+        self.streams: Counter[str] = Counter()  # session hash -> open /queue/data (or /call) streams
+        self.claims: OrderedDict[str, str] = OrderedDict()  # uploaded path -> the session that named it first
+        self.max_claims = max_claims
+        self.dropped = 0  # events dropped because nobody listened
+        self._sweeper: asyncio.Task | None = None
+        demo.has_launched = True  # Gradio's own check: preprocessing accepts only files in its upload folder
+        self._install_queue_hooks()
+
+    def start_sweeping(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    @contextlib.contextmanager
+    def streaming(self, session: str) -> Iterator[None]:
+        self.streams[session] += 1
+        try:
+            yield
+        finally:
+            self.streams[session] -= 1
+            if self.streams[session] <= 0:
+                del self.streams[session]
+
+    def stream_session(self, scope: dict) -> str | None:
+        match = CALL_STREAM.match(scope["path"])
+        if match:
+            event = self.queue.event_ids_to_events.get(match["event_id"])
+            return event.session_hash if event is not None else None
+        query = dict(p.split("=", 1) for p in scope.get("query_string", b"").decode("latin-1").split("&") if "=" in p)
+        return query.get("session_hash") or None
+
+    def refusal(self, body: dict, session: str | None, address: str) -> tuple[int, str] | None:
+        for path in _named_paths(body.get("data")):
+            if not self._may_read(path, session):
+                return 422, UNREADABLE
+        waiting = list(self._events())
+        if session is not None:
+            mine = [e for e in waiting if e.session_hash == session]
+            if len(mine) >= self.share.per_session:
+                return 429, (f"this session already has {len(mine)} requests waiting or running (at most "
+                             f"{self.share.per_session}); wait for one to finish")
+            group = self._group_of(body)
+            same = sum(1 for e in mine if e.concurrency_id == group)
+            if group is not None and same >= self.share.per_session_group:
+                return 429, (f"this session already has {same} requests of this kind waiting or running (at most "
+                             f"{self.share.per_session_group}); wait for one to finish")
+        from_address = sum(1 for e in waiting if _event_address(e) == address)
+        if from_address >= self.share.per_address:
+            return 429, (f"{from_address} requests from your address already wait or run (at most "
+                         f"{self.share.per_address}, TEMPO_ADDRESS_EVENTS); retry later")
+        return None
+
+    def _group_of(self, body: dict) -> str | None:
+        fn_index = body.get("fn_index")
+        fn = self.demo.fns.get(fn_index) if isinstance(fn_index, int) and not isinstance(fn_index, bool) else None
+        return getattr(fn, "concurrency_id", None)
+
+    def _may_read(self, path: str, session: str | None) -> bool:
+        """Only a file that Gradio's upload route wrote, regular and within the upload size, named by no other
+        session before: no server path, URL, link, device or directory, and no other visitor's upload."""
+        from gradio.utils import get_upload_folder
+        if session is None or path not in self.demo.upload_file_set:
+            return False
+        real, root = os.path.realpath(path), os.path.realpath(get_upload_folder())
+        try:
+            if os.path.commonpath([real, root]) != root or not os.path.isfile(real) \
+                    or os.path.getsize(real) > MAX_UPLOAD_BYTES:
+                return False
+        except (OSError, ValueError):
+            return False
+        owner = self.claims.setdefault(path, session)
+        self.claims.move_to_end(path)
+        while len(self.claims) > self.max_claims:
+            self.claims.popitem(last=False)
+        return owner == session
+
+    # -- the queue: listening sessions only, unheard events dropped
+    @property
+    def queue(self) -> Any:
+        return self.demo._queue
+
+    def _events(self) -> Iterator[Any]:
+        """Every event waiting in Gradio's queue or running (gradio 6.31's `event_queue_per_concurrency_id` and
+        `active_jobs`; tests/server/test_protocol.py fails if they change shape)."""
+        for event_queue in self.queue.event_queue_per_concurrency_id.values():
+            yield from event_queue.queue
+        for job in self.queue.active_jobs:
+            yield from (event for event in job or [] if event.alive)
+
+    def listening(self, session: str) -> bool:
+        return self.streams.get(session, 0) > 0
+
+    def _install_queue_hooks(self) -> None:
+        queue, watch = self.queue, self
+        get_events, clean_events = queue.get_events, queue.clean_events
+
+        def get_listened_events() -> Any:
+            """Gradio's pick of the next events, among the events whose session listens (the others stay put)."""
+            held = []
+            for event_queue in queue.event_queue_per_concurrency_id.values():
+                heard = [e for e in event_queue.queue if watch.listening(e.session_hash)]
+                if len(heard) < len(event_queue.queue):
+                    held.append((event_queue, list(event_queue.queue), heard))
+                    event_queue.queue[:] = heard
+            try:
+                return get_events()
+            finally:
+                for event_queue, before, heard in held:
+                    taken = {id(e) for e in heard} - {id(e) for e in event_queue.queue}
+                    event_queue.queue[:] = [e for e in before if id(e) not in taken]
+
+        async def clean_and_stop(*, session_hash: str | None = None, event_id: str | None = None) -> None:
+            """Gradio drops a session's events when its stream goes away (or an event by id): stop their runs."""
+            gone = {session_hash} if session_hash else {e.session_hash for e in self._events() if e._id == event_id}
+            await clean_events(session_hash=session_hash, event_id=event_id)
+            for session in gone:
+                watch.on_gone(session)
+
+        queue.get_events, queue.clean_events = get_listened_events, clean_and_stop
+
+    async def _sweep(self, every_s: float = 0.5) -> None:
+        """Drop events nobody listened to within `grace_s` (waiting or running), and the message queues of
+        sessions with nothing pending and no stream (Gradio keeps one per session hash ever seen)."""
+        first_unheard: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                now = time.monotonic()
+                unheard = {e.session_hash for e in self._events() if not self.listening(e.session_hash)}
+                first_unheard = {s: first_unheard.get(s, now) for s in unheard}
+                for session, since in list(first_unheard.items()):
+                    if now - since >= self.share.grace_s:
+                        stale = [e for e in self._events() if e.session_hash == session
+                                 and now - e.enqueue_time >= self.share.grace_s]
+                        if stale:
+                            log.info("dropping %d event(s) of a session that never listened", len(stale))
+                            self.dropped += len(stale)
+                            await self.queue.clean_events(session_hash=session)
+                            del first_unheard[session]
+                pending = self.queue.pending_event_ids_session
+                for session in list(self.queue.pending_messages_per_session):
+                    if not self.listening(session) and not pending.get(session):
+                        self.queue.pending_messages_per_session.pop(session, None)
+            except Exception:  # noqa: BLE001 - the sweep must outlive any one odd state of the queue
+                log.exception("queue sweep failed")
+
+
+def _named_paths(data: Any, depth: int = 0) -> Iterator[str]:
+    """Every `path` a client names in an event's data: a dict in Gradio's FileData shape (its meta says so, or it
+    has a path and no key FileData lacks; a Plotly shape's SVG `path` is not one)."""
+    if depth > 32:
+        yield ""  # nested absurdly deep: refused like an unreadable path
+    elif isinstance(data, dict):
+        meta = data.get("meta")
+        if "path" in data and ((isinstance(meta, dict) and meta.get("_type") == "gradio.FileData")
+                               or set(data) <= FILE_DATA_KEYS):
+            yield data["path"] if isinstance(data["path"], str) else ""
+        for value in data.values():
+            yield from _named_paths(value, depth + 1)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _named_paths(value, depth + 1)
+
+
+def _client_address(scope: dict) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+def _event_address(event: Any) -> str:
+    try:
+        return event.request.client.host
+    except AttributeError:
+        return "unknown"
+
+
+async def _reply(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"detail": message, "error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
