@@ -18,7 +18,7 @@ from transformers.generation.streamers import BaseStreamer
 from .config import TempoSettings
 from .events import StepEvent, new_trace
 from .limits import stop_reason
-from .model import LoadedModel
+from .model import LoadedModel, cache_argument
 from .trace import Candidate, Step, Trace, finalise_text, summarise
 
 TOP_ALTERNATIVES = 5
@@ -60,6 +60,30 @@ class _StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
 
 
+PREFILL_CHUNK = 128  # prompt rows per forward before generate() takes over (engine.PREFILL_CHUNK, the same cost)
+
+
+def prefilled(lm: LoadedModel, ids: torch.Tensor, stop: threading.Event | None, beams: int = 1,
+              chunk: int | None = None) -> dict[str, Any] | None:
+    """generate() feeds the whole prompt in its first forward, whose time nothing bounds (a long prompt with 4 beams
+    took minutes on 2 cores) and which no stopping criterion interrupts. So a prompt longer than `chunk` is fed
+    here first, all but its last token, `chunk` rows a forward with `stop` checked between; generate() goes on
+    from that cache (copied for each of `beams` beams). The kwargs that hand it over; None if `stop` came first."""
+    n, chunk = ids.shape[1], chunk or PREFILL_CHUNK
+    if n <= chunk + 1:
+        return {}
+    from transformers import DynamicCache
+    cache = DynamicCache(config=lm.model.config)
+    with torch.inference_mode():
+        for start in range(0, n - 1, chunk):
+            if stop is not None and stop.is_set():
+                return None
+            lm.forward(cache, input_ids=ids[:, start:min(start + chunk, n - 1)], use_cache=True, logits_to_keep=1)
+    if beams > 1:
+        cache.batch_repeat_interleave(beams)
+    return {cache_argument(lm.model): cache}
+
+
 def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = None) -> Iterator[StepEvent]:
     """Greedy (or sampling with temperature/top-p/top-k) decoding through `model.generate`."""
     trace = new_trace(lm, s)
@@ -79,8 +103,10 @@ def default_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | No
     def work() -> None:
         try:
             torch.manual_seed(s.seed)
-            with torch.inference_mode():
-                lm.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+            prompt = prefilled(lm, ids, stop)
+            if prompt is not None:
+                with torch.inference_mode():
+                    lm.model.generate(ids, attention_mask=torch.ones_like(ids), **prompt, **kwargs)
             out.put(("end", None))
         except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
             out.put(("error", exc))
@@ -140,8 +166,12 @@ def beam_search(lm: LoadedModel, prompt_ids: list[int], num_beams: int, max_new_
     the time limit, a client gone) ends it at its next token: `stopped` says so."""
     ids = torch.tensor([prompt_ids], device=lm.device)
     t0 = time.perf_counter()
+    prompt = prefilled(lm, ids, stop, beams=num_beams)
+    if prompt is None:
+        return {"sequences": [], "scores": [], "seconds": time.perf_counter() - t0, "steps": 0,
+                "stopped": stop_reason(stop)}
     with torch.inference_mode():
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=num_beams,
+        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **prompt, num_beams=num_beams,
                                 num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
                                 min_new_tokens=max_new_tokens if fixed_length else 0,
                                 do_sample=False, early_stopping=False, output_scores=True,

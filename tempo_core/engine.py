@@ -322,6 +322,16 @@ def tempo_events(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None
         seq.close()
 
 
+def _prefill_in_chunks(seq: ParallelSequence, chunk: int, stop: threading.Event) -> torch.Tensor | None:
+    """The prompt in forwards of `chunk` rows with `stop` checked between (a job's first forward is then bounded
+    in time like every later one); the last row's logits, or None if `stop` came first."""
+    for req in seq.prefill_requests(chunk):
+        if stop.is_set():
+            return None
+        seq.serve(req)
+    return req.logits[-1]
+
+
 def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequence, t0: float,
            stop: threading.Event | None, prefix: list[Step] | None, force: dict[int, list[int]] | None,
            cooperative: bool, prefill_chunk: int) -> Iterator[StepEvent | ForwardRequest]:
@@ -349,6 +359,10 @@ def _steps(lm: LoadedModel, s: TempoSettings, trace: Trace, seq: ParallelSequenc
         else:
             probs, top = _next_distribution(req, s, [1.0])
             store.put(seq.layout.tokens, seq.cache)
+    elif stop is not None and len(seq.layout.tokens) > prefill_chunk:  # a long prompt, not in one forward
+        logits = _prefill_in_chunks(seq, prefill_chunk, stop)
+        if logits is not None:
+            probs = to_probs(logits, s.temperature)
     else:
         probs = to_probs(seq.prefill(), s.temperature)
     trace.timings["prefill_ms"] = (time.perf_counter() - t0) * 1e3

@@ -79,3 +79,58 @@ def test_a_stop_ends_beam_search_at_its_next_token(lm):
     assert whole["steps"] == 12 and whole["stopped"] is None
     timed = beam_search(lm, prompt, 3, 12, stop=RunStop(0.0))  # its time limit already past
     assert timed["steps"] == 1 and timed["stopped"] == "time_limit"
+
+
+@pytest.fixture()
+def forward_rows(lm):
+    """The rows (tokens per sequence) of every forward the model makes while the test runs."""
+    rows, original = [], lm.model.forward
+
+    def recording(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        rows.append(ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1])
+        return original(*args, **kwargs)
+    lm.model.forward = recording
+    yield rows
+    lm.model.forward = original
+
+
+def test_a_long_prompt_goes_in_bounded_forwards_and_every_mode_makes_what_it_made_in_one(lm, forward_rows,
+                                                                                       monkeypatch):
+    """A research job's (or a greedy run's) first forward was the whole prompt: minutes for a long one, with no
+    stop check inside. Now every forward is at most 128 rows, and beam search, greedy and TEMPO make exactly
+    what they made with the prompt in one forward."""
+    import tempo_core.baseline as baseline
+    from tempo_core.limits import RunStop
+    words = " ".join(["the cat sat on the mat and the dog ran to the park"] * 18)
+    s_long = s(prompt=words, max_tokens=6)
+    prompt = lm.tokenizer(words)["input_ids"]
+    assert len(prompt) > 2 * baseline.PREFILL_CHUNK
+
+    def everything(stop):
+        forward_rows.clear()
+        beams = baseline.beam_search(lm, prompt, 3, 6, stop=stop)
+        greedy = run(lm, s_long.replace(mode="default"), stop)
+        tempo = run(lm, s_long.replace(selection_threshold=0.05), stop)
+        return beams, greedy, tempo, max(forward_rows)
+    chunked = everything(RunStop(None))
+    monkeypatch.setattr(baseline, "PREFILL_CHUNK", 10_000)
+    whole = everything(None)  # no stop flag: the engine feeds the prompt in one forward too
+    assert chunked[3] <= 128 < len(prompt) <= whole[3]
+    assert chunked[0]["sequences"] == whole[0]["sequences"] and chunked[0]["steps"] == 6
+    assert chunked[0]["scores"] == pytest.approx(whole[0]["scores"], abs=1e-4)
+    for a, b in [(chunked[1], whole[1]), (chunked[2], whole[2])]:
+        assert [[c.token_id for c in st.candidates] for st in a.steps] == \
+               [[c.token_id for c in st.candidates] for st in b.steps]
+        assert max(abs(c.prob - d.prob) for x, y in zip(a.steps, b.steps)
+                   for c, d in zip(x.candidates, y.candidates)) < 1e-5
+
+
+def test_a_stop_before_or_during_a_long_prompt_ends_the_job_before_its_next_chunk(lm, forward_rows):
+    from tempo_core.baseline import beam_search
+    from tempo_core.limits import RunStop
+    prompt = lm.tokenizer(" ".join(["the cat sat on the mat"] * 60))["input_ids"]
+    stopped = beam_search(lm, prompt, 3, 12, stop=RunStop(0.0))
+    assert stopped["steps"] == 0 and stopped["stopped"] == "time_limit" and forward_rows == []
+    trace = run(lm, s(prompt=" ".join(["the cat sat on the mat"] * 60)), RunStop(0.0))
+    assert trace.stop_reason == "time_limit" and trace.steps == [] and forward_rows == []

@@ -125,7 +125,8 @@ def test_stop_from_a_client_that_never_pressed_generate_reaches_its_run_waiting_
         assert wait_until(lambda: explorer.waiting_runs("api-client") == 1)  # in Gradio's queue, not started
         client.call("stop", [])
         holder.call("stop", [])
-        assert held.result(timeout=60)["data"][4].startswith("Done (stopped)")
+        held_status = held.result(timeout=60)["data"][4]  # with or without a first step: the machine's speed decides
+        assert held_status.startswith(("Done (stopped)", "no steps (stopped)")), held_status
         status = result.result(timeout=60)["data"][4]
         assert status == "no steps (stopped)", status
 
