@@ -6,7 +6,7 @@ FLOOR := .venv-floor/.installed
 # the lowest transformers that requirements.txt allows; test-floor runs the engine's tests on it
 TRANSFORMERS_FLOOR := 5.17.0
 
-.PHONY: app test test-floor cli bench browser-deps study
+.PHONY: app test test-floor test-hostile cli bench browser-deps study
 
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv .venv
@@ -45,6 +45,11 @@ test-floor: $(FLOOR)
 		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py test_soft.py \
 		test_commitment.py test_stats.py test_study.py test_batch.py test_kvstore.py) tests/figures/test_research.py tests/figures/test_commitment_strip.py \
 		tests/test_layers.py
+
+# The server as a stranger meets it (tests/hostile): a real app.py on the embedded model, plain HTTP, raw sockets,
+# floods and a class beside them. Several minutes; CI runs it after `make test`.
+test-hostile: $(STAMP)
+	$(PY) -m pytest -q -m hostile tests/hostile
 
 bench: $(STAMP)
 	$(PY) bench/bench_steps.py

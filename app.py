@@ -92,7 +92,7 @@ def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | 
     api = FastAPI(title="TEMPO Explorer API", version=__version__,
                   description="Generate with TEMPO; the answer is the JSON trace (schema in the README).")
     add_routes(api, lm, shared.slots, shared.store, shared.limits, shared.batcher, shared.stepped,
-               shared.research_slots)
+               shared.research_slots, queue=lambda: api.state.queue_watch.report())
     api.add_api_route("/assets/plotly.min.js", lambda: FileResponse(PLOTLY_JS, headers={
         "Cache-Control": "public, max-age=86400"}), methods=["GET"], include_in_schema=False)
     frame_diff.install()  # Gradio's own frame diff corrupts figures whose lists shrink (server/frame_diff.py)

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 from fastapi import FastAPI, Request
@@ -156,10 +156,12 @@ async def run_for(request: Request, lm: LoadedModel, s: TempoSettings, limits: L
 
 
 def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, limits: Limits,
-               batcher: Batcher, stepped: SteppedRuns | None = None, research: Slots | None = None) -> None:
+               batcher: Batcher, stepped: SteppedRuns | None = None, research: Slots | None = None,
+               queue: Callable[[], dict] | None = None) -> None:
     """`batcher`: serves every run on the model's own thread (Shared.batcher), never in a fresh thread.
     `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports; `research`: the slots
-    of research jobs (baselines, sweeps, studies), whose running and waiting jobs it reports too."""
+    of research jobs (baselines, sweeps, studies), whose running and waiting jobs it reports too; `queue()`: the
+    page's queue (server/protocol.py QueueWatch.report)."""
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
         paused = {} if stepped is None else {
@@ -171,6 +173,8 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                        "kv_store_slots_free": lm.kvstore.free_slots}
         if lm.batchgraphs:  # captured batch forwards (batchgraph.py), at most MAX_GRAPHS shapes
             paused |= {"batch_graphs": len(lm.batchgraphs.graphs)}
+        if queue is not None:
+            paused |= {"queue": queue()}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import uvicorn
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .uploads import MAX_UPLOAD_BYTES, UNREADABLE
@@ -132,10 +133,19 @@ class QueueGuard:
             return await self._join(scope, receive, send)
         if method == "GET" and (path == QUEUE_STREAM or CALL_STREAM.match(path)):
             session = self.watch.stream_session(scope)
-            if session:
-                with self.watch.streaming(session):
-                    return await self.app(scope, receive, send)
-        return await self.app(scope, receive, send)
+            if session not in self.watch.queue.pending_messages_per_session:
+                # Gradio would start a stream, then fail inside it with a traceback in the log for every such call
+                return await _reply(send, 404, "no such session or event in the queue")
+            with self.watch.streaming(session):
+                return await self._quietly(scope, receive, send)
+        return await self._quietly(scope, receive, send)
+
+    async def _quietly(self, scope: dict, receive: Any, send: Any) -> None:
+        """A client that leaves mid-request is logged in one line, not with a stack trace."""
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            log.info("client %s left during %s %s", _client_address(scope), scope["method"], scope["path"])
 
     async def _join(self, scope: dict, receive: Any, send: Any) -> None:
         chunks, more = [], True
@@ -262,6 +272,13 @@ class QueueWatch:
         for job in self.queue.active_jobs:
             yield from (event for event in job or [] if event.alive)
 
+    def report(self) -> dict:
+        """For /health: events waiting and running in Gradio's queue, open streams, events dropped unheard."""
+        waiting = sum(len(q.queue) for q in self.queue.event_queue_per_concurrency_id.values())
+        running = sum(1 for job in self.queue.active_jobs for e in job or [] if e.alive)
+        return {"waiting": waiting, "running": running, "streams": sum(self.streams.values()),
+                "dropped_unheard": self.dropped}
+
     def listening(self, session: str) -> bool:
         return self.streams.get(session, 0) > 0
 
@@ -327,9 +344,10 @@ def _named_paths(data: Any, depth: int = 0) -> Iterator[str]:
         yield ""  # nested absurdly deep: refused like an unreadable path
     elif isinstance(data, dict):
         meta = data.get("meta")
-        if "path" in data and ((isinstance(meta, dict) and meta.get("_type") == "gradio.FileData")
-                               or set(data) <= FILE_DATA_KEYS):
-            yield data["path"] if isinstance(data["path"], str) else ""
+        is_file_data = isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"
+        if "path" in data and (is_file_data or set(data) <= FILE_DATA_KEYS):
+            # without its meta Gradio would refuse it with a stack trace in the log: refused here like any other
+            yield data["path"] if is_file_data and isinstance(data["path"], str) else ""
         for value in data.values():
             yield from _named_paths(value, depth + 1)
     elif isinstance(data, list):

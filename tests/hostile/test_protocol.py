@@ -1,0 +1,236 @@
+"""The server as a stranger meets it: a real `python app.py` on the embedded model, driven with plain HTTP.
+
+Nothing here calls a handler. Files are named in raw `queue/join` bodies (Gradio's FileData shape), events are
+joined under fresh session hashes whose streams are never opened, slow and lying clients are raw sockets. Run
+with `make test-hostile` (CI runs it after `make test`); every wait is for a condition, never a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hostile.wire import Server, completed, file_data, fresh_session, shown_text, wait_until
+
+pytestmark = pytest.mark.hostile
+
+UNREADABLE = "not a TEMPO trace: the upload could not be read"
+READ_TIMEOUT_S = 3
+GRACE_S = 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    """Limits a test cannot reach by being slow (10 minutes a run); short read deadline and stream grace."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    srv = Server({"GRADIO_TEMP_DIR": str(tmp / "gradio"), "TEMPO_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+                  "TEMPO_STREAM_GRACE_S": str(GRACE_S), "TEMPO_APP_MAX_SECONDS": "600"}, tmp / "server.log")
+    srv.upload_dir = tmp / "gradio"
+    yield srv
+    srv.stop()
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+def a_trace(server: Server, prompt: str = "Hi") -> bytes:
+    r = httpx.post(server.url + "/api/generate", json={"prompt": prompt, "max_tokens": 2}, timeout=300)
+    assert r.status_code == 200, r.text
+    return r.content
+
+
+# --- files ---------------------------------------------------------------------------------------------------------
+def test_no_file_but_this_sessions_own_upload_is_read_hashed_or_copied(server):
+    home = os.path.expanduser("~")
+    mine = server.upload(a_trace(server), "mine.json")
+    theirs = server.upload(a_trace(server, "Hello there"), "theirs.json")
+    owner = fresh_session()
+    r, messages = server.call("load_trace", [file_data(theirs)], owner)  # the uploading session may read it
+    assert r.status_code == 200 and "Loaded trace" in shown_text(messages)
+    elsewhere = server.upload_dir.parent / "trace-outside.json"
+    elsewhere.write_bytes(a_trace(server))  # a valid trace on the server, outside the upload folder
+    named = ["/etc/passwd", "/proc/self/environ", str(Path(__file__).resolve().parents[2] / "app.py"), "app.py",
+             ".", home, "/no/such/file.json", str(elsewhere), "/dev/zero",
+             str(server.upload_dir / ".." / "trace-outside.json"), str(server.upload_dir), "https://example.com/t.json",
+             theirs]  # another session's upload, by its exact path
+    before = files_under(server.upload_dir)
+    session = fresh_session()
+    answers = set()
+    for path in named:
+        for api_name, data in [("load_trace", [file_data(path)]), ("load_trace", [{"path": path}]),
+                               ("add_upload", [None, file_data(path)])]:
+            r = server.join(api_name, data, session)
+            answers.add((r.status_code, r.json()["detail"]))
+        r = httpx.post(server.url + "/gradio_api/call/load_trace", json={"data": [file_data(path)]}, timeout=30)
+        answers.add((r.status_code, r.json()["detail"]))
+    assert answers == {(422, UNREADABLE)}  # one message for every refused path: no oracle, no working directory
+    assert files_under(server.upload_dir) == before  # nothing was copied into Gradio's cache
+    r, messages = server.call("load_trace", [file_data(mine)], session)  # the session's own upload still loads
+    assert r.status_code == 200 and "Loaded trace: 2 steps" in shown_text(messages)
+    assert server.healthy()
+
+
+def test_an_upload_claimed_by_one_session_is_refused_to_the_next(server):
+    path = server.upload(a_trace(server, "claim"), "claim.json")
+    first, second = fresh_session(), fresh_session()
+    assert server.call("add_upload", [None, file_data(path)], first)[0].status_code == 200
+    r = server.join("add_upload", [None, file_data(path)], second)
+    assert (r.status_code, r.json()["detail"]) == (422, UNREADABLE)
+
+
+# --- a frozen server -----------------------------------------------------------------------------------------------
+def slow_socket(port: int, kind: str) -> tuple[str, float]:
+    """A lying or slow client; returns (the first line the server answered, or '' if it only closed; seconds until
+    the server closed the connection)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    t0 = time.monotonic()
+    head = b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    got = b""
+    try:
+        if kind == "short body":  # Content-Length larger than the body it sends
+            sock.sendall(head + b"Content-Length: 100000\r\n\r\n{\"data\": [")
+        elif kind == "endless chunk":
+            sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n" + b"x" * 100)
+        elif kind == "silent":
+            pass
+        sock.settimeout(0.5)
+        drip = {"header drip": head, "body drip": head + b"Content-Length: 100000\r\n\r\n" + b"x" * 1000}.get(kind)
+        i = 0
+        while time.monotonic() - t0 < 60:
+            if drip is not None:
+                try:
+                    sock.sendall(drip[i % len(drip):i % len(drip) + 1])
+                    i += 1
+                except OSError:
+                    break
+            try:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    finally:
+        sock.close()
+    return got.split(b"\r\n", 1)[0].decode("latin-1"), time.monotonic() - t0
+
+
+def health_latencies(server: Server, until: threading.Event) -> list[float]:
+    seen = []
+    while not until.is_set():
+        t0 = time.monotonic()
+        ok = server.healthy(timeout=10)
+        seen.append(time.monotonic() - t0 if ok else 99.0)
+        time.sleep(0.1)
+    return seen
+
+
+def test_health_answers_within_a_second_while_dev_zero_sixty_slow_sockets_and_a_flood_are_in_flight(server):
+    kinds = ["short body", "endless chunk", "header drip", "body drip", "silent"] * 12
+    flood_sessions = [fresh_session() for _ in range(40)]
+    long_run = server.inputs("generate", **{"Prompt": "Write a long story about the sea.", "Max tokens": 200})
+    done = threading.Event()
+    cpu0 = server.cpu_s()
+    with ThreadPoolExecutor(len(kinds) + 4) as pool:
+        health = pool.submit(health_latencies, server, done)
+        sockets = [pool.submit(slow_socket, server.port, kind) for kind in kinds]
+        zero = [server.join("load_trace", [file_data("/dev/zero")], fresh_session()) for _ in range(5)]
+        flood = [server.join("generate", long_run, s) for s in flood_sessions]  # never listened to
+        results = [f.result(timeout=120) for f in sockets]
+        # every flooded event is dropped unheard: nothing waits or runs, and the model goes back to idle
+        assert wait_until(lambda: (h := server.healthy()) and h["runs_active"] == 0 and h["runs_waiting"] == 0
+                          and h["queue"]["waiting"] == 0 and h["queue"]["running"] == 0, timeout=60)
+        done.set()
+        latencies = health.result()
+    assert all(r.status_code == 422 and r.json()["detail"] == UNREADABLE for r in zero)
+    assert sum(r.status_code == 200 for r in flood) == 40
+    assert max(latencies) < 1.0, sorted(latencies)[-5:]
+    for kind, (first_line, seconds) in zip(kinds, results):
+        assert seconds < READ_TIMEOUT_S + 5, (kind, seconds)  # closed by the server's deadline, not by the client
+        assert first_line == "HTTP/1.1 408 Request Timeout", (kind, first_line)
+    assert server.healthy()["queue"]["dropped_unheard"] >= 40
+    assert server.cpu_s() - cpu0 < 30  # 40 long runs never ran (each would take minutes of CPU)
+    log = Path(server.log.name).read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
+
+
+def test_one_session_or_address_cannot_hold_more_than_its_share_of_the_queue(tmp_path):
+    """A server whose unheard events wait a minute before they are dropped, so that they stay counted."""
+    srv = Server({"GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TEMPO_STREAM_GRACE_S": "600"}, tmp_path / "log")
+    try:
+        long_run = srv.inputs("generate", **{"Prompt": "Count to one thousand.", "Max tokens": 200})
+        session = fresh_session()
+        answers = [srv.join("generate", long_run, session) for _ in range(3)]
+        assert [r.status_code for r in answers] == [200, 200, 429]  # two model events a session at once
+        assert "at most 2" in answers[-1].json()["detail"]
+        address = {"X-Forwarded-For": "192.0.2.77"}  # one client address (through uvicorn's proxy header)
+        codes = [srv.join("generate", long_run, fresh_session(), address).status_code for _ in range(50)]
+        assert codes.count(200) == 48 and codes[48:] == [429, 429]
+        other = srv.join("generate", long_run, fresh_session(), {"X-Forwarded-For": "192.0.2.78"})
+        assert other.status_code == 200  # another address still gets in
+        health = srv.healthy()
+        assert health["queue"]["waiting"] == 51 and health["queue"]["running"] == 0  # unheard: none ran
+        assert health["runs_active"] == 0
+    finally:
+        srv.stop()
+
+
+# --- the class beside hostile clients ------------------------------------------------------------------------------
+def student(server: Server, n: int) -> dict:
+    address = {"X-Forwarded-For": f"192.0.2.{n + 1}"}
+    data = server.inputs("generate", **{"Prompt": f"Name {n + 2} colours.", "Max tokens": 16})
+    r, messages = server.call("generate", data, timeout=900, headers=address)
+    end = completed(messages)
+    return {"join": r.status_code, "ok": bool(end and end.get("success")),
+            "status": next((s for s in shown_text([end]).splitlines() if s.startswith(("Done", "no steps"))), "")
+            if end else ""}
+
+
+def api_hog(server: Server, until: threading.Event) -> int:
+    """Maximal-cost /api/generate bodies, each abandoned after 3 s."""
+    sent = 0
+    body = {"prompt": "Explain everything. " * 300, "max_tokens": 200, "max_parallel_tokens": 16,
+            "selection_threshold": 0.001}
+    while not until.is_set():
+        try:
+            httpx.post(server.url + "/api/generate", json=body, timeout=3)
+        except httpx.HTTPError:
+            pass
+        sent += 1
+    return sent
+
+
+def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under_5_gb(server):
+    long_run = server.inputs("generate", **{"Prompt": "Write a long story.", "Max tokens": 200})
+    stop = threading.Event()
+    peak = [server.rss_bytes()]
+
+    def watch_memory() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], server.rss_bytes())
+            time.sleep(0.2)
+    with ThreadPoolExecutor(16) as pool:
+        pool.submit(watch_memory)
+        hogs = [pool.submit(api_hog, server, stop) for _ in range(2)]
+        for _ in range(40):  # a stranger's flood under fresh session hashes, never listened to
+            server.join("generate", long_run, fresh_session())
+        students = [pool.submit(student, server, n) for n in range(10)]
+        results = [f.result(timeout=1200) for f in students]
+        stop.set()
+        [h.result() for h in hogs]
+    finished = [r for r in results if r["ok"] and r["status"].startswith("Done")]
+    assert len(finished) >= 9, results
+    assert all("time limit" not in r["status"] for r in results), results
+    assert peak[0] < 5 * 2**30, peak[0]
+    assert wait_until(lambda: server.healthy()["runs_active"] == 0, timeout=60)
