@@ -70,6 +70,8 @@ def prefilled(lm: LoadedModel, ids: torch.Tensor, stop: threading.Event | None, 
     here first, all but its last token, `chunk` rows a forward with `stop` checked between; generate() goes on
     from that cache (copied for each of `beams` beams). The kwargs that hand it over; None if `stop` came first."""
     n, chunk = ids.shape[1], chunk or PREFILL_CHUNK
+    if stop is not None and stop.is_set():  # a job's later part (baselines after a stopped TEMPO run) starts no forward
+        return None
     if n <= chunk + 1:
         return {}
     from transformers import DynamicCache

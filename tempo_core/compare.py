@@ -51,7 +51,7 @@ def baselines(lm: LoadedModel, s: TempoSettings, num_beams: int | None = None, s
         c["peak_kv_mb"] = c["peak_kv_rows"] * per_row / 2**20
     return {"greedy": greedy, "tempo": tempo, "cost": cost,
             "beam": {"sequences": seqs, "scores": beam["scores"], "num_beams": beams, "stopped": beam["stopped"],
-                     "texts": [lm.decode(seq) for seq in seqs], "best_ids": seqs[0],
+                     "texts": [lm.decode(seq) for seq in seqs], "best_ids": seqs[0] if seqs else [],
                      "token_texts": {t: lm.decode([t]) for seq in seqs for t in seq}}}
 
 

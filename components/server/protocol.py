@@ -136,9 +136,23 @@ class QueueGuard:
             if session not in self.watch.queue.pending_messages_per_session:
                 # Gradio would start a stream, then fail inside it with a traceback in the log for every such call
                 return await _reply(send, 404, "no such session or event in the queue")
-            with self.watch.streaming(session):
-                return await self._quietly(scope, receive, send)
+            return await self._stream(scope, receive, send, session)
         return await self._quietly(scope, receive, send)
+
+    async def _stream(self, scope: dict, receive: Any, send: Any, session: str) -> None:
+        """A session's event stream. Gradio notices a client that left only when it next has a message for it (up to
+        10 s for a research job's rare progress); this notices at once, and drops the session's events."""
+        async def until_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        with self.watch.streaming(session) as stream:
+            watcher = asyncio.get_running_loop().create_task(until_disconnect())
+            watcher.add_done_callback(lambda task: task.cancelled() or stream.end())
+            try:
+                await self._quietly(scope, receive, send)
+            finally:
+                watcher.cancel()
+                stream.end()
 
     async def _quietly(self, scope: dict, receive: Any, send: Any) -> None:
         """A client that leaves mid-request is logged in one line, not with a stack trace."""
@@ -197,14 +211,24 @@ class QueueWatch:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     @contextlib.contextmanager
-    def streaming(self, session: str) -> Iterator[None]:
+    def streaming(self, session: str) -> Iterator["_Stream"]:
+        """One open stream of `session` (counted while open; `end()` may come first, when its client leaves)."""
+        stream = _Stream(self, session)
         self.streams[session] += 1
         try:
-            yield
+            yield stream
         finally:
-            self.streams[session] -= 1
-            if self.streams[session] <= 0:
-                del self.streams[session]
+            stream.end()
+
+    def stream_ended(self, session: str) -> None:
+        """A stream ended. Gradio ends one itself only once the session has nothing pending; if it still has events,
+        the client went away: drop them and stop their work now, not after the grace."""
+        self.streams[session] -= 1
+        if self.streams[session] <= 0:
+            del self.streams[session]
+            if any(e.session_hash == session for e in self._events()):
+                log.info("a client left with its events pending: dropping them")
+                asyncio.get_running_loop().create_task(self.queue.clean_events(session_hash=session))
 
     def stream_session(self, scope: dict) -> str | None:
         match = CALL_STREAM.match(scope["path"])
@@ -304,9 +328,9 @@ class QueueWatch:
         async def clean_and_stop(*, session_hash: str | None = None, event_id: str | None = None) -> None:
             """Gradio drops a session's events when its stream goes away (or an event by id): stop their runs."""
             gone = {session_hash} if session_hash else {e.session_hash for e in self._events() if e._id == event_id}
-            await clean_events(session_hash=session_hash, event_id=event_id)
-            for session in gone:
+            for session in gone:  # first: Gradio calls this from a cancelled stream, whose next await is cancelled
                 watch.on_gone(session)
+            await clean_events(session_hash=session_hash, event_id=event_id)
 
         queue.get_events, queue.clean_events = get_listened_events, clean_and_stop
 
@@ -335,6 +359,16 @@ class QueueWatch:
                         self.queue.pending_messages_per_session.pop(session, None)
             except Exception:  # noqa: BLE001 - the sweep must outlive any one odd state of the queue
                 log.exception("queue sweep failed")
+
+
+class _Stream:
+    def __init__(self, watch: QueueWatch, session: str):
+        self.watch, self.session, self.ended = watch, session, False
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.watch.stream_ended(self.session)
 
 
 def _named_paths(data: Any, depth: int = 0) -> Iterator[str]:

@@ -114,7 +114,8 @@ class StepMode:
         return self.frame(run, predict)
 
     def play(self, request: gr.Request, speed: float, **form: Any) -> Iterator[Outputs]:
-        """Play: step on at `speed` steps a second (0.5 to 5) until Pause, the end, or the session leaves."""
+        """Play: step on at `speed` steps a second (0.5 to 5) until Pause, the end, the server's time limit, or the
+        session leaves."""
         try:
             speed = play_speed(speed)
             run = self._run(request, form)
@@ -122,7 +123,8 @@ class StepMode:
             yield {self.page.view.status: f"**Error:** {exc}"}
             return
         run.playing = True
-        while run.playing and not run.done:
+        ends = time.monotonic() + self.shared.limits.max_seconds  # Play is a long job too: it pauses at the limit
+        while run.playing and not run.done and time.monotonic() < ends:
             t0 = time.monotonic()
             self.shared.stepped.advance(run)
             yield self.frame(run, False)

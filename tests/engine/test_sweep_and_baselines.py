@@ -77,8 +77,19 @@ def test_a_stop_ends_beam_search_at_its_next_token(lm):
     prompt = lm.tokenizer("the cat sat")["input_ids"]
     whole = beam_search(lm, prompt, 3, 12)
     assert whole["steps"] == 12 and whole["stopped"] is None
-    timed = beam_search(lm, prompt, 3, 12, stop=RunStop(0.0))  # its time limit already past
-    assert timed["steps"] == 1 and timed["stopped"] == "time_limit"
+    timed = beam_search(lm, prompt, 3, 12, stop=RunStop(0.0))  # its time limit already past: not even a first forward
+    assert timed["steps"] == 0 and timed["stopped"] == "time_limit"
+
+    class TripsAfter(RunStop):  # set once generate() has asked it `n` times: a Stop pressed mid-search
+        def __init__(self, n: int):
+            super().__init__()
+            self.asked = n
+
+        def is_set(self) -> bool:
+            self.asked -= 1
+            return self.asked < 0 or super().is_set()
+    mid = beam_search(lm, prompt, 3, 12, stop=TripsAfter(4))
+    assert 1 <= mid["steps"] < 12 and mid["stopped"] == "stopped"
 
 
 @pytest.fixture()
@@ -134,3 +145,12 @@ def test_a_stop_before_or_during_a_long_prompt_ends_the_job_before_its_next_chun
     assert stopped["steps"] == 0 and stopped["stopped"] == "time_limit" and forward_rows == []
     trace = run(lm, s(prompt=" ".join(["the cat sat on the mat"] * 60)), RunStop(0.0))
     assert trace.stop_reason == "time_limit" and trace.steps == [] and forward_rows == []
+
+
+def test_baselines_stopped_before_they_start_make_no_forward_and_still_show(lm, forward_rows):
+    """A job whose time ran out in its first part starts none of the others (each would feed its prompt)."""
+    from tempo_core.limits import RunStop
+    result = baselines(lm, s(max_tokens=6), stop=RunStop(0.0))
+    assert forward_rows == [] or max(forward_rows) <= len(lm.tokenizer("the cat sat")["input_ids"])  # TEMPO's prompt
+    assert result["greedy"].steps == [] and result["beam"]["sequences"] == [] and result["beam"]["stopped"] == "time_limit"
+    assert "greedy" in aligned_html(result) and beam_tree_figure(result["beam"]) is not None

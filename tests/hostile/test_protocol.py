@@ -234,3 +234,109 @@ def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under
     assert all("time limit" not in r["status"] for r in results), results
     assert peak[0] < 5 * 2**30, peak[0]
     assert wait_until(lambda: server.healthy()["runs_active"] == 0, timeout=60)
+
+
+# --- every long job, every ending: the server's CPU back to idle ----------------------------------------------------
+LIMIT_S = 4.0
+LONG = {"Prompt": "Write a very long story about the sea, the wind and the ships.", "Max tokens": 200,
+        "Selection threshold": 0.02, "Min steps before EOS": 200}
+JOBS = {  # api name, and the page's inputs by label (each job runs far longer than the limit when nothing stops it)
+    "tempo": ("generate", LONG),
+    "mcts": ("generate", {**LONG, "Mode": "MCTS", "MCTS simulations": 50, "MCTS depth": 16}),
+    "soft": ("generate", {**LONG, "Mode": "Soft Thinking"}),
+    "faithfulness": ("generate", {**LONG, "Max tokens": 20, "Min steps before EOS": 20,
+                                  "Measure faithfulness after the run (Research tab)": True,
+                                  "Explicit paths per step (most probable)": 32}),
+    "baselines": ("baselines", LONG),
+    "sweep": ("sweep", {"Selection thresholds (up to 6)": "0.01, 0.02, 0.05, 0.1, 0.2, 0.3", **LONG}),
+    "study": ("study", {"Prompts for a small study here (the first of the bundled set)": 5}),
+    "play": ("play", {**LONG, "Play speed (steps a second)": 5}),
+}
+ENDINGS = ["time limit", "stop", "closed tab", "client gone"]
+
+
+@pytest.fixture(scope="module")
+def timed_server(tmp_path_factory) -> Server:
+    tmp = tmp_path_factory.mktemp("timed")
+    srv = Server({"GRADIO_TEMP_DIR": str(tmp / "gradio"), "TEMPO_APP_MAX_SECONDS": str(LIMIT_S)}, tmp / "server.log")
+    yield srv
+    srv.stop()
+
+
+class RawStream:
+    """A GET whose response is read to the end in a thread (as the page reads its event stream), on a socket this
+    test closes for real when the client "leaves" (httpx only closes once its reader next wakes)."""
+
+    def __init__(self, port: int, target: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=300)
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        self.received = b""
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self.lock:
+                self.received = (self.received + chunk)[-100_000:]
+
+    def has(self, text: str, timeout: float) -> bool:
+        return bool(wait_until(lambda: text.encode() in self.received, timeout))
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def busy(server: Server, window_s: float = 0.5) -> float:
+    """The server's CPU use (cores) over the next `window_s` seconds."""
+    before, t0 = server.cpu_s(), time.monotonic()
+    time.sleep(window_s)
+    return (server.cpu_s() - before) / (time.monotonic() - t0)
+
+
+def idle_after(server: Server, since: float, timeout: float, window_s: float = 0.5) -> float | None:
+    """Seconds from `since` (time.monotonic) to the start of the first `window_s` window in which the server used
+    under 0.15 of a core (its event loop and the queue's polling use a few percent), or None within `timeout`."""
+    while time.monotonic() - since < timeout:
+        start = time.monotonic()
+        if busy(server, window_s) < 0.15:
+            return start - since
+    return None
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+@pytest.mark.parametrize("job", list(JOBS))
+def test_every_long_job_leaves_the_cpu_idle_within_its_limit_plus_2_s_however_it_ends(timed_server, job, ending):
+    server, (api_name, by_label) = timed_server, JOBS[job]
+    assert idle_after(server, time.monotonic(), 60) is not None  # the previous case left it idle
+    session = fresh_session()
+    heartbeat = RawStream(server.port, f"/gradio_api/heartbeat/{session}")  # the page's "tab is open"
+    assert server.join(api_name, server.inputs(api_name, **by_label), session).status_code == 200
+    stream = RawStream(server.port, f"/gradio_api/queue/data?session_hash={session}")
+    assert stream.has("process_starts", timeout=60)
+    started = time.monotonic()
+    assert wait_until(lambda: busy(server) > 0.25, timeout=30), "the job never got busy"
+    if ending == "time limit":
+        since, allowed = started, LIMIT_S + 2
+    else:
+        since, allowed = time.monotonic(), 2.0
+        if ending == "stop":
+            r = httpx.post(server.url + "/gradio_api/run/stop", json={"data": [], "session_hash": session}, timeout=30)
+            assert r.status_code == 200, r.text
+        elif ending == "closed tab":
+            heartbeat.close()  # the page's heartbeat goes: Gradio runs the page's unload
+        else:
+            stream.close()  # the page's event stream goes mid-event
+    idle = idle_after(server, since, allowed + 30)
+    stream.close()
+    heartbeat.close()
+    assert idle is not None and idle <= allowed, f"{job}, {ending}: idle after {idle} s (allowed {allowed} s)"
