@@ -242,7 +242,8 @@ LONG = {"Prompt": "Write a very long story about the sea, the wind and the ships
         "Selection threshold": 0.02, "Min steps before EOS": 200}
 JOBS = {  # api name, and the page's inputs by label (each job runs far longer than the limit when nothing stops it)
     "tempo": ("generate", LONG),
-    "mcts": ("generate", {**LONG, "Mode": "MCTS", "MCTS simulations": 50, "MCTS depth": 16}),
+    "mcts": ("generate", {**LONG, "Mode": "MCTS", "Max tokens": 30, "Min steps before EOS": 30, "MCTS simulations": 50,
+                          "MCTS depth": 8}),
     "soft": ("generate", {**LONG, "Mode": "Soft Thinking"}),
     "faithfulness": ("generate", {**LONG, "Max tokens": 20, "Min steps before EOS": 20,
                                   "Measure faithfulness after the run (Research tab)": True,
