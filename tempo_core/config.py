@@ -219,9 +219,15 @@ def build_settings(values: Mapping[str, Any], base: TempoSettings | None = None,
     `caps` lowers the upper bound of numeric settings (a shared server's limits); errors then name that bound."""
     current = asdict(base) if base is not None else {
         f.name: f.default for f in fields(TempoSettings) if f.default is not MISSING}
-    switched_on = [key for key in MODE_FLAGS if key in values and _as_bool(key, values[key])]
+    named = {ALIASES.get(key, key): value for key, value in values.items()}
+    switched_on = [key for key in MODE_FLAGS if key in named and _as_bool(key, named[key])]
     if len(switched_on) > 1:
         raise SettingsError("use_mcts", "cannot be combined with default_mode; choose one mode")
+    if switched_on and "mode" in named:  # two answers to one question: refuse rather than pick one silently
+        mode, flag = _coerce("mode", named["mode"], caps), switched_on[0]
+        if mode != MODE_FLAGS[flag]:
+            raise SettingsError(flag, f"is true, which asks for mode {MODE_FLAGS[flag]!r}, but mode is {mode!r}; "
+                                      f"give one of them")
     for key, value in values.items():
         name = ALIASES.get(key, key)
         if name in MODE_FLAGS:  # the seeds' booleans for the one `mode` setting

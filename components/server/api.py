@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+from collections import Counter
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -179,7 +180,24 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                 "dtype": str(lm.dtype).replace("torch.", ""), "version": __version__,
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}
 
+    per_address: Counter[str] = Counter()  # API requests waiting or running, by client address
+    most_per_address = int(os.environ.get("TEMPO_API_PER_ADDRESS", "4"))
+
     async def generate(request: Request) -> Response:
+        address = request.client.host if request.client else "unknown"
+        if per_address[address] >= most_per_address:
+            return JSONResponse(status_code=429, headers={"Retry-After": "10"},
+                                content={"detail": f"{per_address[address]} requests from your address already wait "
+                                                   f"or run (at most {most_per_address}, TEMPO_API_PER_ADDRESS)"})
+        per_address[address] += 1
+        try:
+            return await _generate(request)
+        finally:
+            per_address[address] -= 1
+            if per_address[address] <= 0:
+                del per_address[address]
+
+    async def _generate(request: Request) -> Response:
         try:
             body = await read_body(request)
             s = prepare(lm, body, limits)

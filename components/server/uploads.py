@@ -41,7 +41,10 @@ def read_trace_file(file: Any, max_steps: int, max_candidates: int, max_bytes: i
         if size > max_bytes:
             raise ValueError(f"the file is {size / 1e6:.1f} MB; this server reads traces up to {max_bytes / 1e6:.0f} MB")
         with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+            # an integer too long for int() (Python refuses over 4,300 digits, naming no field) reads as a float
+            # (inf), which the field's own check then refuses by name
+            data = json.loads(f.read().decode("utf-8"),
+                              parse_int=lambda digits: int(digits) if len(digits) <= 400 else float(digits))
         check_trace_data(data, max_steps, max_candidates)
         build_settings(data["settings"])
         return Trace.from_dict(data)

@@ -267,3 +267,14 @@ def test_the_streamed_text_at_every_step_is_the_text_rebuilt_from_all_steps(show
         assert event.trace.text == bracket_text(event.trace.steps, show_ids)
         assert event.trace.clean_text == lm.decode(clean_token_ids(event.trace.steps))
     assert pruned > 0 and "~~" in event.trace.text
+
+
+@pytest.mark.parametrize("values, field", [({"mode": "soft", "use_mcts": True}, "use_mcts"),
+                                           ({"mode": "tempo", "default_mode": True}, "default_mode"),
+                                           ({"use_mcts": "yes", "mode": "default"}, "use_mcts")])
+def test_a_mode_flag_that_contradicts_the_mode_is_refused_naming_the_flag(values, field):
+    from tempo_core.config import SettingsError
+    with pytest.raises(SettingsError) as exc:
+        build_settings({"prompt": "x", **values})
+    assert exc.value.field == field and "give one of them" in str(exc.value)
+    assert build_settings({"prompt": "x", "mode": "mcts", "use_mcts": True}).mode == "mcts"  # agreeing is fine

@@ -341,3 +341,31 @@ def test_every_long_job_leaves_the_cpu_idle_within_its_limit_plus_2_s_however_it
     stream.close()
     heartbeat.close()
     assert idle is not None and idle <= allowed, f"{job}, {ending}: idle after {idle} s (allowed {allowed} s)"
+
+
+def test_step_mode_sessions_grow_the_server_by_at_most_the_cap_plus_300_mb(tmp_path):
+    """25 sessions each pause a step-mode run of a 2,500-character prompt under a 256 MB cap on paused caches."""
+    srv = Server({"GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TEMPO_STEP_CACHE_MB": "256",
+                  "TEMPO_APP_MAX_SECONDS": "600"}, tmp_path / "log")
+    try:
+        prompt = ("The history of the lighthouse keepers on the northern coast is long. " * 40)[:2500]
+        data = srv.inputs("step", **{"Prompt": prompt, "Max tokens": 40})
+        warm = fresh_session()
+        for _ in range(2):  # the first presses allocate what any run needs (threads, allocator arenas)
+            assert srv.call("step", data, warm)[0].status_code == 200
+        before = srv.rss_bytes()
+        peak = before
+        for _ in range(25):
+            session = fresh_session()
+            for _ in range(8):
+                r, messages = srv.call("step", data, session)
+                assert r.status_code == 200 and completed(messages)["success"]
+            peak = max(peak, srv.rss_bytes())
+        health = srv.healthy()
+        assert health["step_cache_bytes"] <= 256 * 2**20
+        grown = (max(peak, srv.rss_bytes()) - before) / 2**20
+        print(f"step mode: RSS {before / 2**20:.0f} MB -> peak {peak / 2**20:.0f} MB, grown {grown:.0f} MB; "
+              f"paused caches {health['step_cache_bytes'] / 2**20:.0f} MB in {health['step_runs']} runs")
+        assert grown <= 256 + 300, f"grew {grown:.0f} MB"
+    finally:
+        srv.stop()

@@ -114,3 +114,15 @@ def test_a_measured_trace_with_single_threadedness_is_read_back_and_its_w_is_che
         f.write_text(json.dumps(_set(data, path, value)))
         with pytest.raises(ValueError, match=re.escape(message)):
             read_trace_file(str(f), 200, 16)
+
+
+def test_an_integer_of_thousands_of_digits_is_refused_naming_its_field(lm, tmp_path):
+    """Python's int() refuses over 4,300 digits with a message that names no field (the page showed it raw)."""
+    f = tmp_path / "t.json"
+    text = json.dumps(_good(lm))
+    token_id = _good(lm)["steps"][0]["candidates"][0]["token_id"]
+    f.write_text(text.replace(f'"token_id": {token_id}', '"token_id": ' + "7" * 5000, 1))
+    with pytest.raises(ValueError) as exc:
+        read_trace_file(str(f), 200, 16)
+    assert str(exc.value).startswith("not a TEMPO trace: steps[0].candidates[0].token_id: "), str(exc.value)
+    assert "4300" not in str(exc.value)
