@@ -47,7 +47,7 @@ class PageClient:
         raise AssertionError("no result")
 
 
-def wait_until(cond, timeout: float = 30.0, interval: float = 0.05) -> bool:
+def wait_until(cond, timeout: float = 300.0, interval: float = 0.05) -> bool:
     """True as soon as `cond()` is (asked every `interval` seconds), False after `timeout` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -44,7 +44,7 @@ def test_too_big_requests_are_refused_before_running_naming_the_setting(lm):
     with explorer.slots.hold():  # the model is busy: a request that ran (or waited) would hang here
         with ThreadPoolExecutor(1) as pool:
             for body, field, words in cases:
-                r = pool.submit(client.post, "/api/generate", json=body).result(timeout=30)
+                r = pool.submit(client.post, "/api/generate", json=body).result(timeout=600)
                 assert r.status_code == 422, r.text
                 detail = r.json()["detail"][0]
                 assert detail["loc"] == ["body", field] and words in detail["msg"], detail
