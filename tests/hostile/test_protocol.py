@@ -214,11 +214,12 @@ def api_hog(server: Server, until: threading.Event) -> int:
 def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under_5_gb(server):
     long_run = server.inputs("generate", **{"Prompt": "Write a long story.", "Max tokens": 200})
     stop = threading.Event()
-    peak = [server.rss_bytes()]
+    peak, most_runs = [server.rss_bytes()], [0]
 
     def watch_memory() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], server.rss_bytes())
+            most_runs[0] = max(most_runs[0], (server.healthy(timeout=10) or {}).get("runs_active", 0))
             time.sleep(0.2)
     with ThreadPoolExecutor(16) as pool:
         pool.submit(watch_memory)
@@ -233,6 +234,7 @@ def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under
     assert len(finished) >= 9, results
     assert all("time limit" not in r["status"] for r in results), results
     assert peak[0] < 5 * 2**30, peak[0]
+    assert most_runs[0] <= 10 + 2, most_runs[0]  # the students and the hog's two: the flood never ran (before: 32)
     assert wait_until(lambda: server.healthy()["runs_active"] == 0, timeout=60)
 
 
