@@ -438,3 +438,39 @@ def test_warming_the_batch_forwards_makes_a_class_shapes_and_leaves_the_store_fr
         assert store.free_slots == store.slots
     finally:
         lm.kvstore = lm.batchgraphs = None
+
+
+def test_a_runs_clock_counts_its_rows_share_of_a_forward_not_the_other_runs_work(lm, monkeypatch):
+    """Time a run waits behind others' work does not count against its limit: beside a long prompt fed in
+    128-row chunks, a short run's clock advances by its own rows' share of each forward, exactly as if it had
+    been alone. A fake clock advances 1 ms per row fed, and nowhere else."""
+    import tempo_core.batch as batch
+    now = [0.0]
+    real_forward = batch.forward_batch
+
+    def timed_forward(group):
+        rows = sum(len(req.token_ids) for req in group)
+        out = real_forward(group)
+        now[0] += rows * 1e-3
+        return out
+    monkeypatch.setattr(batch, "forward_batch", timed_forward)
+    monkeypatch.setattr(batch.time, "monotonic", lambda: now[0])
+
+    def own_seconds(beside_long_prompt: bool) -> float:
+        """The short run's elapsed clock minus the time it was told it waited."""
+        batcher, waited, done = Batcher(None), [], []
+        short = build_settings({"prompt": "the cat", "max_tokens": 6, "raw_prompt": True})
+        started = now[0]
+        batcher.add(lambda: generate(lm, short, cooperative=True),
+                    lambda event, error: done.append(event) if event is not None and event.done else None,
+                    waited.append)
+        if beside_long_prompt:
+            long_s = build_settings({"prompt": LONG, "max_tokens": 6, "raw_prompt": True})
+            batcher.add(lambda: generate(lm, long_s, cooperative=True), lambda event, error: None)
+        while not done:
+            batcher.tick()
+        return (now[0] - started) - sum(waited), sum(waited)
+    alone, _ = own_seconds(False)
+    beside, waited_beside = own_seconds(True)
+    assert waited_beside > 0.1  # the long prompt's chunks: hundreds of rows at 1 ms
+    assert beside == pytest.approx(alone, abs=0.02)

@@ -23,6 +23,15 @@ from hostile.wire import Server, completed, file_data, fresh_session, shown_text
 pytestmark = pytest.mark.hostile
 
 UNREADABLE = "not a TEMPO trace: the upload could not be read"
+FIGURES = Path(__file__).resolve().parents[1] / "artifacts" / "hostile-figures.json"  # README "Security" quotes them
+
+
+def record(name: str, value: object) -> None:
+    """Keep a measured figure (tests/artifacts/hostile-figures.json, one key per measurement)."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    figures = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    figures[name] = value
+    FIGURES.write_text(json.dumps(figures, indent=1, sort_keys=True))
 READ_TIMEOUT_S = 3
 GRACE_S = 2
 
@@ -73,6 +82,7 @@ def test_no_file_but_this_sessions_own_upload_is_read_hashed_or_copied(server):
         r = httpx.post(server.url + "/gradio_api/call/load_trace", json={"data": [file_data(path)]}, timeout=30)
         answers.add((r.status_code, r.json()["detail"]))
     assert answers == {(422, UNREADABLE)}  # one message for every refused path: no oracle, no working directory
+    record("refused file requests", {"paths": len(named), "requests": 4 * len(named), "answers": len(answers)})
     assert files_under(server.upload_dir) == before  # nothing was copied into Gradio's cache
     r, messages = server.call("load_trace", [file_data(mine)], session)  # the session's own upload still loads
     assert r.status_code == 200 and "Loaded trace: 2 steps" in shown_text(messages)
@@ -155,6 +165,8 @@ def test_health_answers_within_a_second_while_dev_zero_sixty_slow_sockets_and_a_
         latencies = health.result()
     assert all(r.status_code == 422 and r.json()["detail"] == UNREADABLE for r in zero)
     assert sum(r.status_code == 200 for r in flood) == 40
+    record("health under attack", {"answers": len(latencies), "max_s": round(max(latencies), 3),
+                                   "slow sockets closed after at most s": round(max(t for _, t in results), 2)})
     assert max(latencies) < 1.0, sorted(latencies)[-5:]
     for kind, (first_line, seconds) in zip(kinds, results):
         assert seconds < READ_TIMEOUT_S + 5, (kind, seconds)  # closed by the server's deadline, not by the client
@@ -231,6 +243,8 @@ def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under
         stop.set()
         [h.result() for h in hogs]
     finished = [r for r in results if r["ok"] and r["status"].startswith("Done")]
+    record("class beside hostile clients", {"finished": len(finished), "of": len(results),
+                                            "peak_rss_gb": round(peak[0] / 2**30, 2), "most_runs_active": most_runs[0]})
     assert len(finished) >= 9, results
     assert all("time limit" not in r["status"] for r in results), results
     assert peak[0] < 5 * 2**30, peak[0]
@@ -342,6 +356,7 @@ def test_every_long_job_leaves_the_cpu_idle_within_its_limit_plus_2_s_however_it
     idle = idle_after(server, since, allowed + 30)
     stream.close()
     heartbeat.close()
+    record(f"idle after: {job}, {ending}", None if idle is None else round(idle, 2))
     assert idle is not None and idle <= allowed, f"{job}, {ending}: idle after {idle} s (allowed {allowed} s)"
 
 
@@ -368,6 +383,8 @@ def test_step_mode_sessions_grow_the_server_by_at_most_the_cap_plus_300_mb(tmp_p
         grown = (max(peak, srv.rss_bytes()) - before) / 2**20
         print(f"step mode: RSS {before / 2**20:.0f} MB -> peak {peak / 2**20:.0f} MB, grown {grown:.0f} MB; "
               f"paused caches {health['step_cache_bytes'] / 2**20:.0f} MB in {health['step_runs']} runs")
+        record("step mode at a 256 MB cap", {"rss_grown_mb": round(grown), "paused_cache_mb":
+                                             round(health["step_cache_bytes"] / 2**20), "paused_runs": health["step_runs"]})
         assert grown <= 256 + 300, f"grew {grown:.0f} MB"
     finally:
         srv.stop()
