@@ -17,13 +17,14 @@ Only these numbers are kept (steps x layers x top-k), never the hidden states or
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 
 import torch
 
 from .config import build_settings
 from .model import LoadedModel
-from .replay import replay_inputs
+from .replay import in_chunks, replay_inputs
 from .trace import Trace
 
 LENS_TOP_K = 3
@@ -41,7 +42,8 @@ def final_norm_and_head(lm: LoadedModel) -> tuple[Any, Any]:
     return norm, head
 
 
-def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], list[list[int]]]:
+def layer_states(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None
+                 ) -> tuple[list[torch.Tensor], list[list[int]]]:
     """Each decoder layer's output for the run's generated rows through the final norm, as lm_head reads it
     ([generated rows, hidden] per layer, layer 1 first; the prompt's rows are not kept), and the rows of each
     step's set counted from the first generated row."""
@@ -52,24 +54,35 @@ def layer_states(lm: LoadedModel, trace: Trace) -> tuple[list[torch.Tensor], lis
     norm, _ = final_norm_and_head(lm)
     final: list[torch.Tensor] = []
     hook = norm.register_forward_hook(lambda module, args, output: final.append(output))
+    # hidden_states: the embeddings, then each decoder layer's output; the last layer's is read where the model
+    # itself normalises it (transformers versions differ on whether the last entry is normed already). A long
+    # replay comes in pieces: of each, only the generated rows are kept, and each layer's are joined.
+    first = len(trace.prompt_token_ids)
+
+    def generated(out: Any, at: int) -> list[torch.Tensor]:
+        skip = max(0, first - at)
+        last = final.pop()[0, skip:]  # the model's own pass through the norm (the calls below are hooked too)
+        states = [norm(h[0, skip:]) for h in out.hidden_states[1:-1]]
+        final.clear()
+        return states + [last]
     try:
         with torch.inference_mode():
-            out = lm.model(**kwargs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+            pieces = in_chunks(lm, lm.model, kwargs, stop, keep=generated, output_hidden_states=True,
+                               logits_to_keep=1)
     finally:
         hook.remove()
-    # hidden_states: the embeddings, then each decoder layer's output; the last layer's is read where the model
-    # itself normalises it (transformers versions differ on whether the last entry is normed already)
-    first = len(trace.prompt_token_ids)
     with torch.inference_mode():
-        states = [norm(h[0, first:]) for h in out.hidden_states[1:-1]] + [final[0][0, first:]]
+        states = [torch.cat(layer) for layer in zip(*pieces)]
     return states, [[r - first for r in step_rows] for step_rows in rows]
 
 
-def measure_iter(lm: LoadedModel, trace: Trace, top_k: int = LENS_TOP_K) -> Iterator[float]:
-    """Fill `trace.commitment` (see the module doc), yielding the fraction done after each layer."""
+def measure_iter(lm: LoadedModel, trace: Trace, top_k: int = LENS_TOP_K, stop: threading.Event | None = None
+                 ) -> Iterator[float]:
+    """Fill `trace.commitment` (see the module doc), yielding the fraction done after each layer. `stop` ends a
+    long replay between its forwards (replay.ReplayStopped)."""
     _, head = final_norm_and_head(lm)
     temperature = build_settings(trace.settings).temperature
-    states, rows = layer_states(lm, trace)
+    states, rows = layer_states(lm, trace, stop)
     n_layers = len(states)
     # each row's share of its step's merged lens (a soft run's one concept row stands for its whole set)
     weights = [torch.tensor([c.prob for c in st.candidates] if len(r) > 1 else [1.0], device=lm.device)

@@ -23,6 +23,7 @@ mixture of its threads.
 from __future__ import annotations
 
 import copy
+import threading
 import math
 from typing import Any, Iterator
 
@@ -31,7 +32,7 @@ from transformers import DynamicCache
 
 from .config import build_settings
 from .model import LoadedModel
-from .replay import merged_distributions
+from .replay import REPLAY_CHUNK, ReplayStopped, merged_distributions
 from .selection import mixture, select_candidates, to_probs
 from .trace import Candidate, Trace, clean_token_ids
 
@@ -53,11 +54,16 @@ def top_paths(sets: list[list[Candidate]], max_paths: int) -> tuple[list[list[in
     return [b[0] for b in beams], [b[1] for b in beams], sum(b[1] for b in beams)
 
 
-def prompt_cache(lm: LoadedModel, prompt: list[int]) -> DynamicCache:
-    """The prompt's KV cache from one plain forward: every explicit path starts from it."""
+def prompt_cache(lm: LoadedModel, prompt: list[int], stop: threading.Event | None = None) -> DynamicCache:
+    """The prompt's KV cache from plain forwards of at most REPLAY_CHUNK rows (`stop` checked between them,
+    replay.ReplayStopped): every explicit path starts from it."""
     cache = DynamicCache(config=lm.model.config)
     with torch.inference_mode():
-        lm.forward(input_ids=torch.tensor([prompt], device=lm.device), cache=cache, use_cache=True, logits_to_keep=1)
+        for a in range(0, len(prompt), REPLAY_CHUNK):
+            if a and stop is not None and stop.is_set():
+                raise ReplayStopped
+            lm.forward(input_ids=torch.tensor([prompt[a:a + REPLAY_CHUNK]], device=lm.device), cache=cache,
+                       use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -147,16 +153,17 @@ def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool 
 PIECE_ROWS = 128  # explicit-path rows per forward between two yields: ~0.3 s of the embedded model on 2 cores
 
 
-def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True) -> Iterator[float]:
+def measure_iter(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True,
+                 stop: threading.Event | None = None) -> Iterator[float]:
     """`measure`, yielding the fraction done between pieces of work (for progress bars, and so that a server's
     other runs take their turns between them): a piece feeds at most PIECE_ROWS rows of explicit paths, or one
     token of the greedy reference."""
     if trace.mode not in ("tempo", "soft"):
         raise ValueError(f"faithfulness is defined for TEMPO and soft runs, not {trace.mode!r}")
     s = build_settings(trace.settings)
-    merged = merged_distributions(lm, trace)
+    merged = merged_distributions(lm, trace, stop)
     yield 0.0
-    cache = prompt_cache(lm, trace.prompt_token_ids)
+    cache = prompt_cache(lm, trace.prompt_token_ids, stop)
     steps = []
     for t, p_tempo in enumerate(merged):
         yield t / (len(merged) + 1)

@@ -16,6 +16,7 @@ from .commitment import measure_iter as commitment_iter
 from .faithfulness import measure_iter as faithfulness_iter
 from .limits import stop_reason
 from .mcts import mcts_events
+from .replay import ReplayStopped
 from .model import LoadedModel
 from .soft import soft_events
 from .trace import Step, Trace
@@ -36,10 +37,10 @@ def generate(lm: LoadedModel, s: TempoSettings, stop: threading.Event | None = N
                                                                         cuda_graphs=cuda_graphs)
     if s.faithfulness:
         events = _then(events, "faithfulness", "measuring faithfulness",
-                       lambda trace: faithfulness_iter(lm, trace, s.faithfulness_paths), stop)
+                       lambda trace: faithfulness_iter(lm, trace, s.faithfulness_paths, stop=stop), stop)
     if s.commitment:
         events = _then(events, "commitment", "reading the layers (logit lens)",
-                       lambda trace: commitment_iter(lm, trace), stop)
+                       lambda trace: commitment_iter(lm, trace, stop=stop), stop)
     return events
 
 
@@ -55,11 +56,14 @@ def _then(events: Iterator[StepEvent | ForwardRequest], name: str, doing: str,
             event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
         elif event.done:
             t0 = time.perf_counter()
-            for done in analysis(event.trace):
-                if stop is not None and stop.is_set():
-                    event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
-                    break
-                yield StepEvent(event.index, event.trace, [], progress=f"{doing} {done:.0%}")
+            try:
+                for done in analysis(event.trace):
+                    if stop is not None and stop.is_set():
+                        event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
+                        break
+                    yield StepEvent(event.index, event.trace, [], progress=f"{doing} {done:.0%}")
+            except ReplayStopped:  # stopped between two forwards of the run's replay
+                event.trace.stats[f"{name}_skipped"] = stop_reason(stop)
             event.trace.timings[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
         yield event
 

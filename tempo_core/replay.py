@@ -1,15 +1,18 @@
-"""A finished run's inputs, fed again in ONE forward: what the analyses after a run (faithfulness, commitment,
-the study's attention) read the model's state from, instead of stepping through the run again."""
+"""A finished run's inputs, fed again in one pass: what the analyses after a run (faithfulness, commitment,
+the study's attention) read the model's state from, instead of stepping through the run again. A long run is fed
+in forwards of REPLAY_CHUNK rows on one cache (each row masked as it was), with a stop flag checked between them:
+on a shared server no single forward then outlasts a time limit by more than one chunk."""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import torch
 
 from .config import build_settings
 from .layout import Layout, full_mask
-from .model import LoadedModel
+from .model import LoadedModel, cache_argument
 from .soft import soft_inputs
 from .trace import Trace
 
@@ -38,9 +41,38 @@ def replay_inputs(lm: LoadedModel, trace: Trace) -> tuple[dict[str, Any], list[l
             "attention_mask": full_mask(layout, s.allow_intraset_token_visibility, lm.device)}, rows
 
 
-def merged_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
+REPLAY_CHUNK = 128  # rows per forward of a long replay (engine.PREFILL_CHUNK: the same cost a forward)
+
+
+class ReplayStopped(Exception):
+    """The stop flag was set between two forwards of a replay."""
+
+
+def in_chunks(lm: LoadedModel, module: Callable[..., Any], kwargs: dict[str, Any],
+              stop: threading.Event | None = None, keep: Callable[[Any, int], Any] = lambda out, first: out,
+              chunk: int = REPLAY_CHUNK, **extra: Any) -> list[Any]:
+    """`module(**kwargs, **extra)` over a sequence of N rows: one forward if N <= `chunk`, else forwards of `chunk`
+    rows on one DynamicCache, each with its rows of the full mask (rows before it are in the cache); for each
+    forward `keep(output, its first row)` (what to hold on to of it). ReplayStopped if `stop` is set between two."""
+    seq = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    n = seq.shape[1]
+    if n <= chunk:
+        return [keep(module(**kwargs, use_cache=False, **extra), 0)]
+    from transformers import DynamicCache
+    cache = DynamicCache(config=lm.model.config)
+    outs = []
+    for a in range(0, n, chunk):
+        if stop is not None and stop.is_set():
+            raise ReplayStopped
+        b = min(n, a + chunk)
+        piece = {k: v[:, :, a:b, :b] if k == "attention_mask" else v[:, a:b] for k, v in kwargs.items()}
+        outs.append(keep(module(**piece, **{cache_argument(module): cache}, use_cache=True, **extra), a))
+    return outs
+
+
+def merged_distributions(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None) -> list[torch.Tensor]:
     """Element t: the distribution the run selected step t+1 from (TEMPO: the probability-weighted mixture of step
-    t's siblings' next-token distributions; soft: the output after its concept token), recomputed in one forward."""
+    t's siblings' next-token distributions; soft: the output after its concept token), recomputed by a replay."""
     if not trace.steps:
         return []
     kwargs, rows = replay_inputs(lm, trace)
@@ -48,7 +80,8 @@ def merged_distributions(lm: LoadedModel, trace: Trace) -> list[torch.Tensor]:
     head = lm.model.get_output_embeddings()
     out = []
     with torch.inference_mode():
-        hidden = lm.model.get_decoder()(**kwargs, use_cache=False).last_hidden_state[0]
+        hidden = torch.cat(in_chunks(lm, lm.model.get_decoder(), kwargs, stop,
+                                     keep=lambda out, first: out.last_hidden_state[0]))
         for st, r in zip(trace.steps, rows):  # one set's [k, vocab] at a time: memory stays that of a step
             probs = torch.softmax(head(hidden[r]).float() / temperature, dim=-1)
             w = torch.tensor([c.prob for c in st.candidates] if len(r) > 1 else [1.0], device=probs.device)

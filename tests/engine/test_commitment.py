@@ -124,3 +124,35 @@ def test_settles_from_is_the_start_of_the_last_run_of_agreement():
 
 
 
+
+
+@pytest.mark.parametrize("mode", ["tempo", "soft"])
+def test_a_long_replay_in_chunks_reads_what_one_forward_reads_and_stops_between_chunks(mode):
+    """The analyses' replay of a long run goes in forwards of 128 rows (each row masked as it was): the merged
+    distributions and every layer's states equal those of the replay in one forward, and a stop set before the
+    replay ends it before its second forward."""
+    import tempo_core.replay as replay
+    from tempo_core import run
+    from tempo_core.commitment import layer_states
+    from tempo_core.limits import RunStop
+    from tempo_core.replay import ReplayStopped, merged_distributions
+    from tiny import tiny_llama
+    lm = tiny_llama(seed=4)
+    words = " ".join(["the cat sat on the mat and the dog ran to the park"] * 12)
+    trace = run(lm, build_settings({"prompt": words, "max_tokens": 12, "raw_prompt": True, "mode": mode,
+                                    "selection_threshold": 0.05, "use_retroactive_pruning": mode == "tempo",
+                                    "attention_threshold": 0.1}))
+    assert len(trace.prompt_token_ids) + trace.stats.get("physical_tokens", 12) > replay.REPLAY_CHUNK  # 2 forwards
+    chunked = merged_distributions(lm, trace), layer_states(lm, trace)[0]
+    original = replay.REPLAY_CHUNK
+    try:
+        replay.in_chunks.__defaults__ = (None, replay.in_chunks.__defaults__[1], 10**6)  # one forward
+        whole = merged_distributions(lm, trace), layer_states(lm, trace)[0]
+    finally:
+        replay.in_chunks.__defaults__ = (None, replay.in_chunks.__defaults__[1], original)
+    assert len(chunked[0]) == len(whole[0]) == len(trace.steps)
+    assert max((a - b).abs().max().item() for a, b in zip(chunked[0], whole[0])) < 1e-5
+    assert len(chunked[1]) == len(whole[1]) and all(a.shape == b.shape for a, b in zip(chunked[1], whole[1]))
+    assert max((a - b).abs().max().item() for a, b in zip(chunked[1], whole[1])) < 1e-4
+    with pytest.raises(ReplayStopped):
+        merged_distributions(lm, trace, RunStop(0.0))

@@ -264,6 +264,8 @@ JOBS = {  # api name, and the page's inputs by label (each job runs far longer t
     "faithfulness": ("generate", {**LONG, "Max tokens": 20, "Min steps before EOS": 20,
                                   "Measure faithfulness after the run (Research tab)": True,
                                   "Explicit paths per step (most probable)": 32}),
+    "commitment": ("generate", {**LONG, "Max tokens": 60, "Min steps before EOS": 60, "Commitment strip (logit lens): "
+                                "where each step settles, layer by layer (under the tree)": True}),
     "baselines": ("baselines", LONG),
     "sweep": ("sweep", {"Selection thresholds (up to 6)": "0.01, 0.02, 0.05, 0.1, 0.2, 0.3", **LONG}),
     "study": ("study", {"Prompts for a small study here (the first of the bundled set)": 5}),
