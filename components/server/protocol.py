@@ -220,15 +220,24 @@ class QueueWatch:
         finally:
             stream.end()
 
-    def stream_ended(self, session: str) -> None:
-        """A stream ended. Gradio ends one itself only once the session has nothing pending; if it still has events,
-        the client went away: drop them and stop their work now, not after the grace."""
+    def stream_ended(self, session: str, reconnect_s: float = 0.5) -> None:
+        """A stream ended. Gradio ends one itself only once the session has nothing pending; if it still has events
+        `reconnect_s` later and no new stream, the client went away: drop them and stop their work (not after the
+        grace). The pause covers an event joined while Gradio was closing the stream of the one before."""
         self.streams[session] -= 1
         if self.streams[session] <= 0:
             del self.streams[session]
-            if any(e.session_hash == session for e in self._events()):
-                log.info("a client left with its events pending: dropping them")
-                asyncio.get_running_loop().create_task(self.queue.clean_events(session_hash=session))
+            loop, ended = asyncio.get_running_loop(), time.monotonic()
+            loop.call_later(reconnect_s, lambda: loop.create_task(self._gone_if_silent(session, ended)))
+
+    async def _gone_if_silent(self, session: str, ended: float) -> None:
+        if self.listening(session):
+            return
+        left = [e for e in self._events() if e.session_hash == session and e.enqueue_time <= ended]
+        if left:
+            log.info("a client left with %d event(s) pending: dropping them", len(left))
+        for event in left:
+            await self.queue.clean_events(event_id=event._id)
 
     def stream_session(self, scope: dict) -> str | None:
         match = CALL_STREAM.match(scope["path"])
@@ -242,13 +251,16 @@ class QueueWatch:
         for path in _named_paths(body.get("data")):
             if not self._may_read(path, session):
                 return 422, UNREADABLE
+        fn = self._fn_of(body)
+        if fn is not None and not fn.queue:
+            return None  # Stop, Pause and the like are never queued and cost nothing: they always get through
         waiting = list(self._events())
         if session is not None:
             mine = [e for e in waiting if e.session_hash == session]
             if len(mine) >= self.share.per_session:
                 return 429, (f"this session already has {len(mine)} requests waiting or running (at most "
                              f"{self.share.per_session}); wait for one to finish")
-            group = self._group_of(body)
+            group = getattr(fn, "concurrency_id", None)
             same = sum(1 for e in mine if e.concurrency_id == group)
             if group is not None and same >= self.share.per_session_group:
                 return 429, (f"this session already has {same} requests of this kind waiting or running (at most "
@@ -259,10 +271,9 @@ class QueueWatch:
                          f"{self.share.per_address}, TEMPO_ADDRESS_EVENTS); retry later")
         return None
 
-    def _group_of(self, body: dict) -> str | None:
+    def _fn_of(self, body: dict) -> Any:
         fn_index = body.get("fn_index")
-        fn = self.demo.fns.get(fn_index) if isinstance(fn_index, int) and not isinstance(fn_index, bool) else None
-        return getattr(fn, "concurrency_id", None)
+        return self.demo.fns.get(fn_index) if isinstance(fn_index, int) and not isinstance(fn_index, bool) else None
 
     def _may_read(self, path: str, session: str | None) -> bool:
         """Only a file that Gradio's upload route wrote, regular and within the upload size, named by no other
