@@ -23,7 +23,8 @@ from fastapi.responses import FileResponse
 
 from components.server import frame_diff
 from components.server.api import BodyLimit, add_routes
-from components.server.protocol import QueueGuard, QueueWatch, server_config
+from components.server.connections import server_config
+from components.server.queue_guard import QueueGuard, QueueWatch
 from components.server.shared import Shared, env_int, model_executor
 from components.server.uploads import MAX_UPLOAD_BYTES
 from components.tabs.explore import Explore

@@ -26,7 +26,7 @@ def live_server() -> Callable:
     import uvicorn
 
     import app as tempo_app
-    from components.server.protocol import server_config
+    from components.server.connections import server_config
     started: list[tuple[uvicorn.Server, threading.Thread, object]] = []
 
     def start(lm, **kwargs) -> tuple[str, object]:

@@ -162,7 +162,7 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
     """`batcher`: serves every run on the model's own thread (Shared.batcher), never in a fresh thread.
     `stepped`: the page's paused step-mode runs, whose number and KV caches /health reports; `research`: the slots
     of research jobs (baselines, sweeps, studies), whose running and waiting jobs it reports too; `queue()`: the
-    page's queue (server/protocol.py QueueWatch.report)."""
+    page's queue (server/queue_guard.py QueueWatch.report)."""
     @api.get("/health")
     async def health() -> dict:  # async: answers on the event loop even when every worker thread is busy
         paused = {} if stepped is None else {

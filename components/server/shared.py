@@ -164,7 +164,7 @@ class Shared:
         self.research_stops.stop(key)  # and the session's research job
 
     def client_gone(self, session_hash: str) -> None:
-        """A session's stream went away mid-event, or its events were dropped unheard (server/protocol.py): stop
+        """A session's stream went away mid-event, or its events were dropped unheard (server/queue_guard.py): stop
         its run, research job and Step press, as Stop does (its paused step-mode run stays, for its tab's return)."""
         key = session_key(types.SimpleNamespace(session_hash=session_hash))
         self.stops.stop(key)

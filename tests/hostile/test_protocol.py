@@ -186,6 +186,9 @@ def test_one_session_or_address_cannot_hold_more_than_its_share_of_the_queue(tmp
         answers = [srv.join("generate", long_run, session) for _ in range(3)]
         assert [r.status_code for r in answers] == [200, 200, 429]  # two model events a session at once
         assert "at most 2" in answers[-1].json()["detail"]
+        stop = httpx.post(srv.url + "/gradio_api/run/predict", json={"data": [], "fn_index": srv.fn("stop")["id"],
+                                                                    "session_hash": session}, timeout=30)
+        assert stop.status_code == 200  # Stop always gets through, however full the session's share
         address = {"X-Forwarded-For": "192.0.2.77"}  # one client address (through uvicorn's proxy header)
         codes = [srv.join("generate", long_run, fresh_session(), address).status_code for _ in range(50)]
         assert codes.count(200) == 48 and codes[48:] == [429, 429]

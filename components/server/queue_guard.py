@@ -1,10 +1,9 @@
-"""What a client can make the server do below the page's handlers: its connections and Gradio's queue protocol.
+"""Gradio's queue protocol as a stranger may speak it, below the page's handlers.
 
-A stranger need not use the page: they can speak HTTP and Gradio's queue protocol (`/gradio_api/queue/join`,
-`/queue/data`, `/call/...`) directly. What they name there is checked before Gradio does any work with it:
+A stranger need not use the page: they can send `/gradio_api/queue/join`, open or never open `/queue/data`, and
+use `/call/...` directly. What they name there is checked before Gradio does any work with it (the connections
+themselves are bounded in `connections.py`):
 
-- **Connections** (`server_config`): uvicorn with a deadline for each request to arrive whole (headers and body),
-  a 408 past it, and a cap on open connections. uvicorn has a keep-alive timeout but no read timeout of its own.
 - **Files** (`QueueGuard`): a file a queue event names must be one this server received through Gradio's upload
   route and that no other session has named before; anything else (a server path, a URL, a directory, /dev/zero)
   is refused with one message before Gradio hashes or copies it. Gradio's own upload-folder check is switched on
@@ -27,9 +26,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import uvicorn
 from starlette.requests import ClientDisconnect
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .uploads import MAX_UPLOAD_BYTES, UNREADABLE
 
@@ -39,66 +36,8 @@ JOIN = re.compile(r"^/gradio_api/(queue/join|call/(v2/)?[^/]+|run/[^/]+|api/[^/]
 CALL_STREAM = re.compile(r"^/gradio_api/call/[^/]+/(?P<event_id>[0-9a-f]{32})/?$")
 QUEUE_STREAM = "/gradio_api/queue/data"
 FILE_DATA_KEYS = {"path", "url", "size", "orig_name", "mime_type", "is_stream", "meta"}  # gradio.FileData's fields
-_TIMEOUT_TEXT = b"request not received in time; connection closed"
-TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                    b"connection: close\r\n\r\n%s" % (len(_TIMEOUT_TEXT), _TIMEOUT_TEXT))
 
 
-# --- connections -------------------------------------------------------------------------------------------------
-class DeadlineProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with one deadline per request: from its first byte (or the connection's opening)
-    the request's headers and body must arrive within `read_timeout_s`, or the client gets a 408 and the connection
-    closes. A slow or lying client (a drip of headers, a Content-Length larger than what it sends, an endless chunk)
-    thus holds a socket for seconds, not forever; a response, however long it streams, is not limited."""
-
-    read_timeout_s: float = 10.0
-
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm()  # the first byte of the next request on a kept-alive connection
-        super().data_received(data)
-        if self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete:
-            self._disarm()  # this request arrived whole
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self.read_timeout_s, self._too_slow)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _too_slow(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
-            return
-        if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
-            self.transport.write(TIMEOUT_RESPONSE)
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True  # the app reads http.disconnect and whatever it sends is dropped
-            self.cycle.message_event.set()
-        self.transport.close()
-
-
-def server_config(app: Any, host: str, port: int, read_timeout_s: float = 10.0, max_connections: int = 512,
-                  **kwargs: Any) -> uvicorn.Config:
-    """uvicorn's configuration for this app (`app.main` and the tests' servers): the request deadline, at most
-    `max_connections` open connections (a 503 past it), and keep-alive connections closed after 5 idle seconds."""
-    protocol = type("DeadlineProtocol", (DeadlineProtocol,), {"read_timeout_s": read_timeout_s})
-    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=max_connections,
-                          timeout_keep_alive=5, **kwargs)
-
-
-# --- Gradio's queue ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FairShare:
     """How much of the queue one client may hold: events waiting or running per session (in all, and in any one
@@ -301,7 +240,7 @@ class QueueWatch:
 
     def _events(self) -> Iterator[Any]:
         """Every event waiting in Gradio's queue or running (gradio 6.31's `event_queue_per_concurrency_id` and
-        `active_jobs`; tests/server/test_protocol.py fails if they change shape)."""
+        `active_jobs`; tests/hostile/test_protocol.py reads them through /health)."""
         for event_queue in self.queue.event_queue_per_concurrency_id.values():
             yield from event_queue.queue
         for job in self.queue.active_jobs:
