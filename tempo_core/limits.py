@@ -46,6 +46,7 @@ class Limits:
     max_tokens_fed: int = 400_000
     max_seconds: float = 120.0
     max_waiting: int = 32  # API requests waiting for the model; more get a 503
+    max_per_address: int = 4  # API requests one client address has waiting or running; more get a 429
     demo: bool = False  # TEMPO_DEMO=1: a classroom server (Learn tab first, expert settings hidden, lower caps)
 
     @classmethod
@@ -55,7 +56,8 @@ class Limits:
                  "mcts_simulations": "TEMPO_APP_MAX_MCTS_SIMULATIONS", "mcts_depth": "TEMPO_APP_MAX_MCTS_DEPTH",
                  "faithfulness_paths": "TEMPO_APP_MAX_FAITHFULNESS_PATHS",
                  "max_forward_passes": "TEMPO_APP_MAX_FORWARD_PASSES", "max_tokens_fed": "TEMPO_APP_MAX_TOKENS_FED",
-                 "max_seconds": "TEMPO_APP_MAX_SECONDS", "max_waiting": "TEMPO_API_MAX_WAITING"}
+                 "max_seconds": "TEMPO_APP_MAX_SECONDS", "max_waiting": "TEMPO_API_MAX_WAITING",
+                 "max_per_address": "TEMPO_API_PER_ADDRESS"}
         demo = env.get("TEMPO_DEMO", "0").strip().lower() in ("1", "true", "yes")
         values: dict = dict(DEMO_CAPS, demo=True) if demo else {}
         for field_name, var in names.items():

@@ -181,14 +181,13 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
                 "runs_active": slots.active, "runs_waiting": slots.waiting, **paused, "limits": limits.__dict__}
 
     per_address: Counter[str] = Counter()  # API requests waiting or running, by client address
-    most_per_address = int(os.environ.get("TEMPO_API_PER_ADDRESS", "4"))
 
     async def generate(request: Request) -> Response:
         address = request.client.host if request.client else "unknown"
-        if per_address[address] >= most_per_address:
+        if per_address[address] >= limits.max_per_address:
             return JSONResponse(status_code=429, headers={"Retry-After": "10"},
                                 content={"detail": f"{per_address[address]} requests from your address already wait "
-                                                   f"or run (at most {most_per_address}, TEMPO_API_PER_ADDRESS)"})
+                                                   f"or run (at most {limits.max_per_address}, TEMPO_API_PER_ADDRESS)"})
         per_address[address] += 1
         try:
             return await _generate(request)

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import time
+from urllib.parse import parse_qs
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -183,8 +184,8 @@ class QueueWatch:
         if match:
             event = self.queue.event_ids_to_events.get(match["event_id"])
             return event.session_hash if event is not None else None
-        query = dict(p.split("=", 1) for p in scope.get("query_string", b"").decode("latin-1").split("&") if "=" in p)
-        return query.get("session_hash") or None
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash")
+        return values[0] if values else None  # decoded as Gradio decodes it (a hash may be any string)
 
     def refusal(self, body: dict, session: str | None, address: str) -> tuple[int, str] | None:
         for path in _named_paths(body.get("data")):

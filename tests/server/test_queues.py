@@ -56,7 +56,7 @@ def test_baselines_and_sweep_show_a_progress_bar_saying_what_is_computed(lm, liv
 
 
 def test_health_answers_while_dozens_of_api_requests_wait(lm, live_server):
-    url, fastapi_app = live_server(lm, concurrency=1, limits=ROOMY)
+    url, fastapi_app = live_server(lm, concurrency=1, limits=Limits(**{**ROOMY.__dict__, "max_per_address": 64}))
     slots = fastapi_app.state.shared.slots
     with ThreadPoolExecutor(31) as pool:
         _occupy(pool, url, slots, 30, 12.0, 8.0)
@@ -68,6 +68,18 @@ def test_health_answers_while_dozens_of_api_requests_wait(lm, live_server):
         assert httpx.get(url + "/config", timeout=5).status_code == 200  # the page answers too
         # clients that hang up leave the queue, and the long run stops: nothing is left behind
         assert wait_until(lambda: slots.active == 0 and slots.waiting == 0, 40), (slots.active, slots.waiting)
+
+
+def test_one_address_may_have_only_its_share_of_api_requests_waiting_or_running(lm, live_server):
+    url, fastapi_app = live_server(lm, concurrency=1, limits=Limits(**{**ROOMY.__dict__, "max_per_address": 3}))
+    slots = fastapi_app.state.shared.slots
+    with ThreadPoolExecutor(3) as pool:
+        _occupy(pool, url, slots, 2, 6.0, 4.0)  # one running, two waiting: the address's three
+        r = httpx.post(url + "/api/generate", json={"prompt": "the dog", "max_tokens": 4}, timeout=10)
+        assert r.status_code == 429 and "at most 3, TEMPO_API_PER_ADDRESS" in r.json()["detail"]
+        other = httpx.post(url + "/api/generate", json={"prompt": "", "max_tokens": 4}, timeout=10,
+                           headers={"X-Forwarded-For": "192.0.2.9"})
+        assert other.status_code == 422  # another address is served (here: told its prompt is empty)
 
 
 def test_too_many_waiting_requests_get_a_503(lm, live_server):
