@@ -142,11 +142,17 @@ def sequence_ppl(lm: LoadedModel, prompt: list[int], continuation: list[int]) ->
     return float(torch.exp(nll))
 
 
-def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True) -> dict[str, Any]:
+def measure(lm: LoadedModel, trace: Trace, max_paths: int = 8, perplexity: bool = True,
+            stop: threading.Event | None = None) -> dict[str, Any] | None:
     """Run the meter on a finished TEMPO trace; also stores the result in `trace.faithfulness`. `perplexity`:
-    also the clean text's and greedy decoding's perplexities (off: both None, a study that needs neither)."""
-    for _ in measure_iter(lm, trace, max_paths, perplexity):
-        pass
+    also the clean text's and greedy decoding's perplexities (off: both None, a study that needs neither).
+    `stop` ends it between two pieces of work: None then."""
+    try:
+        for _ in measure_iter(lm, trace, max_paths, perplexity, stop):
+            if stop is not None and stop.is_set():
+                return None
+    except ReplayStopped:
+        return None
     return trace.faithfulness
 
 

@@ -226,9 +226,13 @@ def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyCo
                         stop)
             if stop is not None and stop.is_set():
                 return record  # cut short: the caller discards it
-            f = measure_faithfulness(lm, trace, cfg.paths, perplexity=False)
+            f = measure_faithfulness(lm, trace, cfg.paths, perplexity=False, stop=stop)
+            if f is None:
+                return record  # stopped within the meter: cut short as above
             if draws is None:
                 draws = samples(lm, trace.prompt_token_ids, cfg.samples, cfg.sample_tokens, cfg.seed + index)
+                if stop is not None and stop.is_set():
+                    return record
             per[mode] = {"mean_kl": f["mean_kl"], "mean_w": f["mean_w"], "mean_top_share": f["mean_top_share"],
                          "threaded_steps": f["threaded_steps"], "mean_set_size": trace.stats["mean_set_size"],
                          "coverage": sum(on_the_sets(x, trace, lm.eos_ids) for x in draws) / len(draws),
@@ -239,6 +243,8 @@ def study_prompt(lm: LoadedModel, item: dict[str, str], index: int, cfg: StudyCo
     assert main is not None
     parallel = {st.step for st in main.steps if len(st.candidates) > 1}
     greedy = run(lm, s(selection_threshold=1.0, max_parallel_tokens=1), stop)
+    if stop is not None and stop.is_set():
+        return record
     tempo_d = attention_by_distance(lm, main, parallel, cfg.distance)
     greedy_d = attention_by_distance(lm, greedy, parallel, cfg.distance)
     record["attention"] = {"ratio": matched_ratio(tempo_d), "set_ratio": matched_ratio(tempo_d, "set"),

@@ -251,7 +251,9 @@ def test_a_class_of_ten_finishes_beside_a_flood_and_an_api_hog_with_memory_under
     assert len(finished) >= 9, results
     assert all("time limit" not in r["status"] for r in results), results
     assert peak[0] < 5 * 2**30, peak[0]
-    assert most_runs[0] <= 10 + 2, most_runs[0]  # the students and the hog's two: the flood never ran (before: 32)
+    # the students and the hogs' address share (TEMPO_API_PER_ADDRESS: a hung-up run overlaps its successor for
+    # up to a step): the flood never ran (on the previous main it filled all 32 model slots)
+    assert most_runs[0] <= 10 + 4, most_runs[0]
     assert wait_until(lambda: server.healthy()["runs_active"] == 0, timeout=60)
 
 
