@@ -22,16 +22,16 @@ import logging
 import os
 import re
 import time
-from urllib.parse import parse_qs
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs
 
 from starlette.requests import ClientDisconnect
 
 from .uploads import MAX_UPLOAD_BYTES, UNREADABLE
 
-log = logging.getLogger("tempo.protocol")
+log = logging.getLogger("tempo.queue")
 
 JOIN = re.compile(r"^/gradio_api/(queue/join|call/(v2/)?[^/]+|run/[^/]+|api/[^/]+)/?$")
 CALL_STREAM = re.compile(r"^/gradio_api/call/[^/]+/(?P<event_id>[0-9a-f]{32})/?$")

@@ -228,7 +228,8 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         page.get_by_label("Soft Thinking").check()
         before = page.locator("#status").inner_text()
         page.locator("#generate").click()
-        page.wait_for_function("old => { const s = document.querySelector('#status').innerText;"
+        page.wait_for_function("old => { const el = document.querySelector('#status');"
+                               " const s = el ? el.innerText : old;"
                                " return s !== old && s.trim().startsWith('Done'); }", arg=before, timeout=RUN_MS)
         soft = _download_trace(page, f"soft-trace{'-phone' if phone else ''}.json")
         assert soft["mode"] == "soft" and soft["prompt"] == tempo["prompt"]
@@ -545,7 +546,8 @@ def test_demo_mode_walkthrough_generates_and_steps_within_the_classroom_caps(dem
     def generate_and_step(what: str) -> None:
         before = page.locator("#status").inner_text()
         page.locator("#generate").click()
-        page.wait_for_function("prev => { const t = document.querySelector('#status').innerText;"
+        page.wait_for_function("prev => { const el = document.querySelector('#status');"
+                               " const t = el ? el.innerText : prev;"
                                " return t !== prev && (t.startsWith('Done') || t.includes('Error')); }",
                                arg=before, timeout=RUN_MS)
         assert page.locator("#status").inner_text().startswith("Done"), (what, page.locator("#status").inner_text())
