@@ -44,8 +44,8 @@ class FairShare:
     """How much of the queue one client may hold: events waiting or running per session (in all, and in any one
     concurrency group such as the model's) and per client address; how long an event may wait for its session's
     stream before it is dropped."""
-    per_session: int = 4
-    per_session_group: int = 2
+    per_session: int = 24  # the page itself fires a run, a Step and its views' "trace arrived" hooks at once
+    per_session_group: int = 8
     per_address: int = 48
     grace_s: float = 5.0
 

@@ -179,7 +179,8 @@ def test_health_answers_within_a_second_while_dev_zero_sixty_slow_sockets_and_a_
 
 def test_one_session_or_address_cannot_hold_more_than_its_share_of_the_queue(tmp_path):
     """A server whose unheard events wait a minute before they are dropped, so that they stay counted."""
-    srv = Server({"GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TEMPO_STREAM_GRACE_S": "600"}, tmp_path / "log")
+    srv = Server({"GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "TEMPO_STREAM_GRACE_S": "600",
+                  "TEMPO_SESSION_GROUP_EVENTS": "2"}, tmp_path / "log")
     try:
         long_run = srv.inputs("generate", **{"Prompt": "Count to one thousand.", "Max tokens": 200})
         session = fresh_session()
