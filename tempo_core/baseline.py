@@ -63,6 +63,19 @@ class _StopOnEvent(StoppingCriteria):
 PREFILL_CHUNK = 128  # prompt rows per forward before generate() takes over (engine.PREFILL_CHUNK, the same cost)
 
 
+def feed_in_chunks(lm: LoadedModel, ids: torch.Tensor, cache: Any, stop: threading.Event | None,
+                   chunk: int | None = None) -> bool:
+    """Feed `ids` [1, n] into `cache`, at most `chunk` rows a forward, `stop` checked before each; False if it
+    came first (what was fed stays in the cache)."""
+    chunk = chunk or PREFILL_CHUNK
+    with torch.inference_mode():
+        for start in range(0, ids.shape[1], chunk):
+            if stop is not None and stop.is_set():
+                return False
+            lm.forward(cache, input_ids=ids[:, start:start + chunk], use_cache=True, logits_to_keep=1)
+    return True
+
+
 def prefilled(lm: LoadedModel, ids: torch.Tensor, stop: threading.Event | None, beams: int = 1,
               chunk: int | None = None) -> dict[str, Any] | None:
     """generate() feeds the whole prompt in its first forward, whose time nothing bounds (a long prompt with 4 beams
@@ -76,11 +89,8 @@ def prefilled(lm: LoadedModel, ids: torch.Tensor, stop: threading.Event | None, 
         return {}
     from transformers import DynamicCache
     cache = DynamicCache(config=lm.model.config)
-    with torch.inference_mode():
-        for start in range(0, n - 1, chunk):
-            if stop is not None and stop.is_set():
-                return None
-            lm.forward(cache, input_ids=ids[:, start:min(start + chunk, n - 1)], use_cache=True, logits_to_keep=1)
+    if not feed_in_chunks(lm, ids[:, :n - 1], cache, stop, chunk):
+        return None
     if beams > 1:
         cache.batch_repeat_interleave(beams)
     return {cache_argument(lm.model): cache}

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from .config import build_settings
 from .model import LoadedModel
+from .baseline import feed_in_chunks
 from .replay import REPLAY_CHUNK, ReplayStopped, merged_distributions
 from .selection import mixture, select_candidates, to_probs
 from .trace import Candidate, Trace, clean_token_ids
@@ -58,12 +59,8 @@ def prompt_cache(lm: LoadedModel, prompt: list[int], stop: threading.Event | Non
     """The prompt's KV cache from plain forwards of at most REPLAY_CHUNK rows (`stop` checked between them,
     replay.ReplayStopped): every explicit path starts from it."""
     cache = DynamicCache(config=lm.model.config)
-    with torch.inference_mode():
-        for a in range(0, len(prompt), REPLAY_CHUNK):
-            if a and stop is not None and stop.is_set():
-                raise ReplayStopped
-            lm.forward(input_ids=torch.tensor([prompt[a:a + REPLAY_CHUNK]], device=lm.device), cache=cache,
-                       use_cache=True, logits_to_keep=1)
+    if not feed_in_chunks(lm, torch.tensor([prompt], device=lm.device), cache, stop, REPLAY_CHUNK):
+        raise ReplayStopped
     return cache
 
 

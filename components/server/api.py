@@ -30,6 +30,7 @@ from ..figures.report import report_html
 from .live import step_by_step
 from .sessions import Slots, TraceStore
 from .stepping import SteppedRuns
+from .uploads import long_ints_as_floats
 
 MAX_BODY_BYTES = int(os.environ.get("TEMPO_API_MAX_BODY_BYTES", str(256 * 1024)))
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -86,7 +87,7 @@ async def read_body(request: Request) -> Any:
         raise SettingsError("body", f"is not UTF-8 (byte {exc.start})") from None
     try:
         # NaN/Infinity parse, and integers too long for int() read as floats (inf): each field refuses them by name
-        return json.loads(text, parse_int=lambda digits: int(digits) if len(digits) <= 400 else float(digits))
+        return json.loads(text, parse_int=long_ints_as_floats)
     except json.JSONDecodeError as exc:
         raise SettingsError("body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

@@ -92,7 +92,6 @@ class QueueGuard:
                 await self._quietly(scope, receive, send)
             finally:
                 watcher.cancel()
-                stream.end()
 
     async def _quietly(self, scope: dict, receive: Any, send: Any) -> None:
         """A client that leaves mid-request is logged in one line, not with a stack trace."""
@@ -239,20 +238,25 @@ class QueueWatch:
     def queue(self) -> Any:
         return self.demo._queue
 
-    def _events(self) -> Iterator[Any]:
-        """Every event waiting in Gradio's queue or running (gradio 6.31's `event_queue_per_concurrency_id` and
-        `active_jobs`; tests/hostile/test_protocol.py reads them through /health)."""
+    def _waiting(self) -> Iterator[Any]:
+        """Events waiting in Gradio's queue (gradio 6.31's `event_queue_per_concurrency_id`; /health reports them,
+        which tests/hostile/test_protocol.py reads)."""
         for event_queue in self.queue.event_queue_per_concurrency_id.values():
             yield from event_queue.queue
+
+    def _running(self) -> Iterator[Any]:
+        """Events a worker runs (gradio 6.31's `active_jobs`) whose client has not gone."""
         for job in self.queue.active_jobs:
             yield from (event for event in job or [] if event.alive)
 
+    def _events(self) -> Iterator[Any]:
+        yield from self._waiting()
+        yield from self._running()
+
     def report(self) -> dict:
         """For /health: events waiting and running in Gradio's queue, open streams, events dropped unheard."""
-        waiting = sum(len(q.queue) for q in self.queue.event_queue_per_concurrency_id.values())
-        running = sum(1 for job in self.queue.active_jobs for e in job or [] if e.alive)
-        return {"waiting": waiting, "running": running, "streams": sum(self.streams.values()),
-                "dropped_unheard": self.dropped}
+        return {"waiting": sum(1 for _ in self._waiting()), "running": sum(1 for _ in self._running()),
+                "streams": sum(self.streams.values()), "dropped_unheard": self.dropped}
 
     def listening(self, session: str) -> bool:
         return self.streams.get(session, 0) > 0

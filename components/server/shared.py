@@ -160,16 +160,19 @@ class Shared:
             # a client that never pressed the page's Generate (gradio_client) has a run waiting in the queue
             self.stops.arm(key)
             self.stops.stop(key)
-        self.stepped.stop(key)  # Stop also halts Play, and ends a Step press still running
-        self.research_stops.stop(key)  # and the session's research job
+        self._halt(key)
 
     def client_gone(self, session_hash: str) -> None:
         """A session's stream went away mid-event, or its events were dropped unheard (server/queue_guard.py): stop
-        its run, research job and Step press, as Stop does (its paused step-mode run stays, for its tab's return)."""
+        its run, research job and Step press, as Stop does (its paused step-mode run stays, for its tab's return;
+        no stop is armed for a run it may start later)."""
         key = session_key(types.SimpleNamespace(session_hash=session_hash))
         self.stops.stop(key)
-        self.stepped.stop(key)
-        self.research_stops.stop(key)
+        self._halt(key)
+
+    def _halt(self, key: str) -> None:
+        self.stepped.stop(key)  # Stop also halts Play, and ends a Step press still running
+        self.research_stops.stop(key)  # and the session's research job
 
     def end_session(self, request: gr.Request) -> None:
         """The tab closed: stop its run, drop its downloads, flags and stepped run."""

@@ -13,6 +13,12 @@ MAX_UPLOAD_BYTES = 8_000_000
 UNREADABLE = "not a TEMPO trace: the upload could not be read"
 
 
+def long_ints_as_floats(digits: str) -> int | float:
+    """json.loads' parse_int for client JSON: an integer too long for int() (Python refuses over 4,300 digits with
+    a message naming no field) reads as a float (inf), which the field's own check then refuses by name."""
+    return int(digits) if len(digits) <= 400 else float(digits)
+
+
 def uploaded_path(file: Any, upload_dir: str) -> str:
     """The real path of a file Gradio received, or ValueError(UNREADABLE). The path comes from the client (the
     queue protocol lets it name any path), so only a regular file inside Gradio's upload folder is read: anything
@@ -41,10 +47,7 @@ def read_trace_file(file: Any, max_steps: int, max_candidates: int, max_bytes: i
         if size > max_bytes:
             raise ValueError(f"the file is {size / 1e6:.1f} MB; this server reads traces up to {max_bytes / 1e6:.0f} MB")
         with open(path, "rb") as f:
-            # an integer too long for int() (Python refuses over 4,300 digits, naming no field) reads as a float
-            # (inf), which the field's own check then refuses by name
-            data = json.loads(f.read().decode("utf-8"),
-                              parse_int=lambda digits: int(digits) if len(digits) <= 400 else float(digits))
+            data = json.loads(f.read().decode("utf-8"), parse_int=long_ints_as_floats)
         check_trace_data(data, max_steps, max_candidates)
         build_settings(data["settings"])
         return Trace.from_dict(data)

@@ -70,17 +70,6 @@ class Server:
                 return int(line.split()[1]) * 1024
         return 0
 
-    def idle_within(self, timeout: float, window_s: float = 1.0, busy_cores: float = 0.15) -> float | None:
-        """Seconds until the server's CPU use over a `window_s` window falls below `busy_cores` (its threads'
-        polling and the event loop use a few percent), or None if it does not within `timeout`."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            before, t0 = self.cpu_s(), time.monotonic()
-            time.sleep(window_s)
-            if (self.cpu_s() - before) / (time.monotonic() - t0) < busy_cores:
-                return time.monotonic() - start
-        return None
-
     def fn(self, api_name: str) -> dict:
         return next(d for d in self.config["dependencies"] if d.get("api_name") == api_name)
 
