@@ -19,7 +19,7 @@ app: $(STAMP)
 
 # the study of README "Is the superposition real?" (about 30 min on 2 cores; --quick: about 2 min)
 study: $(STAMP)
-	$(PY) -m tempo_core.study --out study-results
+	$(PY) cli.py study --out study-results
 
 cli: $(STAMP)
 	$(PY) cli.py --prompt "Explain the theory of relativity simply." --max-tokens 40
@@ -41,10 +41,7 @@ $(FLOOR): requirements.txt
 	touch $(FLOOR)
 
 test-floor: $(FLOOR)
-	.venv-floor/bin/python -m pytest -q $(addprefix tests/engine/,test_equivalence.py test_gpu_path.py test_rules.py \
-		test_modes.py test_faithfulness.py test_sweep_and_baselines.py test_steer.py test_structure.py test_soft.py \
-		test_commitment.py test_stats.py test_study.py test_batch.py test_kvstore.py) tests/figures/test_research.py tests/figures/test_commitment_strip.py \
-		tests/test_layers.py
+	.venv-floor/bin/python -m pytest -q -m floor tests
 
 # The server as a stranger meets it (tests/hostile): a real app.py on the embedded model, plain HTTP, raw sockets,
 # floods and a class beside them. Several minutes; CI runs it after `make test`.

@@ -24,7 +24,8 @@ from fastapi.responses import FileResponse
 from components.server import frame_diff
 from components.server.api import BodyLimit, add_routes
 from components.server.connections import server_config
-from components.server.queue_guard import QueueGuard, QueueWatch
+from components.server.queue_guard import QueueGuard
+from components.server.queue_watch import QueueWatch
 from components.server.shared import Shared, env_int, model_executor
 from components.server.uploads import MAX_UPLOAD_BYTES
 from components.tabs.explore import Explore
@@ -33,7 +34,7 @@ from components.tabs.page import Page
 from components.tabs.widgets import CSS as WIDGET_CSS
 from components.tabs.widgets import PLOTLY_JS, RANGE_NOTE_HEAD
 from tempo_core import LoadedModel, ModelError, SettingsError, __version__
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
 log = logging.getLogger("tempo.app")
 

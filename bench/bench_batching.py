@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_steps import PROMPTS, random_model, sync  # noqa: E402
 from tempo_core import build_settings, load_model  # noqa: E402
-from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
-from tempo_core.kvstore import kv_store  # noqa: E402
+from tempo_core.runtime.kvstore import kv_store  # noqa: E402
+from tempo_core.serving.scheduler import Batcher  # noqa: E402
 
 
 def run_settings(runs: int, k: int, steps: int, pruning: bool = False) -> list:
@@ -52,8 +52,8 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
     `no_batcher`: the runs made one after another on this thread, as the CLI makes a run (no Batcher, no model
     thread): what a single run cost before the server batched."""
     store = kv_store(lm) or False
-    lm.kvstore = store if shared_kv else False
-    captured, lm.batchgraphs = lm.batchgraphs, lm.batchgraphs if batch_graphs else False
+    lm.runtime.kv_store = store if shared_kv else False
+    captured, lm.runtime.batch_graphs = lm.runtime.batch_graphs, lm.runtime.batch_graphs if batch_graphs else False
     settings = run_settings(runs, k, steps, pruning)
     finished = threading.Semaphore(0)
     errors: list[BaseException] = []
@@ -74,7 +74,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
             made[0] += len(list(tempo_events(lm, s, cuda_graphs=graphs))[-1].trace.steps)
         sync(lm.device)
         wall = time.perf_counter() - t0
-        lm.kvstore, lm.batchgraphs = store, captured
+        lm.runtime.kv_store, lm.runtime.batch_graphs = store, captured
         return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": 0}
     with ThreadPoolExecutor(1) as pool:
         batcher = Batcher(pool, max_rows=max_rows)
@@ -86,7 +86,7 @@ def serve(lm, runs: int, k: int, steps: int, max_rows: int, graphs: bool, shared
             finished.acquire()
         sync(lm.device)
         wall = time.perf_counter() - t0
-    lm.kvstore, lm.batchgraphs = store, captured
+    lm.runtime.kv_store, lm.runtime.batch_graphs = store, captured
     if errors:
         raise errors[0]
     return {"wall_s": wall, "steps": made[0], "steps_per_s": made[0] / wall, "ticks": batcher.ticks}

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tempo_core import build_settings, generate, load_model  # noqa: E402
-from tempo_core.batch import Batcher  # noqa: E402
-from tempo_core.compare import baselines  # noqa: E402
-from tempo_core.limits import RunStop, stop_reason  # noqa: E402
-from tempo_core.sweep import sweep  # noqa: E402
+from tempo_core.analysis.baselines import baselines  # noqa: E402
+from tempo_core.analysis.sweep import sweep  # noqa: E402
+from tempo_core.serving.scheduler import Batcher  # noqa: E402
+from tempo_core.stop import RunStop, stop_reason  # noqa: E402
 
 LETTERS = "qzxjkvbwyfgpmhdcul"  # one token each, two characters with the space: 8000 tokens fit the 20,000 characters
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_classroom import TOPICS  # noqa: E402
 from tempo_core import build_settings, generate, load_model  # noqa: E402
-from tempo_core.batch import Batcher  # noqa: E402
-from tempo_core.engine import warm_prompt_head  # noqa: E402
+from tempo_core.serving.scheduler import Batcher  # noqa: E402
+from tempo_core.serving.warmup import warm_prompt_head  # noqa: E402
 
 
 def settings(topic: str, steps: int):

@@ -45,7 +45,7 @@ def health_under_load(lm, waiting: int) -> dict:
     import uvicorn
 
     import app as tempo_app
-    from tempo_core.limits import Limits
+    from tempo_core.serving.limits import Limits
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -25,10 +25,10 @@ from tiny import tiny_tokenizer  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from tempo_core import build_settings, generate, wrap_model  # noqa: E402
-from tempo_core.batch import Batcher  # noqa: E402
-from tempo_core.batchgraph import batch_graphs  # noqa: E402
-from tempo_core.engine import warm_batch_graphs  # noqa: E402
-from tempo_core.kvstore import kv_store  # noqa: E402
+from tempo_core.runtime.kvstore import kv_store  # noqa: E402
+from tempo_core.serving.graphed import batch_graphs  # noqa: E402
+from tempo_core.serving.scheduler import Batcher  # noqa: E402
+from tempo_core.serving.warmup import warm_batch_graphs  # noqa: E402
 
 RUNS = [dict(prompt="the cat sat", selection_threshold=0.05, max_tokens=12, use_retroactive_pruning=True,
              attention_threshold=0.02),
@@ -91,7 +91,7 @@ def main() -> None:
           f"{store.free_slots}/{store.slots}")
     for name, kv, graphed in (("K/V store, graphed", store, graphs), ("K/V store, eager", store, False),
                               ("own caches", False, False)):
-        lm.kvstore, lm.batchgraphs = kv, graphed
+        lm.runtime.kv_store, lm.runtime.batch_graphs = kv, graphed
         writes, replays = store.writes, graphs.replays
         got, grouped = batched(lm, all_settings)
         same, worst, worst_score = True, 0.0, 0.0

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_steps import random_model  # noqa: E402
 from tempo_core import build_settings  # noqa: E402
-from tempo_core.engine import ParallelSequence  # noqa: E402
+from tempo_core.sequence import ParallelSequence  # noqa: E402
 
 lm = random_model("llama3b", "cuda", "bf16")
 prompt = list(range(5, 60))

@@ -24,7 +24,7 @@ from bench_steps import random_model, static_step_ms  # noqa: E402
 from tempo_core import build_settings  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
 from tempo_core.events import encode_prompt  # noqa: E402
-from tempo_core.fused import fused_kernels  # noqa: E402
+from tempo_core.runtime.fused import fused_kernels  # noqa: E402
 
 
 def run(lm, s, **kw):
@@ -104,7 +104,7 @@ def main():
                   f"eager (plain kernels) {e_ms:.2f} ms/step, graphed {g_ms:.2f} ms/step ({graphed2.stats['cuda_graphs']}, "
                   f"{graphed2.stats['graphed_steps']} graphed steps); first run {t_first:.2f} s, second {t_second:.2f} s",
                   flush=True)
-    pool = lm.slots
+    pool = lm.runtime.slots
     print(f"pool: {len(pool.idle)} idle slot(s), {pool.lent} lent, capacities {[x.capacity for x in pool.idle]}, "
           f"{sum(len(x.graphs.graphs) for x in pool.idle if x.graphs)} graphs")
     for slot in (x for x in pool.idle if x.graphs):

@@ -20,7 +20,7 @@ lm = random_model("llama3b", "cuda", "bf16")
 
 
 def measure(label):
-    lm.slots = None
+    lm.runtime.slots = None
     out = []
     for k in (1, 8):
         s = build_settings(dict(prompt="Explain the theory of relativity simply.", raw_prompt=True,
@@ -30,7 +30,7 @@ def measure(label):
         first = time.perf_counter() - t0
         trace = [e for e in tempo_events(lm, s)][-1].trace
         step = sum(st.time_ms for st in trace.steps[12:]) / 12
-        slot = next(x for x in lm.slots.idle if x.graphs and x.graphs.graphs)
+        slot = next(x for x in lm.runtime.slots.idle if x.graphs and x.graphs.graphs)
         key = next(key for key in slot.graphs.graphs if key[0] == k)
         out.append(f"k={k}: replay {replay_ms(slot.graphs, key):.2f} ms, step {step:.2f} ms, first run {first:.1f} s, "
                    f"tokens {[c.token_id for c in trace.steps[-1].candidates][:3]}")

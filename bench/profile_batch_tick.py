@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batching import run_settings  # noqa: E402
 from bench_steps import random_model  # noqa: E402
 from tempo_core import batch as batch_module  # noqa: E402
-from tempo_core.batch import Batcher  # noqa: E402
 from tempo_core.engine import tempo_events  # noqa: E402
+from tempo_core.serving.scheduler import Batcher  # noqa: E402
 
 
 def manual_batcher(lm, runs: int, k: int, steps: int, pruning: bool = False) -> Batcher:
@@ -48,9 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     lm = random_model("llama3b", "cuda", "bf16")
     if args.own_caches:
-        lm.kvstore = False
+        lm.runtime.kv_store = False
     if args.own_caches or args.eager_forward:
-        lm.batchgraphs = False
+        lm.runtime.batch_graphs = False
     if args.whole:
         for _ in range(2):  # the first a warm-up
             whole_runs(lm, args.runs, args.k, args.whole)
@@ -75,7 +75,7 @@ def main() -> None:
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / args.ticks
     print(f"caches: {'own' if args.own_caches else 'in the K/V store'}; forward: "
-          f"{'eager' if lm.batchgraphs is False else 'captured graphs'}; "
+          f"{'eager' if lm.runtime.batch_graphs is False else 'captured graphs'}; "
           f"{args.runs} runs, k = {args.k}: {wall * 1e3:.1f} ms a tick, of which forward_batch "
           f"{spent[0] / args.ticks * 1e3:.1f} ms; the rest (each run's step in Python) "
           f"{(wall - spent[0] / args.ticks) / args.runs * 1e3:.2f} ms a run")

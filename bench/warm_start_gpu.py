@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_steps import random_model  # noqa: E402
 from profile_batch_tick import whole_runs  # noqa: E402
 from tempo_core import build_settings  # noqa: E402
-from tempo_core.engine import warm_batch_graphs  # noqa: E402
+from tempo_core.serving.warmup import warm_batch_graphs  # noqa: E402
 
 
 def main() -> None:

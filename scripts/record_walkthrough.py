@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.figures.lessons import LEARN_DIR, RECORDINGS  # noqa: E402
+from components.figures.recordings import LEARN_DIR, RECORDINGS  # noqa: E402
 from tempo_core import build_settings, load_model, run  # noqa: E402
 
 

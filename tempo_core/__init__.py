@@ -1,8 +1,9 @@
 """TEMPO: Threshold-Enabled Multipath Parallel Output, on any RoPE causal LM in transformers."""
 
-from .config import SettingsError, TempoSettings, build_settings, load_settings
+from .analysis.after_run import generate, run
+from .config import SettingsError, TempoSettings, build_settings
+from .settings_sources import load_settings
 from .events import StepEvent
-from .modes import generate, run
 from .model import LoadedModel, ModelError, load_model, wrap_model
 from .trace import Candidate, Step, Trace
 

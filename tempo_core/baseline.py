@@ -17,9 +17,10 @@ from transformers.generation.streamers import BaseStreamer
 
 from .config import TempoSettings
 from .events import StepEvent, new_trace
-from .limits import stop_reason
 from .model import LoadedModel, cache_argument
-from .trace import Candidate, Step, Trace, finalise_text, summarise
+from .stop import stop_reason
+from .text import finalise_text
+from .trace import Candidate, Step, summarise, Trace
 
 TOP_ALTERNATIVES = 5
 

@@ -1,4 +1,5 @@
-"""`python -m tempo_core` (the engine alone) and `python cli.py` (with figures): run TEMPO from the command line.
+"""`python -m tempo_core` (the engine alone) and `python cli.py` (with figures): run TEMPO from the command line;
+`... study` runs the study instead (analysis/study_command.py).
 
 Flags mirror the settings fields (`selection_threshold` -> `--selection-threshold`) plus the seeds' aliases.
 Bad input exits non-zero with one line naming the field and its allowed range; no traceback.
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import FIELDS, SettingsError, TempoSettings, describe_range, load_settings
+from .config import FIELDS, SettingsError, TempoSettings, describe_range
+from .settings_sources import load_settings
 from .model import ModelError, load_model
 from .trace import Trace
 
@@ -94,9 +96,17 @@ def _explicit_settings(ns: argparse.Namespace) -> dict[str, Any]:
 # (trace, folder) -> the names of the files written. The engine draws nothing: the figures live above it
 # (components/figures/report.py), and `cli.py` at the top of the repository passes them in.
 FigureWriter = Callable[[Trace, Path], list[str]]
+StudyFigureWriter = Callable[[dict[str, Any], Path], None]  # the study's result, the page to write
 
 
-def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = None) -> int:
+def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = None,
+         write_study_figure: StudyFigureWriter | None = None) -> int:
+    """One run (or, `argv` starting with `study`, the study); the exit status. The figure writers come from above
+    the engine (`python cli.py`); without them no figure is drawn."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["study"]:
+        from .analysis.study_command import main as study_main
+        return study_main(argv[1:], write_study_figure)
     ns = build_parser().parse_args(argv)
     opts = vars(ns)
     logging.basicConfig(level=logging.DEBUG if opts.get("debug_mode") else logging.WARNING,
@@ -129,10 +139,10 @@ def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = 
     if opts.get("profile"):
         _print_profile(trace, lm.load_seconds)
     if trace.faithfulness:
-        from .faithfulness import summary_line
-        print(summary_line(trace.faithfulness), file=sys.stderr)
+        from .analysis.report import faithfulness_line
+        print(faithfulness_line(trace.faithfulness), file=sys.stderr)
     if trace.commitment:
-        from .commitment import summary_line as commitment_line
+        from .analysis.report import commitment_line
         print(commitment_line(trace.commitment), file=sys.stderr)
     if opts.get("output_dir"):
         _write_outputs(trace, Path(opts["output_dir"]), save_figures if opts.get("save_visualization") else None)
@@ -147,7 +157,7 @@ def main(argv: Sequence[str] | None = None, save_figures: FigureWriter | None = 
 def _run_with_progress(lm, settings: TempoSettings, debug: bool) -> Trace:
     from tqdm import tqdm
 
-    from .modes import generate
+    from .analysis.after_run import generate
 
     log = logging.getLogger("tempo_core.steps")
     bar = tqdm(total=settings.max_tokens, desc=settings.mode, unit="step", file=sys.stderr, leave=False,

@@ -21,10 +21,11 @@ from transformers import DynamicCache
 
 from .config import TempoSettings
 from .events import StepEvent, new_trace
-from .limits import stop_reason
 from .model import LoadedModel
 from .selection import select_candidates, to_probs
-from .trace import Candidate, Step, finalise_text, summarise
+from .stop import stop_reason
+from .text import finalise_text
+from .trace import Candidate, Step, summarise
 
 
 @dataclass

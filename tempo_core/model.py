@@ -15,21 +15,20 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
+
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 HUB_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_NAME = "SmolLM2-135M-Instruct (bundled GGUF)"
 CACHE_FORMAT = 1  # bump when the cache layout changes; older caches are rebuilt
-T = TypeVar("T")
-_own_lock = threading.Lock()
 
 
 class ModelError(RuntimeError):
@@ -44,19 +43,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
-    cuda_graphs: bool = True  # replay TEMPO steps from captured CUDA graphs where the model allows (graphs.py)
-    slots: Any = field(default=None, repr=False, compare=False)  # graphs.SlotPool, made on first use
-    prefixes: Any = field(default=None, repr=False, compare=False)  # prefix.PrefixStore, made on first use
-    kvstore: Any = field(default=None, repr=False, compare=False)  # kvstore.KVStore (False: off), made on first use
-    batchgraphs: Any = field(default=None, repr=False, compare=False)  # batchgraph.BatchGraphs (False: off)
-
-    def own(self, attr: str, make: Callable[[], T]) -> T:
-        """`self.<attr>`, made by `make()` on first use, once however many threads ask together (it lives and dies
-        with this model: its static-cache pool, its prompt prefixes)."""
-        with _own_lock:
-            if getattr(self, attr) is None:
-                setattr(self, attr, make())
-            return getattr(self, attr)
+    cuda_graphs: bool = True  # replay TEMPO steps from captured CUDA graphs where the model allows (runtime/graphs.py)
+    runtime: Runtime = field(default_factory=Runtime, repr=False, compare=False)  # its caches, shared by its runs
 
     def forward(self, cache: Any = None, **kwargs: Any) -> Any:
         """The model's forward with a KV cache, under the name this transformers version uses for it:
@@ -220,8 +208,8 @@ def load_model(requested: str | None = None, device: str | None = None, dtype: s
     `cuda_graphs` (None: `TEMPO_CUDA_GRAPHS`, default on): replay TEMPO steps from CUDA graphs where possible."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .attention import install_tempo_attention
     from .config import _as_bool
+    from .runtime.attention import install_tempo_attention
 
     if cuda_graphs is None:  # checked before the (slow) load: a bad value fails at once, naming the variable
         cuda_graphs = _as_bool("TEMPO_CUDA_GRAPHS", os.environ.get("TEMPO_CUDA_GRAPHS") or "1")
@@ -260,7 +248,7 @@ def cache_argument(model: Any) -> str:
 
 def wrap_model(model: Any, tokenizer: Any, name: str = "custom") -> LoadedModel:
     """Use an already-built model (tests, notebooks)."""
-    from .attention import install_tempo_attention
+    from .runtime.attention import install_tempo_attention
 
     check_tempo_capable(model)
     model.eval()

@@ -78,3 +78,18 @@ def next_distributions(logits: list[torch.Tensor], weights: list[list[float]], t
 
 def to_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def split_eos(ids: list[int], probs: list[float], eos: set[int], may_stop: bool,
+              dist: torch.Tensor) -> tuple[list[int], list[float], bool, bool]:
+    """EOS ends the run only as the most probable candidate (after min_steps); otherwise it is dropped."""
+    if ids[0] in eos and may_stop:
+        return ids, probs, True, False
+    kept = [(i, p) for i, p in zip(ids, probs) if i not in eos]
+    dropped = len(kept) != len(ids)
+    if not kept:  # EOS was the only candidate before min_steps: take the best non-EOS token
+        masked = dist.clone()
+        masked[list(eos)] = 0.0
+        best = int(masked.argmax())
+        kept = [(best, float(dist[best]))]
+    return [i for i, _ in kept], [p for _, p in kept], False, dropped

@@ -18,12 +18,12 @@ import torch
 from transformers import DynamicCache
 
 from .config import TempoSettings
-from .engine import repaired_text, split_eos
 from .events import StepEvent, new_trace
-from .limits import stop_reason
 from .model import LoadedModel
-from .selection import select_with_near_misses, to_probs
-from .trace import Candidate, RunningText, Step, clean_token_ids, summarise
+from .selection import select_with_near_misses, split_eos, to_probs
+from .stop import stop_reason
+from .text import RunningText, clean_token_ids, repaired_text
+from .trace import Candidate, Step, summarise
 
 
 def concept_embedding(embeddings: torch.Tensor, token_ids: list[int], probs: list[float]) -> torch.Tensor:

@@ -12,12 +12,12 @@ import math
 import threading
 from typing import Iterator
 
-from .batch import ForwardRequest
 from .config import SettingsError, build_settings
 from .engine import tempo_events
 from .events import StepEvent
+from .forward import ForwardRequest
 from .model import LoadedModel
-from .trace import Trace, rewind
+from .trace import rewind, Trace
 
 
 def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,

@@ -6,9 +6,8 @@ import html
 
 from tempo_core.steer import lower_threshold_preview
 from tempo_core.trace import Candidate, Trace
-from tempo_core.trace import rewind as trace_at  # noqa: F401 - the tree as it stood at a step
 
-from .views import show_token
+from .style import show_token
 
 
 def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:

@@ -4,112 +4,31 @@ shipped in assets/learn/.
 Every lesson is a few sentences next to a real figure with the part it talks about outlined. The recorded traces
 make it instant for every student even while the model is busy; `scripts/record_walkthrough.py` makes them again
 (tests/figures/test_lessons.py checks that they still equal what the engine produces). Each lesson offers "try it live"
-with its settings.
-"""
+with its settings."""
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from tempo_core import Trace
 
-from .research import faithfulness_figure, positions_figure
-from .views import curve_view, heatmap_view, show_token, tree_view
-
-LEARN_DIR = Path(__file__).resolve().parents[2] / "assets" / "learn"
-PROMPT = "Write one sentence about the sea."
-# the recorded runs (embedded model): name -> settings. scripts/record_walkthrough.py writes assets/learn/<name>.json
-RECORDINGS: dict[str, dict[str, Any]] = {
-    "greedy": {"prompt": PROMPT, "max_tokens": 20, "selection_threshold": 1.0},
-    "tempo": {"prompt": PROMPT, "max_tokens": 20, "selection_threshold": 0.1, "use_retroactive_pruning": True,
-              "attention_threshold": 0.02, "faithfulness": True, "faithfulness_paths": 8},
-    "curve": {"prompt": PROMPT, "max_tokens": 32, "selection_threshold": 0.1, "use_retroactive_pruning": True,
-              "attention_threshold": 0.02, "dynamic_threshold": True, "final_threshold": 0.3},
-}
-HIGHLIGHT = "#f5a623"
-
-
-@functools.lru_cache(maxsize=None)
-def recorded(name: str) -> Trace:
-    """A recorded run (read once per process; callers must not change it)."""
-    return Trace.from_json((LEARN_DIR / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def first_branch(trace: Trace) -> int:
-    return next((st.step for st in trace.steps if len(st.candidates) > 1), 0)
-
-
-def first_pruned(trace: Trace) -> tuple[int, int] | None:
-    """(step, index) of the first candidate pruning removed."""
-    return next(((st.step, i) for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at is not None),
-                None)
-
-
-def _outline(fig: dict, shape: dict, note: dict, label: str) -> dict:
-    """Add one highlight rectangle and its label to a figure dict (the shape and note give where)."""
-    layout = fig["layout"]
-    layout["shapes"] = [*layout.get("shapes", []),
-                        {"type": "rect", "line": {"color": HIGHLIGHT, "width": 3}, **shape}]
-    layout["annotations"] = [*layout.get("annotations", []),
-                             {"text": f"<b>{label}</b>", "showarrow": False, "font": {"color": "#b36b00", "size": 12},
-                              **note}]
-    return fig
-
-
-def outline_step(fig: dict, step: int, label: str) -> dict:
-    """Outline one column (a logical step) of a figure whose x axis is the step."""
-    _outline(fig, {"xref": "x", "yref": "paper", "x0": step - 0.45, "x1": step + 0.45, "y0": 0, "y1": 1,
-                   "fillcolor": "rgba(245,166,35,0.12)", "layer": "below"},
-             {"x": step, "y": 1.0, "xref": "x", "yref": "paper", "yanchor": "bottom",
-              "bgcolor": "rgba(255,255,255,0.8)"}, label)
-    xaxis = fig["layout"].setdefault("xaxis", {})
-    if "range" in xaxis:  # keep the outlined step in view
-        lo, hi = xaxis["range"]
-        if not lo <= step <= hi:
-            xaxis["range"] = [max(-0.6, step - 6), step + 6]
-    return fig
-
-
-def outline_row(fig: dict, row: int, label: str) -> dict:
-    """Outline one row of a heatmap (rows are categories, numbered from 0)."""
-    return _outline(fig, {"xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": row - 0.5, "y1": row + 0.5,
-                          "fillcolor": "rgba(0,0,0,0)"},
-                    {"x": 1, "y": row, "xref": "paper", "yref": "y", "xanchor": "right",
-                     "bgcolor": "rgba(255,255,255,0.85)"}, label)
-
-
-def outline_box(fig: dict, xref: str, yref: str, x: tuple[float, float], y: tuple[float, float], label: str,
-                label_left: bool = False) -> dict:
-    """Outline a box in data coordinates of the axes `xref` / `yref`, its label above one of its corners."""
-    return _outline(fig, {"xref": xref, "yref": yref, "x0": x[0], "x1": x[1], "y0": y[0], "y1": y[1],
-                          "fillcolor": "rgba(245,166,35,0.15)"},
-                    {"x": x[0] if label_left else x[1], "y": y[1], "xref": xref, "yref": yref,
-                     "xanchor": "right" if label_left else "left", "yanchor": "bottom",
-                     "bgcolor": "rgba(255,255,255,0.85)"}, label)
-
-
-def _one_panel(fig: dict, axis: str) -> dict:
-    """Of the positions & mask figure's two panels, keep the one on x axis `axis` ("x": positions, "x2": the
-    mask), full width: side by side they do not fit a phone. The panels' own titles go (the lesson titles the
-    figure)."""
-    fig["data"] = [tr for tr in fig["data"] if tr.get("xaxis", "x") == axis]
-    fig["layout"][f"xaxis{axis[1:]}"]["domain"] = [0.0, 1.0]
-    other = "x2" if axis == "x" else "x"
-    fig["layout"][f"xaxis{other[1:]}"]["visible"] = False
-    fig["layout"][f"yaxis{other[1:]}"]["visible"] = False
-    fig["layout"]["annotations"] = [a for a in fig["layout"].get("annotations", []) if a.get("xref") != "paper"]
-    return fig
+from .curve import curve_view
+from .faithfulness import faithfulness_figure
+from .heatmap import heatmap_view
+from .outlines import one_panel, outline_box, outline_row, outline_step
+from .positions import positions_figure
+from .recordings import RECORDINGS, first_branch, first_pruned, recorded
+from .style import show_token
+from .tree import tree_view
 
 
 def _positions(t: Trace, part: str) -> dict:
     """The positions & mask figure of the first set, its rows (left) or its siblings' mask cells (right) outlined."""
     b = first_branch(t)
     st = t.steps[b]
-    fig = _one_panel(positions_figure(t, b).to_dict(), "x" if part == "positions" else "x2")
+    fig = one_panel(positions_figure(t, b).to_dict(), "x" if part == "positions" else "x2")
     fig["layout"]["title"]["text"] = (f"Step {b}: {len(st.candidates)} siblings at position {st.position}"
                                       if part == "positions" else f"Step {b}: what its candidates may attend to")
     first, k = st.candidates[0].row, len(st.candidates)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tempo_core import Step, Trace
 
-from .views import show_token
+from .style import show_token
 
 
 @dataclass

@@ -12,11 +12,17 @@ from pathlib import Path
 import networkx as nx
 import plotly.graph_objects as go
 
-from tempo_core.faithfulness import summary_line
-from tempo_core.trace import Trace, clean_token_ids
+from tempo_core.analysis.report import faithfulness_line
+from tempo_core.text import clean_token_ids
+from tempo_core.trace import Trace
 
-from .research import faithfulness_figure
-from .views import curve_view, heatmap_view, main_path, seen_by_next_step, text_view, tree_view
+from .curve import curve_view
+from .faithfulness import faithfulness_figure
+from .heatmap import heatmap_view
+from .style import main_path, seen_by_next_step
+from .text import text_view
+from .tree import tree_view
+
 
 def node_id(step: int, idx: int) -> str:
     return f"{step}:{idx}"
@@ -24,7 +30,7 @@ def node_id(step: int, idx: int) -> str:
 
 def tree_graph(trace: Trace) -> nx.DiGraph:
     """Nodes = candidates; an edge joins every candidate to each candidate of the next step that could see it.
-    (For the tree as it stood at an earlier step, pass `components.figures.inspect.trace_at(trace, step)`.)"""
+    (For the tree as it stood at an earlier step, pass `tempo_core.trace.rewind(trace, step)`.)"""
     steps = trace.steps
     g = nx.DiGraph()
     path = main_path(trace)
@@ -64,7 +70,7 @@ def faithfulness_html(trace: Trace) -> str:
     """The measured faithfulness in one paragraph (empty when it was not measured)."""
     if not trace.faithfulness:
         return ""
-    return f"<h2>Faithfulness</h2><p>{html.escape(summary_line(trace.faithfulness))}</p>"
+    return f"<h2>Faithfulness</h2><p>{html.escape(faithfulness_line(trace.faithfulness))}</p>"
 
 
 def report_html(trace: Trace) -> str:

@@ -23,8 +23,9 @@ from tempo_core import LoadedModel, SettingsError, StepEvent, Trace, __version__
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.events import check_context, encode_prompt
-from tempo_core.batch import Batcher
-from tempo_core.limits import Limits, RunStop, check_budget
+from tempo_core.serving.limits import check_budget, Limits
+from tempo_core.serving.scheduler import Batcher
+from tempo_core.stop import RunStop
 
 from ..figures.report import report_html
 from .live import step_by_step
@@ -170,11 +171,11 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             "step_runs": len(stepped), "step_cache_bytes": stepped.cache_bytes, "step_cache_limit_bytes": stepped.max_bytes}
         if research is not None:
             paused |= {"research_active": research.active, "research_waiting": research.waiting}
-        if lm.kvstore:  # the batched runs' K/V store (kvstore.py), allocated up front once a run needed it
-            paused |= {"kv_store_bytes": lm.kvstore.nbytes, "kv_store_slots": lm.kvstore.slots,
-                       "kv_store_slots_free": lm.kvstore.free_slots}
-        if lm.batchgraphs:  # captured batch forwards (batchgraph.py), at most MAX_GRAPHS shapes
-            paused |= {"batch_graphs": len(lm.batchgraphs.graphs)}
+        if lm.runtime.kv_store:  # the batched runs' K/V store (kvstore.py), allocated up front once a run needed it
+            paused |= {"kv_store_bytes": lm.runtime.kv_store.nbytes, "kv_store_slots": lm.runtime.kv_store.slots,
+                       "kv_store_slots_free": lm.runtime.kv_store.free_slots}
+        if lm.runtime.batch_graphs:  # captured batch forwards (batchgraph.py), at most MAX_GRAPHS shapes
+            paused |= {"batch_graphs": len(lm.runtime.batch_graphs.graphs)}
         if queue is not None:
             paused |= {"queue": queue()}
         return {"status": "ok", "model_loaded": lm is not None, "model": lm.name, "device": str(lm.device),

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from tempo_core.config import FIELDS, MODE_FLAGS, TempoSettings, build_settings
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
 APP_ATTENTION_THRESHOLD = 0.02  # the embedded model's examples prune 2-6 candidates each at 0.02, none at 0.01
 # where the page's form starts when it differs from the engine's defaults (a share link states what differs from

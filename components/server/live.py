@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from tempo_core import Step, StepEvent, Trace
-from tempo_core.batch import Batcher, ForwardRequest
+from tempo_core.forward import ForwardRequest
+from tempo_core.serving.scheduler import Batcher
 
 _CONSTANT = ("model", "mode", "settings", "prompt", "prompt_text", "prompt_token_ids")  # set once, never mutated
 _CHANGING = ("text", "clean_text", "stop_reason", "timings", "stats", "faithfulness", "commitment")

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Iterator
 
-from tempo_core.limits import RunStop
+from tempo_core.stop import RunStop
 
 
 def session_key(request: Any) -> str:

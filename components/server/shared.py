@@ -16,13 +16,15 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from tempo_core import LoadedModel, StepEvent, Trace, build_settings, generate
-from tempo_core.batch import Batcher
 from tempo_core.config import TempoSettings
-from tempo_core.engine import warm_batch_graphs, warm_prompt_head
-from tempo_core.limits import Limits, RunStop, kv_cache_bytes
+from tempo_core.runtime.sizes import kv_cache_bytes
+from tempo_core.serving.limits import Limits
+from tempo_core.serving.scheduler import Batcher
+from tempo_core.serving.warmup import warm_batch_graphs, warm_prompt_head
+from tempo_core.stop import RunStop
 
-from .forms import page_defaults, settings_from_form
 from .api import admit
+from .forms import page_defaults, settings_from_form
 from .sessions import Slots, StopFlags, TraceStore, session_key
 from .stepping import SteppedRuns
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from tempo_core import StepEvent, Trace
-from tempo_core.batch import Batcher
-from tempo_core.limits import RunStop
+from tempo_core.serving.scheduler import Batcher
+from tempo_core.stop import RunStop
 
 from ..figures.predict import Score
 

@@ -7,7 +7,8 @@ import os
 from typing import Any
 
 from tempo_core.config import SettingsError, build_settings
-from tempo_core.trace import Trace, check_trace_data
+from tempo_core.trace import Trace
+from tempo_core.trace_check import check_trace_data
 
 MAX_UPLOAD_BYTES = 8_000_000
 UNREADABLE = "not a TEMPO trace: the upload could not be read"

@@ -11,8 +11,9 @@ import gradio as gr
 
 from tempo_core.trace import Trace
 
-from ..figures.research import diff_figure
-from ..figures.views import text_view, tree_view
+from ..figures.diff import diff_figure
+from ..figures.text import text_view
+from ..figures.tree import tree_view
 from ..server.shared import Shared
 from ..server.uploads import read_upload
 from .page import Hook, Page

@@ -7,9 +7,10 @@ from typing import Any
 import gradio as gr
 
 from tempo_core.config import CURVE_FORMS, FIELDS, PRUNING_MODES, TempoSettings
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
 from ..server.forms import MODES, page_defaults
+
 
 def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     """A slider whose value reaches the settings' own validation unchanged, so that an out-of-range value sent

@@ -12,14 +12,17 @@ import gradio as gr
 
 from tempo_core import SettingsError, StepEvent, Trace, build_settings
 from tempo_core.config import TempoSettings
-from tempo_core.batch import ForwardRequest
-from tempo_core.limits import RunStop
+from tempo_core.forward import ForwardRequest
 from tempo_core.steer import continue_from
+from tempo_core.stop import RunStop
 
+from ..figures.commitment_strip import commitment_strip
 from ..figures.inspect import find_node, node_details, what_if_lower
-from ..figures.layers import commitment_strip
-from ..figures.lessons import GLOSSARY, RECORDINGS, recorded
-from ..figures.views import empty_figure, status_line, tree_view, units
+from ..figures.lessons import GLOSSARY
+from ..figures.recordings import recorded, RECORDINGS
+from ..figures.style import empty_figure
+from ..figures.text import status_line
+from ..figures.tree import tree_view, units
 from ..server.api import admit
 from ..server.forms import RESEARCH_EXAMPLES, RESEARCH_FIELDS, examples, research_examples
 from ..server.live import Pace, live_traces

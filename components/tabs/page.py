@@ -11,10 +11,13 @@ import gradio as gr
 
 from tempo_core import SettingsError, Trace
 from tempo_core.config import TempoSettings
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
-from ..figures.layers import commitment_strip
-from ..figures.views import curve_view, heatmap_view, text_view, tree_view
+from ..figures.commitment_strip import commitment_strip
+from ..figures.curve import curve_view
+from ..figures.heatmap import heatmap_view
+from ..figures.text import text_view
+from ..figures.tree import tree_view
 from ..server.forms import form_values, settings_from_form
 from ..server.shared import Shared
 

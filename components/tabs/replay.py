@@ -11,9 +11,10 @@ import gradio as gr
 
 from tempo_core import SettingsError, Trace, build_settings
 from tempo_core.config import echo_value
+from tempo_core.trace import rewind
 
-from ..figures.inspect import node_choices, trace_at
-from ..figures.views import curve_view
+from ..figures.curve import curve_view
+from ..figures.inspect import node_choices
 from ..server.forms import page_defaults, settings_from_link, share_query
 from ..server.sessions import session_key
 from ..server.shared import Shared
@@ -67,7 +68,7 @@ class Replay:
         except (TypeError, ValueError, OverflowError):
             return {self.page.view.status: f"**Error:** replay step: must be an integer in [0, {n - 1}], "
                                             f"got {echo_value(step)}"}
-        past = trace_at(Trace.from_dict(data), at)
+        past = rewind(Trace.from_dict(data), at)
         return self.page.view.show(past, f"Replay: at step {at} (steps 0–{n - 1})", current=at)
 
     def after_run(self, request: gr.Request, data: dict | None) -> Outputs:

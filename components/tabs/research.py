@@ -11,18 +11,23 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from components.figures.study import study_figure
 from tempo_core import SettingsError, Trace
-from tempo_core.compare import baselines
+from tempo_core.analysis.baselines import baselines
+from tempo_core.analysis.report import study_table
+from tempo_core.analysis.study import BUNDLED_RESULTS, load_prompts, QUICK, study_iter
+from tempo_core.analysis.sweep import sweep
 from tempo_core.config import echo_value
-from tempo_core.limits import RunStop
-from tempo_core.study import BUNDLED_RESULTS, QUICK, load_prompts, study_figure, study_iter, table
-from tempo_core.sweep import sweep
+from tempo_core.stop import RunStop
 from tempo_core.trace import rewind
 
+from ..figures.baselines import aligned_html, beam_tree_figure
+from ..figures.faithfulness import faithfulness_figure, threads_figure
 from ..figures.inspect import find_node
+from ..figures.positions import positions_figure
 from ..figures.report import tree_figure
-from ..figures.research import (aligned_html, beam_tree_figure, faithfulness_figure, positions_figure,
-                                rewind_figure, sweep_figure, sweep_multiples, sweep_table, threads_figure)
+from ..figures.rewind import rewind_figure
+from ..figures.sweep import sweep_figure, sweep_multiples, sweep_table
 from ..server.shared import Shared
 from .controls import setting_slider
 from .page import Hook, Page
@@ -156,7 +161,7 @@ class Research:
                     "stay on the sets, and where predictions settle. Rerun it all with `python -m tempo_core.study`.")
         gr.Markdown(study_heading(bundled), elem_id="study-heading")
         self.study_plot = plotly_view(study_figure(bundled) if bundled else None, elem_id="study-plot")
-        self.study_md = gr.Markdown(table(bundled) if bundled else "", elem_id="study-table")
+        self.study_md = gr.Markdown(study_table(bundled) if bundled else "", elem_id="study-table")
         with gr.Row():
             self.study_n = setting_slider(1, MAX_STUDY_PROMPTS, value=2, step=1, scale=2,
                                      label="Prompts for a small study here (the first of the bundled set)")
@@ -226,7 +231,7 @@ class Research:
             result = _on(self.shared.research_executor, job, stop)
         result = json.loads(json.dumps(result), parse_constant=lambda c: None)
         return {self.study_plot: study_figure(result), self.study_md: study_heading(result, here=True) + "\n\n"
-                + table(result)}
+                + study_table(result)}
 
     def _job(self, request: gr.Request, job: Callable[..., Any], s: Any, progress: gr.Progress, *args: Any) -> Any:
         """`job(lm, s, *args)` on the research thread, within the server's time limit (Stop and a closed tab end

@@ -15,7 +15,7 @@ from tempo_core.config import echo_value
 from tempo_core.trace import rewind
 
 from ..figures.predict import prediction_choices, reflection_question, reveal_markdown, score_prediction
-from ..figures.views import status_line
+from ..figures.text import status_line
 from ..server.sessions import session_key
 from ..server.shared import Shared
 from ..server.stepping import SteppedRun

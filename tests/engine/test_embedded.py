@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tempo_core import build_settings, load_model, run
-from tempo_core.engine import ParallelSequence
 from tempo_core.model import _cache_is_complete, bundled_gguf
+from tempo_core.sequence import ParallelSequence
 
 pytestmark = pytest.mark.embedded
 
@@ -74,14 +74,18 @@ def test_cache_completeness_check_catches_partial_caches(tmp_path):
 
 
 def test_the_quick_study_runs_from_one_command_on_the_embedded_model(tmp_path, capsys):
-    """`python -m tempo_core.study --quick` (two of its prompts here): the JSON, the table and the figure it writes
+    """`python cli.py study --quick` (two of its prompts here): the JSON, the table and the figure it writes
     agree, and the prompts are the bundled ones."""
-    from tempo_core.study import load_prompts, main, study_figure, table
-    assert main(["--quick", "--max-prompts", "2", "--out", str(tmp_path)]) == 0
+    from components.figures.study import study_figure, write_study_html
+    from tempo_core.analysis.report import study_table
+    from tempo_core.analysis.study import load_prompts
+    from tempo_core.cli import main
+    assert main(["study", "--quick", "--max-prompts", "2", "--out", str(tmp_path)],
+                write_study_figure=write_study_html) == 0
     result = json.loads((tmp_path / "study.json").read_text())
     assert [r["prompt"] for r in result["records"]] == [p["prompt"] for p in load_prompts()[:2]]
-    assert (tmp_path / "results.md").read_text().strip() == table(result).strip()
-    assert table(result) in capsys.readouterr().out
+    assert (tmp_path / "results.md").read_text().strip() == study_table(result).strip()
+    assert study_table(result) in capsys.readouterr().out
     html = (tmp_path / "study.html").read_text()
     assert all(name in html for name in study_figure(result)["data"][0]["y"][:3])
     assert result["summary"]["commitment"]["layers"] == 30 and result["config"]["samples"] == 8

@@ -5,8 +5,10 @@ import torch
 from tiny import tiny_llama
 
 from tempo_core import build_settings, run
-from tempo_core.engine import ParallelSequence
 from tempo_core.selection import mixture, to_probs
+from tempo_core.sequence import ParallelSequence
+
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
 TOL = 1e-4
 

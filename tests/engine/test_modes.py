@@ -8,6 +8,8 @@ from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
 
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
+
 
 @pytest.fixture(scope="module")
 def lm():

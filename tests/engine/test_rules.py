@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from tempo_core import SettingsError, build_settings, load_settings, run
-from tempo_core.config import file_values
-from tempo_core.engine import split_eos
+from tempo_core.settings_sources import file_values
 from tempo_core.layout import Layout, full_mask, step_mask
 from tempo_core.pruning import RetroactivePruner, layer_weights
 from tempo_core.schedule import bezier, pruning_threshold, relu_ramp, threshold_curve
 from tempo_core.selection import select_candidates
-from tempo_core.trace import Candidate, Step, Trace, bracket_text, clean_token_ids
+from tempo_core.selection import split_eos
+from tempo_core.text import bracket_text, clean_token_ids
+from tempo_core.trace import Candidate, Step, Trace
+
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
 
 def test_selection_keeps_everything_above_threshold_in_probability_order_with_a_cap():
@@ -257,7 +260,7 @@ def test_the_streamed_text_at_every_step_is_the_text_rebuilt_from_all_steps(show
     from tiny import tiny_llama
 
     from tempo_core.engine import tempo_events
-    from tempo_core.trace import bracket_text, clean_token_ids
+    from tempo_core.text import bracket_text, clean_token_ids
     lm = tiny_llama(seed=0)
     s = build_settings(dict(prompt="once upon a time", max_tokens=24, selection_threshold=0.03, raw_prompt=True,
                             use_retroactive_pruning=True, attention_threshold=0.06, show_token_ids=show_ids))

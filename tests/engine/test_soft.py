@@ -7,6 +7,8 @@ from tiny import tiny_llama
 from tempo_core import build_settings, run
 from tempo_core.soft import concept_embedding
 
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
+
 TOL = 1e-4
 
 

@@ -9,6 +9,8 @@ from tempo_core.config import SettingsError
 from tempo_core.engine import tempo_events
 from tempo_core.steer import continue_from, lower_threshold_preview
 
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
+
 TOL = 1e-5
 
 

@@ -1,10 +1,12 @@
 """The commitment strip draws the trace's own commitment record: its numbers, its layers, its clicked step."""
 
 import pytest
+
+from components.figures.commitment_strip import commitment_strip, LATE, NO_STRIP, SETTLED
+from tempo_core import build_settings, run
 from tiny import tiny_llama
 
-from components.figures.layers import LATE, NO_STRIP, SETTLED, commitment_strip
-from tempo_core import build_settings, run
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from components.figures.lessons import LEARN_DIR, LESSONS, RECORDINGS, first_branch, first_pruned, lesson_view, recorded
+from components.figures.lessons import lesson_view, LESSONS
+from components.figures.recordings import first_branch, first_pruned, LEARN_DIR, recorded, RECORDINGS
 from tempo_core import build_settings
 from tempo_core.model import bundled_gguf
 
@@ -84,7 +85,7 @@ def test_lesson_1_shows_every_greedy_step_and_outlines_the_first_token_with_its_
     nodes = next(t for t in fig["data"] if t["name"] == "candidate")
     assert sorted(set(nodes["x"])) == list(range(len(greedy.steps)))  # no stretch collapsed into one bar
     first = greedy.steps[0]
-    from components.figures.views import show_token
+    from components.figures.style import show_token
     label = f"{show_token(first.candidates[0].shown)} {first.candidates[0].prob:.2f}"
     assert any(label in a["text"] for a in fig["layout"]["annotations"])
     assert f"p = {first.candidates[0].prob:.2f}" in text

@@ -1,10 +1,10 @@
 """Predict then reveal: the choices give nothing away, the scoring marks each choice, the reveal says what happened."""
 
 import pytest
-from components.figures.predict import prediction_choices, reflection_question, reveal_markdown, score_prediction
-from tiny import tiny_llama
 
+from components.figures.predict import prediction_choices, reflection_question, reveal_markdown, score_prediction
 from tempo_core import build_settings, run
+from tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")

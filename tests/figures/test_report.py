@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from components.figures.inspect import find_node, node_choices, node_details, trace_at
+from components.figures.inspect import find_node, node_choices, node_details
 from components.figures.report import (attention_figure, report_html, text_html, threshold_figure, tree_figure,
                                        tree_graph)
-from components.figures.views import units
+from components.figures.tree import units
 from tempo_core import build_settings, run
 from tempo_core.schedule import threshold_curve
-from tempo_core.trace import Candidate, Step, Trace
+from tempo_core.trace import Candidate, Step, Trace, rewind
 from tiny import tiny_llama
 
 
@@ -51,7 +51,7 @@ def test_tree_figure_marks_pruned_nodes_and_the_clean_path():
     assert [x for x in path.x if x is not None] == [0, 1, 1, 2]
     assert "selected" in by_name
     assert fig.layout.uirevision == "tempo"
-    early = {tr.name: tr for tr in tree_figure(trace_at(recorded(), 0)).data}
+    early = {tr.name: tr for tr in tree_figure(rewind(recorded(), 0)).data}
     assert list(early["candidate"].marker.symbol) == ["circle"] * 3  # before the pruning decision
 
 
@@ -90,12 +90,12 @@ def test_text_html_strikes_pruned_and_escapes():
     assert html.count('data-node="') == 6
 
 
-def test_trace_at_rewinds_later_pruning():
+def test_rewind_undoes_later_pruning():
     t = recorded()
-    before = trace_at(t, 1)
+    before = rewind(t, 1)
     assert len(before.steps) == 2 and before.steps[0].candidates[2].pruned_at is None
     assert before.steps[0].candidates[2].attention_by_step == {1: 0.001}
-    after = trace_at(t, 2)
+    after = rewind(t, 2)
     assert after.steps[0].candidates[2].pruned_at == 2
     assert "~~" not in before.text and "~~ d~~" in after.text
 
@@ -123,12 +123,12 @@ def test_figures_of_a_real_run_and_report(tmp_path):
 
 
 def test_the_html_report_carries_the_measured_faithfulness():
-    from components.figures.lessons import recorded
-    from tempo_core.faithfulness import summary_line
+    from components.figures.recordings import recorded
+    from tempo_core.analysis.report import faithfulness_line
     measured = recorded("tempo")
     report = report_html(measured)
     f = measured.faithfulness
-    assert html.escape(summary_line(f)) in report and f"{f['mean_kl']:.4f}" in report
+    assert html.escape(faithfulness_line(f)) in report and f"{f['mean_kl']:.4f}" in report
     assert "Faithfulness —" in report  # its figure too
     assert "<h2>Faithfulness</h2>" not in report_html(recorded("greedy"))
     nan = Trace.from_dict({**measured.to_plain(), "faithfulness": {**f, "clean_ppl": None, "greedy_ppl": None}})

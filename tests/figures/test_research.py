@@ -3,10 +3,14 @@
 import pytest
 import torch
 
-from components.figures.research import (diff_figure, diff_trees, faithfulness_figure, positions_figure, rewind_figure,
-                                         step_mask_rows)
+from components.figures.diff import diff_figure, diff_trees
+from components.figures.faithfulness import faithfulness_figure
+from components.figures.positions import positions_figure, step_mask_rows
+from components.figures.rewind import rewind_figure
 from tempo_core import build_settings, run
 from tiny import tiny_llama
+
+pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def s(**kw):
 
 
 def test_mask_view_is_the_mask_the_model_received(lm):
-    import tempo_core.attention as att
+    import tempo_core.runtime.attention as att
     seen = []
     original = att.tempo_attention_forward
 
@@ -79,7 +83,7 @@ def test_tree_diff_figure_shows_every_token_of_both_runs_in_its_own_place(lm):
     assert only_a and only_b  # both colours are present, each with its own marker
     points = [(x, y) for x, y, _ in only_a + only_b + both]
     assert len(points) == len(set(points))  # nothing is drawn over anything else
-    from components.figures.views import show_token
+    from components.figures.style import show_token
     for run_, own in ((a, only_a), (b, only_b)):
         other = b if run_ is a else a
         for st in run_.steps:
@@ -98,7 +102,7 @@ def test_faithfulness_figure_from_a_measured_run(lm):
 
 
 def test_the_threads_figure_plots_each_steps_w_against_its_share_between_the_two_readings(lm):
-    from components.figures.research import threads_figure
+    from components.figures.faithfulness import threads_figure
     t = run(lm, s(selection_threshold=0.05, max_tokens=6, faithfulness=True, faithfulness_paths=8))
     measured = [x for x in t.faithfulness["steps"] if x["w"] is not None]
     assert measured

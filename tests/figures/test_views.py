@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from components.figures.curve import curve_view
+from components.figures.heatmap import heatmap_view
 from components.figures.inspect import node_details
-from components.figures.views import (COLLAPSE_MIN, LABEL_PROB, WINDOW, curve_view, heatmap_view, main_path, show_token,
-                                      text_view, tree_view, units)
+from components.figures.style import main_path, show_token
+from components.figures.text import text_view
+from components.figures.tree import COLLAPSE_MIN, LABEL_PROB, tree_view, units, WINDOW
 from tempo_core import Trace, build_settings, run
 from tiny import tiny_llama
 
@@ -105,7 +108,7 @@ def test_newlines_and_spaces_are_visible_and_never_break_a_group():
 
 
 def test_pieces_of_a_multibyte_character_are_shown_repaired():
-    from tempo_core.engine import repaired_text
+    from tempo_core.text import repaired_text
     lm = _lm()
     ids = lm.tokenizer("é", add_special_tokens=False)["input_ids"]
     assert len(ids) == 2 and "\ufffd" in lm.decode([ids[0]])  # one character, two byte tokens

@@ -8,8 +8,8 @@ from tiny import tiny_llama
 
 import app as tempo_app
 from tempo_core import Trace, build_settings, run
-from tempo_core.kvstore import KVStore
-from tempo_core.limits import kv_cache_bytes
+from tempo_core.runtime.kvstore import KVStore
+from tempo_core.runtime.sizes import kv_cache_bytes
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_health_names_the_model_its_device_and_version(client):
 
 def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
     store = KVStore(lm.model.config, 4, 64, lm.dtype, lm.device)
-    lm.kvstore = store
+    lm.runtime.kv_store = store
     try:
         body = client.get("/health").json()
         assert (body["kv_store_slots"], body["kv_store_slots_free"]) == (4, 4)
@@ -43,7 +43,7 @@ def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
         cache.close()
         assert client.get("/health").json()["kv_store_slots_free"] == 4
     finally:
-        lm.kvstore = None
+        lm.runtime.kv_store = None
 
 
 def test_health_counts_the_captured_batch_forwards(lm, client):
@@ -51,10 +51,10 @@ def test_health_counts_the_captured_batch_forwards(lm, client):
     import threading
 
     from tempo_core import generate
-    from tempo_core.batch import Batcher
-    from tempo_core.batchgraph import BatchGraphs
+    from tempo_core.serving.graphed import BatchGraphs
+    from tempo_core.serving.scheduler import Batcher
     store = KVStore(lm.model.config, 4, 256, lm.dtype, lm.device)
-    lm.kvstore, lm.batchgraphs = store, BatchGraphs(lm, store, capture=False)
+    lm.runtime.kv_store, lm.runtime.batch_graphs = store, BatchGraphs(lm, store, capture=False)
     try:
         assert client.get("/health").json()["batch_graphs"] == 0
         done = threading.Semaphore(0)
@@ -65,11 +65,11 @@ def test_health_counts_the_captured_batch_forwards(lm, client):
                 batcher.add(lambda s=s: generate(lm, s, cooperative=True),
                             lambda event, error: done.release() if error or event.done else None)
             assert done.acquire(timeout=60) and done.acquire(timeout=60)
-        shapes = len(lm.batchgraphs.graphs)
-        assert shapes >= 1 and lm.batchgraphs.replays >= 3  # two runs' sets shared one laid-out forward a tick
+        shapes = len(lm.runtime.batch_graphs.graphs)
+        assert shapes >= 1 and lm.runtime.batch_graphs.replays >= 3  # two runs' sets shared one laid-out forward a tick
         assert client.get("/health").json()["batch_graphs"] == shapes
     finally:
-        lm.kvstore = lm.batchgraphs = None
+        lm.runtime.kv_store = lm.runtime.batch_graphs = None
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/v2/generate"])

@@ -10,9 +10,10 @@ from fastapi.testclient import TestClient
 from tiny import tiny_llama
 
 import app as tempo_app
-from tempo_core import Trace, build_settings
-from tempo_core.limits import Limits, RunStop
 from components.server.shared import Shared
+from tempo_core import Trace, build_settings
+from tempo_core.serving.limits import Limits
+from tempo_core.stop import RunStop
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 import random
 
 from gradio_client.utils import apply_diff
-from tiny import tiny_llama
 
-from components.figures.views import tree_view
+from components.figures.tree import tree_view
 from components.server.frame_diff import diff
 from tempo_core import build_settings, run
+from tiny import tiny_llama
 
 
 def random_value(rng: random.Random, depth: int = 0):

@@ -9,11 +9,14 @@ import time
 import pytest
 from gradio.utils import diff
 
-from components.figures.layers import commitment_strip
-from components.figures.views import curve_view, heatmap_view, text_view, tree_view
+from components.figures.commitment_strip import commitment_strip
+from components.figures.curve import curve_view
+from components.figures.heatmap import heatmap_view
+from components.figures.text import text_view
+from components.figures.tree import tree_view
 from components.server.live import Pace, apply_delta, delta_of, live_traces
 from tempo_core import Trace, build_settings, generate, run
-from tempo_core.limits import RunStop
+from tempo_core.stop import RunStop
 from tiny import tiny_llama
 
 LONG = {"prompt": "the cat", "max_tokens": 200, "selection_threshold": 0.05, "use_retroactive_pruning": True,

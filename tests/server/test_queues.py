@@ -12,7 +12,7 @@ from page_client import PageClient, wait_until
 from tiny import tiny_llama
 
 from tempo_core import build_settings
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
 LONG_MCTS = {"prompt": "the cat", "use_mcts": True, "mcts_simulations": 500, "mcts_depth": 4, "max_tokens": 200}
 

@@ -13,7 +13,7 @@ from tiny import tiny_llama
 
 from components.server.sessions import StopFlags, TraceStore, session_key
 from tempo_core import Trace
-from tempo_core.limits import RunStop
+from tempo_core.stop import RunStop
 
 
 @pytest.fixture(scope="module")

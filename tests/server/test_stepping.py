@@ -10,7 +10,7 @@ from page_client import wait_until
 from tiny import tiny_llama
 
 from tempo_core import build_settings, generate, run
-from tempo_core.batch import Batcher
+from tempo_core.serving.scheduler import Batcher
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_runs_are_per_session_bounded_and_freed_when_idle(lm, runs):
 def test_paused_runs_are_bounded_by_their_caches_bytes_least_recently_used_first(lm):
     """The bytes a paused run is charged are its KV cache's real size; past `max_bytes` together, the least
     recently used runs go first and the run just advanced stays."""
-    from tempo_core.engine import ParallelSequence
-    from tempo_core.limits import kv_cache_bytes
+    from tempo_core.runtime.sizes import kv_cache_bytes
+    from tempo_core.sequence import ParallelSequence
     s = settings(max_tokens=6)
     trace = run(lm, s.replace(use_retroactive_pruning=False))
     seq = ParallelSequence(lm, s.replace(use_retroactive_pruning=False), trace.prompt_token_ids)

@@ -146,7 +146,7 @@ def test_generate_in_a_real_browser(app_url, engine, chromium):
     expect(page.locator("#prompt textarea")).to_have_value("What is the capital of France?", timeout=VIEW_MS)
 
     # what the page showed is the engine's trace for the same settings: the download, the tree's labels
-    from components.figures.views import show_token
+    from components.figures.style import show_token
     from tempo_core import Trace, build_settings, run
     shown = json.loads(saved.read_text())
     made = run(engine, build_settings(shown["settings"]))
@@ -192,8 +192,8 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
     clicked step; a Soft Thinking run of the same prompt sits beside TEMPO's in Compare with both meters' numbers;
     the Study view shows the bundled results. At 1280x800 and on a phone."""
     from playwright.sync_api import expect
-    from tempo_core.study import table
     from components.tabs.research import bundled_study
+    from tempo_core.analysis.report import study_table
     for phone in (False, True):
         page = chromium.page(phone=phone)
         page.goto(app_url + "/?max_tokens=10&commitment=true&faithfulness=true&selection_threshold=0.1",
@@ -246,7 +246,7 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         _open_tab(page, "Study")
         bundled = bundled_study()
         expect(page.locator("#study-heading")).to_contain_text(f"{len(bundled['records'])} prompts", timeout=VIEW_MS)
-        first_row = table(bundled).splitlines()[4].split("|")[2].strip()  # the attention ratio and its interval
+        first_row = study_table(bundled).splitlines()[4].split("|")[2].strip()  # the attention ratio and its interval
         expect(page.locator("#study-table")).to_contain_text(first_row, timeout=VIEW_MS)
         forest = _plot(page, "#study-plot")[0]
         assert forest["x"][-1] == pytest.approx(bundled["summary"]["attention"]["all"]["ratio"]["mean"])
@@ -498,7 +498,7 @@ def test_a_class_walks_the_learn_tab_steps_predicts_and_steers(app_url, engine, 
     expect(page.locator("#status")).to_contain_text("Done", timeout=RUN_MS)
     page.screenshot(path=str(ARTIFACTS / "continued.png"))
     # the continued run the page holds is the engine's continue_from of the recorded run at that node
-    from components.figures.lessons import recorded
+    from components.figures.recordings import recorded
     from tempo_core.steer import continue_from
     continued = _download_trace(page, "continued-trace.json")
     original = recorded("tempo")

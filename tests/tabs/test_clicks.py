@@ -6,11 +6,10 @@ import types
 
 import gradio as gr
 
-from tiny import tiny_llama
-
 from components.figures.inspect import node_details
-from components.figures.views import units
+from components.figures.tree import units
 from tempo_core import build_settings, run
+from tiny import tiny_llama
 
 LONG = {"prompt": "the cat", "max_tokens": 200, "selection_threshold": 0.05, "use_retroactive_pruning": True,
         "attention_threshold": 0.05}

@@ -13,14 +13,18 @@ from urllib.parse import unquote_plus
 import pytest
 
 import app as tempo_app
-from components.figures.lessons import LESSONS, RECORDINGS, recorded
-from components.figures.views import curve_view, heatmap_view, text_view, tree_view
+from components.figures.curve import curve_view
+from components.figures.heatmap import heatmap_view
+from components.figures.lessons import LESSONS
+from components.figures.recordings import recorded, RECORDINGS
+from components.figures.text import text_view
+from components.figures.tree import tree_view
 from components.server.forms import (RESEARCH_FIELDS, examples, form_values, page_defaults, research_examples,
                                      share_query)
 from components.server.shared import Shared
 from components.tabs.learn import lesson_node
 from tempo_core import Trace, run
-from tempo_core.limits import DEMO_CAPS, Limits
+from tempo_core.serving.limits import DEMO_CAPS, Limits
 from tempo_core.steer import continue_from
 from tempo_core.trace import rewind
 from tiny import tiny_llama

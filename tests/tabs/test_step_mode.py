@@ -38,7 +38,7 @@ def test_step_api_advances_one_step_per_call_and_continue_from_forces_a_node(lm,
 
 
 def test_demo_mode_opens_on_the_learn_tab_with_lower_caps_and_expert_settings_hidden(lm, monkeypatch, built_page):
-    from tempo_core.limits import Limits
+    from tempo_core.serving.limits import Limits
     monkeypatch.setenv("TEMPO_DEMO", "1")
     limits = Limits.from_env()
     assert limits.demo and limits.max_tokens == 48 and limits.max_parallel_tokens == 6

@@ -9,16 +9,18 @@ from dataclasses import replace
 from server.page_client import PageClient
 from tiny import tiny_llama
 
+from components.figures.study import study_figure
 from components.tabs.research import bundled_study
-from tempo_core.limits import Limits
-from tempo_core.study import BUNDLED_RESULTS, QUICK, load_prompts, study_figure, study_iter, table
+from tempo_core.analysis.report import study_table
+from tempo_core.analysis.study import BUNDLED_RESULTS, load_prompts, QUICK, study_iter
+from tempo_core.serving.limits import Limits
 
 
 def test_the_bundled_results_are_the_shipped_json_and_its_table():
     result = bundled_study()
     assert result is not None, "assets/study/results.json is shipped with the app"
     assert result == json.loads(BUNDLED_RESULTS.read_text()) and len(result["records"]) >= 100
-    text = table(result)
+    text = study_table(result)
     assert f"{len(result['records'])} prompts" in text
     a = result["summary"]["attention"]["all"]["ratio"]
     assert f"{a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}]" in text
@@ -32,7 +34,7 @@ def test_a_small_study_here_shows_what_the_study_computes(live_server):
     figure, markdown = browser.call("run_study", [2], seen=seen, timeout=300)["data"]
     *_, (_, direct) = list(study_iter(lm, replace(QUICK, max_prompts=2), load_prompts()))
     direct = json.loads(json.dumps(direct))
-    assert markdown.startswith("**Run here**: tiny-llama-3, 2 prompts") and markdown.endswith(table(direct))
+    assert markdown.startswith("**Run here**: tiny-llama-3, 2 prompts") and markdown.endswith(study_table(direct))
     expected = study_figure(direct)["data"][0]
     assert figure["data"][0]["x"] == expected["x"] and figure["data"][0]["y"] == expected["y"]
     bars = [p["desc"] for m in seen if m.get("msg") == "progress" for p in m.get("progress_data") or []]

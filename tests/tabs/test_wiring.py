@@ -4,7 +4,7 @@ arrived" hook, whichever tab made the event and in whatever order the tabs were 
 import pytest
 from tiny import tiny_llama
 
-from tempo_core.limits import Limits
+from tempo_core.serving.limits import Limits
 
 
 @pytest.mark.parametrize("classroom", [False, True], ids=["explore first", "learn first"])

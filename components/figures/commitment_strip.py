@@ -1,0 +1,71 @@
+"""The commitment strip: layers x steps under the tree, from a trace's `commitment` record (tempo_core/commitment.py).
+
+Top: how much the merged logit lens at each layer already gives the token finally chosen (darker = more), with
+each step's commitment layer marked (a diamond; grey when the prediction settles only at the output). Bottom, for
+steps with siblings: the siblings' Jensen-Shannon divergence by layer and the layer where their predictions part.
+A plain figure dict, as views.py draws for the page's Plotly widget.
+"""
+
+from __future__ import annotations
+
+import html
+
+from tempo_core.trace import Trace
+
+from .style import empty_figure, UIREVISION
+
+SETTLED, LATE, PART = "#e6550d", "#9e9e9e", "#54278f"
+BLUES = [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]]  # more probable = darker
+ORANGES = [[0, "#fff5eb"], [0.5, "#fd8d3c"], [1, "#7f2704"]]  # siblings further apart = darker
+NO_STRIP = ("Commitment strip", 130, "turn on “Commitment strip (logit lens)” under Research options and "
+            "generate: where each step's prediction settles, layer by layer")
+
+
+def commitment_strip(trace: Trace, step: int | None = None) -> dict:
+    """The strip of `trace` (an empty figure with what to do when the run has no commitment record); `step`: the
+    clicked node's step, outlined across both rows."""
+    c = trace.commitment
+    if not c or not c["steps"]:
+        return empty_figure(*NO_STRIP)
+    layers, rows = c["layers"], c["steps"]
+    xs, ys = [x["step"] for x in rows], list(range(1, layers + 1))
+    esc = lambda s: html.escape(s.replace("\n", "⏎"))  # noqa: E731
+    hover = [[f"step {x['step']} → {esc(x['token'])}<br>layer {layer}: p = {x['p_final'][layer - 1]:.3f}<br>lens: "
+              + ", ".join(f"{esc(tok)} {p:.2f}" for tok, p in x["lens"][layer - 1]) for x in rows] for layer in ys]
+    data: list[dict] = [
+        {"type": "heatmap", "x": xs, "y": ys, "z": [[x["p_final"][layer - 1] for x in rows] for layer in ys],
+         "zmin": 0, "zmax": 1, "colorscale": BLUES, "hovertext": hover, "hoverinfo": "text", "xaxis": "x",
+         "yaxis": "y", "colorbar": {"title": {"text": "p(final)"}, "len": 0.5, "y": 0.78, "thickness": 10}},
+        _marks([x for x in rows if x["commit_layer"] < layers], "commit_layer", SETTLED, "commitment layer", "y"),
+        _marks([x for x in rows if x["commit_layer"] == layers], "commit_layer", LATE, "settles only at the output",
+               "y"),
+    ]
+    sets = [x for x in rows if x["js"] is not None]
+    if sets:
+        data += [{"type": "heatmap", "x": xs, "y": ys, "xaxis": "x", "yaxis": "y2", "colorscale": ORANGES,
+                  "zmin": 0, "z": [[x["js"][layer - 1] if x["js"] is not None else None for x in rows] for layer in ys],
+                  "hovertemplate": "step %{x}, layer %{y}<br>siblings' JS divergence %{z:.3f} nats<extra></extra>",
+                  "colorbar": {"title": {"text": "JS"}, "len": 0.4, "y": 0.2, "thickness": 10}},
+                 _marks([x for x in sets if x["part_layer"] is not None], "part_layer", PART,
+                        "siblings' predictions part", "y2")]
+    mean = sum(x["commit_layer"] for x in rows) / len(rows)
+    layout = {"template": "plotly_white", "uirevision": UIREVISION, "height": 400 if sets else 270,
+              "margin": {"l": 50, "r": 10, "t": 40, "b": 70}, "hovermode": "closest",
+              "title": {"text": f"Commitment strip — predictions settle at layer {mean:.1f} of {layers} on average",
+                        "font": {"size": 13}, "x": 0.01, "xanchor": "left"},
+              "legend": {"orientation": "h", "y": -0.3 if sets else -0.45, "font": {"size": 10}},
+              "xaxis": {"title": {"text": "logical step"}, "anchor": "y2" if sets else "y", "dtick": 5},
+              "yaxis": {"title": {"text": "layer"}, "domain": [0.5, 1] if sets else [0, 1]},
+              "shapes": []}
+    if sets:
+        layout["yaxis2"] = {"title": {"text": "siblings"}, "domain": [0, 0.42]}
+    if step is not None and 0 <= step < len(rows):
+        layout["shapes"].append({"type": "rect", "xref": "x", "yref": "paper", "x0": step - 0.5, "x1": step + 0.5,
+                                 "y0": 0, "y1": 1, "line": {"color": "#111111", "width": 2}})
+    return {"data": data, "layout": layout}
+
+
+def _marks(rows: list[dict], key: str, color: str, name: str, axis: str) -> dict:
+    return {"type": "scatter", "mode": "markers", "name": name, "x": [x["step"] for x in rows],
+            "y": [x[key] for x in rows], "xaxis": "x", "yaxis": axis, "hoverinfo": "skip",
+            "marker": {"symbol": "diamond", "size": 7, "color": color, "line": {"color": "white", "width": 1}}}
