@@ -77,12 +77,11 @@ def build_demo(shared: Shared) -> Site:
         gr.Markdown(INTRO)
         page = Page(shared, demo)  # its states sit outside any Tabs (a State among tabs shows as a phantom tab)
         with gr.Tabs(selected="learn" if classroom else "explore") as page.top:
-            learn = Learn(shared, page) if classroom else None
-            explore = Explore(shared, page)
-            learn = learn or Learn(shared, page)
+            # tabs appear in the order they are made: a classroom's walkthrough first
+            made = {tab: tab(shared, page) for tab in ((Learn, Explore) if classroom else (Explore, Learn))}
         page.connect()  # "a trace arrived" hooks after every event that shows one, whichever tab made it
         demo.unload(shared.end_session)
-    return Site(demo, page, explore, learn)
+    return Site(demo, page, made[Explore], made[Learn])
 
 
 def build_app(lm: LoadedModel, concurrency: int | None = None, limits: Limits | None = None,

@@ -19,7 +19,7 @@ from .pruning import AttentionPaid
 
 
 class RunSequence(Protocol):
-    """What a batch needs of a run (engine.ParallelSequence, which imports this module)."""
+    """What a batch needs of a run (sequence.ParallelSequence, which imports this module)."""
     lm: Any
     cache: Any  # its DynamicCache
     capture: dict[int, float]  # the layers whose attention pruning reads
@@ -55,7 +55,7 @@ class ForwardRequest:
 @dataclass
 class PaidAttention:
     """What a run's pruning reads of its set's attention (`pruning.attention_paid`: `weights` per layer, and each
-    layer's share where `by_layer`), asked of a batch that takes every run's at once (batchgraph.py). Served:
+    layer's share where `by_layer`), asked of a batch that takes every run's at once (serving/graphed.py). Served:
     `result`; left None, the run takes its own from `ForwardRequest.attention`."""
     weights: dict[int, float]
     by_layer: bool

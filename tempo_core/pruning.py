@@ -46,7 +46,7 @@ class AttentionPaid:
 
 def attention_paid(per_layer: dict[int, torch.Tensor], weights: dict[int, float], by_layer: bool) -> AttentionPaid:
     """`AttentionPaid` from the newest set's head-averaged attention (layer -> [k_new, rows]); `.tolist()` is one
-    device sync per step (a batch takes all its runs' with one, batchgraph.py)."""
+    device sync per step (a batch takes all its runs' with one, serving/graphed.py)."""
     combined = combine_layers(per_layer, weights).mean(dim=0).tolist()
     return AttentionPaid(combined, {layer: per_layer[layer].mean(dim=0).tolist() for layer in weights}
                          if by_layer else {})

@@ -69,7 +69,7 @@ def step_by_step(batcher: Batcher, events: Callable[[], Iterator[StepEvent | For
                  on_event: Callable[[StepEvent | None, BaseException | None], None],
                  waited: Callable[[float], None] | None = None) -> None:
     """Serve `events()` on the model's thread with every other run (`batcher`): each tick advances every run by a
-    step, the TEMPO runs' rows in one forward (tempo_core/batch.py), so a class that presses Generate together
+    step, the TEMPO runs' rows in one forward (tempo_core/serving/), so a class that presses Generate together
     all see their first steps within seconds, and a long run or a long prompt never holds the model.
 
     `on_event(event, error)` is called on the model's thread after each step (once with (None, error) if the

@@ -16,7 +16,7 @@ from ..figures.text import text_view
 from ..figures.tree import tree_view
 from ..server.shared import Shared
 from ..server.uploads import read_upload
-from .page import Hook, Page
+from .page import After, Hook, Page
 from .widgets import branching_text, plotly_view
 
 HISTORY = 6  # runs kept per session (plain traces, no tensors)
@@ -106,8 +106,8 @@ class Compare:
         for pick in picks:
             pick.input(self.compare, [self.history, *picks], views, **listen)
         self.upload.upload(self.add_upload, [self.history, self.upload], [self.history, *picks, *views], **listen)
-        page.on_trace.append(Hook(self.file_arrival, [self.history, page.trace, page.arrived],
-                                  [self.history, page.arrived, *picks, *views]))
+        page.after_trace(After.HISTORY, Hook(self.file_arrival, [self.history, page.trace, page.arrived],
+                                             [self.history, page.arrived, *picks, *views]))
         self.page = page
 
     def compare(self, history: list | None, a_id: Any, b_id: Any) -> dict:

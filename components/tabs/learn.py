@@ -13,7 +13,7 @@ from tempo_core import build_settings
 from ..figures.inspect import find_node, node_details
 from ..figures.lessons import GLOSSARY, lesson_view, LESSONS
 from ..server.shared import Shared
-from .page import Component, Outputs, Page
+from .page import Outputs, Page
 from .widgets import plotly_view
 
 LESSON_DETAILS = "*Click a token in the figure for its details.*"
@@ -55,11 +55,7 @@ class Learn:
         self.prev.click(lambda i: self.go(i, -1), self.lesson, shown, **quick)
         self.next.click(lambda i: self.go(i, 1), self.lesson, shown, **quick)
         self.plot.click(lesson_node, self.lesson, self.details, api_visibility="private", **shared.view_events)
-        page.when_form_ready(self._wire_try_live)
-
-    def _wire_try_live(self, form: dict[str, Component]) -> None:
-        self.try_live.click(self.try_lesson, self.lesson, [*form.values(), self.page.top], queue=False,
-                            api_visibility="private")
+        self.try_live.click(self.try_lesson, self.lesson, [*page.form.values(), page.top], **quick)
 
     def go(self, index: Any, delta: int) -> Outputs:
         """The lesson `delta` away: its text, figure and place, Prev / Next clickable only where there is one."""

@@ -1,10 +1,12 @@
-"""What the tabs offer each other: the trace on show, the Explore figures that show it, the settings form, and
-"a trace arrived" hooks. app.py makes one `Page`; each tab reads what it needs from it and adds what it offers.
+"""What the tabs share: the trace on show, the views that show it, the settings form, the candidate picked, and
+"a trace arrived" hooks. app.py makes one `Page` before any tab; it creates the shared views and the form (not yet
+placed), each tab places what it shows and adds what it offers, and `connect` chains the hooks at the end.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any, Callable
 
 import gradio as gr
@@ -16,13 +18,17 @@ from tempo_core.serving.limits import Limits
 from ..figures.commitment_strip import commitment_strip
 from ..figures.curve import curve_view
 from ..figures.heatmap import heatmap_view
+from ..figures.style import empty_figure
 from ..figures.text import text_view
 from ..figures.tree import tree_view
 from ..server.forms import form_values, settings_from_form
 from ..server.shared import Shared
+from .controls import make_form
+from .widgets import branching_text, plotly_view
 
 Component = gr.components.Component
 Outputs = dict[Component, Any]  # a listener's answer: only the components it names change
+NO_TRACE = Trace("", "tempo", {}, "", "", [])  # what the page shows before any run
 
 
 @dataclass
@@ -34,6 +40,17 @@ class TraceView:
     heatmap: Component
     curve: Component
     strip: Component  # the commitment strip under the tree
+
+    @classmethod
+    def create(cls, ready: str) -> "TraceView":
+        """The views, not yet placed (the Explore tab places them); `ready`: the status line before any run."""
+        unplaced = {"render": False}
+        return cls(status=gr.Markdown(ready, elem_id="status", **unplaced), text=branching_text(**unplaced),
+                   tree=plotly_view(tree_view(NO_TRACE), elem_id="tempo-tree", **unplaced),
+                   heatmap=plotly_view(empty_figure("Pruning heatmap", 300, "press Generate (with pruning on) to fill "
+                                                    "it"), elem_id="tempo-heatmap", max_height=620, **unplaced),
+                   curve=plotly_view(elem_id="tempo-curve", **unplaced),
+                   strip=plotly_view(commitment_strip(NO_TRACE), elem_id="commitment-strip", **unplaced))
 
     @property
     def outputs(self) -> list[Component]:
@@ -65,50 +82,72 @@ class Hook:
     outputs: list[Component]
 
 
-@dataclass
+class After(IntEnum):
+    """Where a tab's "trace arrived" hook runs, in this order whichever tab was built first."""
+    LINKS = 0  # downloads, the share link, the candidate list: what a person reaches for at once
+    HISTORY = 1  # Compare files the run in the session's history
+    RESEARCH = 2  # the research views redraw from the trace
+
+
 class Page:
-    """The states every tab may read or set, and what the tabs offer each other."""
-    shared: Shared
-    blocks: gr.Blocks
-    top: gr.Tabs | None = None  # Learn and Explore (app.py opens them)
-    trace: gr.State = field(default_factory=lambda: gr.State(None))  # the trace on show, a plain dict
-    # where the trace on show came from ("run", "uploaded", ...) until Compare has filed it in its history
-    arrived: gr.State = field(default_factory=lambda: gr.State(None))
-    expanded: gr.State = field(default_factory=lambda: gr.State([]))  # tree stretches opened (their first steps)
-    view: TraceView | None = None  # set by Explore
-    form: dict[str, Component] = field(default_factory=dict)  # the settings form by setting name (Explore)
-    on_trace: list[Hook] = field(default_factory=list)  # run after a trace arrives, the first one first
-    _form_waiters: list[Callable[[dict[str, Component]], None]] = field(default_factory=list)
-    _producers: list[Any] = field(default_factory=list)  # events that put a trace on show (trace_arrived)
+    """The states every tab may read or set, the views and form they share, and what the tabs offer each other."""
 
-    def when_form_ready(self, wire: Callable[[dict[str, Component]], None]) -> None:
-        """`wire(form)` now if the form exists, else as soon as Explore lays it out (Learn comes first on a
-        classroom server)."""
-        if self.form:
-            wire(self.form)
-        else:
-            self._form_waiters.append(wire)
-
-    def set_form(self, form: dict[str, Component]) -> None:
-        self.form = form
-        for wire in self._form_waiters:
-            wire(form)
-        self._form_waiters.clear()
+    def __init__(self, shared: Shared, blocks: gr.Blocks):
+        """Inside `blocks`, outside any Tabs (a State among tabs shows as a phantom tab)."""
+        self.shared, self.blocks = shared, blocks
+        self.top: gr.Tabs | None = None  # Learn and Explore (app.py opens them)
+        self.trace = gr.State(None)  # the trace on show, a plain dict
+        # where the trace on show came from ("run", "uploaded", ...) until Compare has filed it in its history
+        self.arrived = gr.State(None)
+        self.expanded = gr.State([])  # tree stretches opened (their first steps)
+        self.view = TraceView.create(f"Ready: model **{shared.lm.name}** on {shared.lm.device}.")
+        self.form = make_form(shared.limits)  # {setting name: control}, placed by Explore
+        # the candidate picked in the tree (any value is accepted here and checked by find_node: API callers name one)
+        self.node_pick = gr.Dropdown([], label="Inspect candidate", scale=1, allow_custom_value=True, render=False)
+        self._hooks: list[tuple[After, Hook]] = []
+        self._producers: list[Any] = []  # events that put a trace on show (trace_arrived)
+        self._rewind_pick: Component | None = None
+        self._rewind_path: list[tuple[gr.Tabs, str]] = []  # the tabs selected on the way to a rewind
 
     def fill_form(self, s: TempoSettings) -> Outputs:
         """The form showing `s` (each setting that has a control)."""
         return dict(zip(self.form.values(), form_values(s, list(self.form))))
+
+    def offer_rewind(self, pick: Component, tabs: gr.Tabs, tab_id: str) -> None:
+        """Where a pruned candidate's rewind opens: `pick` names it, and `tabs` select `tab_id` to show it (the tab
+        that holds `tabs` adds its own way there with `rewind_via`)."""
+        self._rewind_pick = pick
+        self._rewind_path.append((tabs, tab_id))
+
+    def rewind_via(self, tabs: gr.Tabs, tab_id: str) -> None:
+        self._rewind_path.insert(0, (tabs, tab_id))
+
+    @property
+    def rewind_outputs(self) -> list[Component]:
+        return [self._rewind_pick, *(tabs for tabs, _ in self._rewind_path)] if self._rewind_pick else []
+
+    def open_rewind(self, node: str, show: bool) -> Outputs:
+        """The rewind of pruned candidate `node` picked; `show`: its tab opened too."""
+        if self._rewind_pick is None:
+            return {}
+        out: Outputs = {self._rewind_pick: node}
+        if show:
+            out |= {tabs: gr.Tabs(selected=tab_id) for tabs, tab_id in self._rewind_path}
+        return out
+
+    def after_trace(self, order: After, hook: Hook) -> None:
+        """Run `hook` after every event that puts a trace on show, in the place `order` gives it."""
+        self._hooks.append((order, hook))
 
     def trace_arrived(self, event: Any) -> None:
         """`event` may put a new trace on show (it sets `trace` and `arrived`): the hooks run after it."""
         self._producers.append(event)
 
     def connect(self) -> None:
-        """Chain every hook after every event that puts a trace on show: downloads and links first (the first
-        hook), then the tabs that redraw from the trace. Called once, when every tab is laid out (app.py), so the
-        order in which tabs are built does not matter."""
+        """Chain the hooks after every event that puts a trace on show, in `After` order. Called once, when every
+        tab is laid out (app.py)."""
         view = {"api_visibility": "private", **self.shared.view_events}
-        first, *rest = self.on_trace
+        first, *rest = [hook for _, hook in sorted(self._hooks, key=lambda item: item[0])]
         for event in self._producers:
             done = event.then(first.fn, first.inputs, first.outputs, **view)
             for hook in rest:

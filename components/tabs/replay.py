@@ -19,7 +19,7 @@ from ..server.forms import page_defaults, settings_from_link, share_query
 from ..server.sessions import session_key
 from ..server.shared import Shared
 from ..server.uploads import read_upload
-from .page import Hook, Outputs, Page, arrival
+from .page import After, Hook, Outputs, Page, arrival
 
 
 def downloads_html(run_id: str | None) -> str:
@@ -31,10 +31,10 @@ def downloads_html(run_id: str | None) -> str:
 
 
 class Replay:
-    """Offers `node_pick` (Explore's candidate list, refreshed here with every trace) its choices."""
+    """Also refreshes the page's candidate list (`page.node_pick`) with every trace."""
 
-    def __init__(self, shared: Shared, page: Page, node_pick: gr.Dropdown):
-        self.shared, self.page, self.node_pick = shared, page, node_pick
+    def __init__(self, shared: Shared, page: Page):
+        self.shared, self.page, self.node_pick = shared, page, page.node_pick
         with gr.Tab("Replay & export", id="export"):
             self.slider = gr.Slider(0, 1, value=0, step=1, label="Replay: step (no model needed)")
             with gr.Row():
@@ -50,9 +50,8 @@ class Replay:
                           **shared.view_events)
         page.trace_arrived(self.upload.upload(self.load_trace, [self.upload],
                                               [*view.outputs, page.trace, page.arrived, *form], **listen))
-        # the first hook (downloads, share link, candidate list), before the tabs that redraw from the trace
-        page.on_trace.insert(0, Hook(self.after_run, [page.trace],
-                                     [self.slider, node_pick, self.downloads, self.share]))
+        page.after_trace(After.LINKS, Hook(self.after_run, [page.trace],
+                                           [self.slider, self.node_pick, self.downloads, self.share]))
         page.blocks.load(self.fill_from_link, None, [*form, view.curve], inputs_kwargs=page.form,
                          api_visibility="private")
 

@@ -30,7 +30,7 @@ from ..figures.rewind import rewind_figure
 from ..figures.sweep import sweep_figure, sweep_multiples, sweep_table
 from ..server.shared import Shared
 from .controls import setting_slider
-from .page import Hook, Page
+from .page import After, Hook, Page
 from .widgets import plotly_view
 
 MAX_SWEEP = 6
@@ -61,7 +61,7 @@ def bundled_study() -> dict | None:
 
 def study_heading(result: dict | None, here: bool = False) -> str:
     if result is None:
-        return "*No bundled results: run `python -m tempo_core.study --out assets/study` and copy study.json to " \
+        return "*No bundled results: run `python cli.py study --out assets/study` and copy study.json to " \
                "assets/study/results.json.*"
     where = "Run here" if here else "Bundled results"
     stopped = f", **stopped early ({result['stopped'].replace('_', ' ')})**" if result.get("stopped") else ""
@@ -100,8 +100,8 @@ def pruned_choices(trace: Trace) -> list[tuple[str, str]]:
 
 class Research:
     """The tab. Heavy jobs (baselines, sweep) run in their own concurrency group, slots and threads, so ordinary
-    generation keeps flowing, within the server's budget and time limit. It offers `rewind_pick` and `tabs`: a
-    pruned candidate clicked in Explore opens its rewind here."""
+    generation keeps flowing, within the server's budget and time limit. A pruned candidate clicked on the page
+    opens its rewind here (`page.open_rewind`)."""
 
     def __init__(self, shared: Shared, page: Page):
         self.shared = shared
@@ -118,8 +118,9 @@ class Research:
                              **shared.research_events)
         self.sweep_btn.click(self.run_sweep, [self.sweep_thr], [self.sweep_plot, self.sweep_small, self.sweep_md],
                              inputs_kwargs=page.form, api_name="sweep", **shared.research_events)
-        page.on_trace.append(Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot, self.mask_step,
-                                                               self.mask_plot, self.rewind_pick]))
+        page.after_trace(After.RESEARCH, Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot,
+                                                                       self.mask_step, self.mask_plot, self.rewind_pick]))
+        page.offer_rewind(self.rewind_pick, self.tabs, "rewind")  # a pruned candidate clicked on the page opens here
 
     def _layout(self) -> None:
         with gr.Tab("Faithfulness"):
@@ -158,7 +159,7 @@ class Research:
         gr.Markdown("Is the superposition real? The same questions over many prompts, the prompt as the unit: "
                     "attention received by parallel against ordinary tokens (with a greedy control), faithfulness and "
                     "single-threadedness by threshold for TEMPO against Soft Thinking, how many temperature-1 samples "
-                    "stay on the sets, and where predictions settle. Rerun it all with `python -m tempo_core.study`.")
+                    "stay on the sets, and where predictions settle. Rerun it all with `python cli.py study`.")
         gr.Markdown(study_heading(bundled), elem_id="study-heading")
         self.study_plot = plotly_view(study_figure(bundled) if bundled else None, elem_id="study-plot")
         self.study_md = gr.Markdown(study_table(bundled) if bundled else "", elem_id="study-table")
@@ -213,7 +214,7 @@ class Research:
                 self.sweep_md: sweep_table(traces)}
 
     def run_study(self, prompts: Any, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
-        """The quick study (tempo_core/study.py QUICK) over the first `prompts` bundled prompts, on the research
+        """The quick study (tempo_core/analysis/study.py QUICK) over the first `prompts` bundled prompts, on the research
         thread within the server's budget and time limit (Stop and a closed tab end it too); a stopped study
         shows the prompts it finished."""
         try:

@@ -144,11 +144,11 @@ document.addEventListener('change', (e) => {
 
 def plotly_view(figure: dict | None = None, elem_id: str | None = None, max_height: int | None = None,
                 **kwargs: Any) -> gr.HTML:
-    """A Plotly figure drawn from a figure dict (`views.py`); `max_height` scrolls taller figures."""
+    """A Plotly figure drawn from a figure dict (components/figures); `max_height` scrolls taller figures."""
     return gr.HTML(value=figure or {"data": [], "layout": {}}, html_template="<div class='tempo-plot'></div>",
                    js_on_load=_PLOT_JS, head=PLOTLY_HEAD, elem_id=elem_id, max_height=max_height, **kwargs)
 
 
-def branching_text(elem_id: str = "tempo-text") -> gr.HTML:
+def branching_text(elem_id: str = "tempo-text", **kwargs: Any) -> gr.HTML:
     return gr.HTML(value={"steps": [], "clean": "", "n": 0}, html_template=TEXT_TEMPLATE, js_on_load=_TEXT_JS,
-                   elem_id=elem_id)
+                   elem_id=elem_id, **kwargs)

@@ -2,10 +2,9 @@
 
 A CUDA-graphed step has no launch overhead left, but each small kernel still costs the GPU a few microseconds,
 and a Llama layer runs ~40 of them: RMSNorm alone is 6, rotary ~10. torch.compile'd versions run each as one
-or two (H200, random Llama-3.2-3B, bf16: a graphed step of 1 row 5.0 -> 3.8 ms, of 8 rows 5.7 -> 4.1 ms;
-bench/probe_fusion.py). They are compiled once per process on first use (~15 s; shapes are dynamic, so prompts
-of any length reuse them). Called eagerly they are slower than the plain ones (dynamo checks its guards on every
-call: ~0.2 ms each, ~25 ms per 3B forward), so they are for what is captured once and replayed: graphs.py
+or two (what that saves a graphed step: bench/README.md, "Where the time went"). They are compiled once per process
+on first use (shapes are dynamic, so prompts of any length reuse them). Called eagerly they are slower than the
+plain ones (dynamo checks its guards on every call), so they are for what is captured once and replayed: graphs.py
 captures inside a block; eager forwards stay plain.
 
 Like fastpath.fast_rows, the switch is scoped: the model's RMSNorm and MLP modules get instance forwards, and the

@@ -1,7 +1,7 @@
 """Static KV caches reused run after run, and the TEMPO step replayed from captured CUDA graphs on them.
 
-On a GPU a decode step of a few rows is bound by kernel launches, not by the rows: HF eager decoding of a 3B
-model runs ~15x above the weight-bandwidth floor. Capturing the forward once per set-size bucket (1, 2, 4, 8,
+On a GPU a decode step of a few rows is bound by kernel launches, not by the rows (bench/README.md, "GPU anchors").
+Capturing the forward once per set-size bucket (1, 2, 4, 8,
 16; smaller sets padded with isolated rows) and replaying it removes the launches. Everything that changes per
 step lives in static buffers filled in place before `replay()`: token ids, position ids, cache positions and the
 mask over the cache's filled window (a power of two; a graph per window). The attention pruning reads is

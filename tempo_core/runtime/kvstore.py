@@ -2,11 +2,10 @@
 
 With each run's keys and values in tensors of its own, a forward carrying 32 runs' rows launches, per run and per
 layer, a copy that appends the new rows (DynamicCache's `cat`) and another that pads the run's cache into its
-group's tensor for attention. On an H200 those are most of a 32-run tick's 5463 kernel launches, while the GPU
-computes 16.5 ms of the tick's 91 ms (bench/results/batch_tick_gpu_h200_llama3b_random.txt). Here each run's cache
-lives in its slot of one [slots, kv_heads, capacity, head_dim] tensor per layer (K and V), so a group's new rows go
-in with one indexed write per layer and its caches come out with one gather, however many runs it holds
-(`KVStore.write`, `KVStore.read`; batch._Group).
+group's tensor for attention: on a GPU those are most of a tick's kernel launches (bench/README.md, "A class in one
+forward"). Here each run's cache lives in its slot of one [slots, kv_heads, capacity, head_dim] tensor per layer (K
+and V), so a group's new rows go in with one indexed write per layer and its caches come out with one gather,
+however many runs it holds (`KVStore.write`, `KVStore.read`; serving/runner.py's `_Group`).
 
 A run's cache is still a transformers `DynamicCache` (a forward of its own, a prefix copied in, `crop`, the prefix
 store reading it all work as before); its layers' keys and values are views of its slot. A cache that would outgrow
@@ -15,7 +14,7 @@ its slot moves its rows into tensors of its own and goes on as an ordinary Dynam
 Off by default on a CPU, where a forward is bound by reading the weights and the store's memory (allocated up front)
 buys little; on CUDA `TEMPO_SHARED_KV_ROWS` rows per slot (default 2048, fewer where they would take more than a
 quarter of the free GPU memory) and `TEMPO_SHARED_KV_SLOTS` slots (default 32, the page's runs at once), made when
-the first batched run starts (Llama-3.2-3B in bf16: 7 GiB). 0 rows turns it off.
+the first batched run starts (its size: `nbytes`, reported by /health). 0 rows turns it off.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ MIN_ROWS = 256  # a store whose slots hold fewer rows is not made
 
 class KVStore:
     """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots + 1, kv_heads, capacity, head_dim].
-    The last slot (`scratch`) is never lent: a captured batch forward (batchgraph.py) writes its pad blocks there."""
+    The last slot (`scratch`) is never lent: a captured batch forward (serving/graphed.py) writes its pad blocks there."""
 
     def __init__(self, config: Any, slots: int, capacity: int, dtype: torch.dtype, device: torch.device):
         kv_heads, head_dim = kv_heads_and_dim(config)

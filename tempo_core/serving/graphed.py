@@ -1,8 +1,7 @@
 """A tick's forward replayed from a CUDA graph: every run's rows in a fixed layout over the K/V store.
 
-With the runs' caches in one K/V store (kvstore.py) a 32-run tick on an H200 launches ~2300 kernels, and the
-forward's 42-49 ms are mostly their launches while the GPU computes ~10 ms
-(bench/results/batch_tick_gpu_h200_llama3b_random.txt). A graph needs fixed shapes, so here a forward whose runs
+With the runs' caches in one K/V store (runtime/kvstore.py) a tick's eager forward on a GPU is still mostly kernel
+launches (bench/README.md, "A class in one forward"). A graph needs fixed shapes, so here a forward whose runs
 are in the store and feed at most 8 rows each (`fits`) is laid out as a `Shape`: `runs` blocks of `rows` rows (each
 run's rows first in its block, then pad rows that copy its last token), over a `window` of store rows. Runs the
 forward does not have fill the rest of the blocks from the store's scratch slot, and a run's pad rows write just
@@ -14,7 +13,7 @@ mask. The layers pruning reads record their attention for every block (the union
 the rows a run keeps are taken out. One graph per shape is captured on first use (runs 2..slots, rows 1..8 and
 windows in powers of two), at most `MAX_GRAPHS`, sharing one memory pool; the buffers and graphs live with the
 model (`batch_graphs`). Off the GPU the same layout runs eagerly (`capture=False`): the CPU tests check that it
-equals the runs' solo traces, and bench/check_batch_gpu.py checks the captured one on a GPU.
+equals the runs' solo traces, and tests/gpu/test_batch_gpu.py checks the captured one on a GPU.
 """
 
 from __future__ import annotations

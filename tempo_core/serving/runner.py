@@ -73,7 +73,7 @@ class BatchForward:
 class _Group:
     """Runs that attend in one call: their queries gathered into [runs, heads, q, dim] (q = the most rows any of
     them feeds), their caches padded to the longest, each run's own mask in its slice and nothing past it. With
-    their caches in one K/V store (kvstore.py) the new rows go in with one write per layer and the caches come
+    their caches in one K/V store (runtime/kvstore.py) the new rows go in with one write per layer and the caches come
     out with one gather; otherwise each run's cache is appended to and copied in on its own."""
 
     def __init__(self, members: list[int], batch: BatchForward, lengths: list[int], store: KVStore | None,
@@ -150,7 +150,7 @@ def _store(cache: Any, rows: int) -> KVStore | None:
 def forward_batch(requests: list[ForwardRequest]) -> int:
     """Serve `requests` (runs on one model, each with its own DynamicCache) in one forward; a lone request gets a
     forward of its own (`ParallelSequence.serve`: the single-run path, unchanged). On a GPU the runs that fit a
-    captured forward of a fixed shape go in that (batchgraph.py) and the others in a second, eager, forward.
+    captured forward of a fixed shape go in that (graphed.py) and the others in a second, eager, forward.
     Returns how many runs attended in groups."""
     graphs = batch_graphs(requests[0].seq.lm) if len(requests) > 1 else None
     left = graphs.serve(requests) if graphs is not None else requests

@@ -1,7 +1,7 @@
 """The GPU fast path's pieces, checked on the CPU: the static caches CUDA graphs are captured on (borrowed from
 the model's pool, cleared and reused run after run, read only as far as the run has filled them), why a run does
 not use graphs (in its trace), and the GPU's grouped-query attention with a mask. The graphs themselves need a
-GPU: bench/check_graphs.py compares them with the eager path there."""
+GPU: tests/gpu/test_graphs_gpu.py compares them with the eager path there."""
 
 import dataclasses
 

@@ -28,7 +28,7 @@ def test_health_names_the_model_its_device_and_version(client):
     body = r.json()
     assert body["model_loaded"] is True and body["model"] == "tiny-llama-3" and body["device"] == "cpu"
     assert body["version"]
-    assert "kv_store_bytes" not in body  # the K/V store of batched runs is off on a CPU by default (kvstore.py)
+    assert "kv_store_bytes" not in body  # the K/V store of batched runs is off on a CPU by default (runtime/kvstore.py)
 
 
 def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
@@ -47,7 +47,7 @@ def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
 
 
 def test_health_counts_the_captured_batch_forwards(lm, client):
-    """The batch forwards of fixed shapes (batchgraph.py, captured on CUDA, eager here) are counted: bounded memory."""
+    """The batch forwards of fixed shapes (serving/graphed.py, captured on CUDA, eager here) are counted: bounded memory."""
     import threading
 
     from tempo_core import generate

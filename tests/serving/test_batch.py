@@ -1,4 +1,4 @@
-"""Runs batched in one forward (tempo_core/batch.py) against the same runs made alone, and against plain
+"""Runs batched in one forward (tempo_core/serving/) against the same runs made alone, and against plain
 transformers: each run's trace in a batch must be its solo trace (same candidates, probabilities to 1e-5, the
 same pruning), whoever it shares the forward with and whenever they join or leave."""
 
@@ -42,7 +42,7 @@ def kv(lm, request):
     """Where batched runs keep their caches: each its own DynamicCache (the CPU default), slots of one K/V store
     (kvstore.py), or a store too small for some runs (3 slots of 40 rows: runs find no slot, or outgrow theirs
     mid-run and move out). "fixed layout": the store, and forwards laid out in fixed shapes as the GPU captures
-    them (batchgraph.py, the CUDA default), here run eagerly. Every slot is free again once the runs are done."""
+    them (serving/graphed.py, the CUDA default), here run eagerly. Every slot is free again once the runs are done."""
     store = {"own caches": False,
              "K/V store": KVStore(lm.model.config, 16, 512, torch.float32, lm.device),
              "small K/V store": KVStore(lm.model.config, 3, 40, torch.float32, lm.device),

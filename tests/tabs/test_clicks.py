@@ -22,30 +22,31 @@ def click(node: str, source: str | None = None) -> types.SimpleNamespace:
 def test_clicks_expand_stretches_select_nodes_and_open_a_pruned_candidates_rewind(built_page):
     lm = tiny_llama(seed=3)
     site = built_page(lm)
-    explore, tree = site.explore, site.page.view.tree
+    inspector, research, tree = site.explore.inspector, site.explore.research, site.page.view.tree
+    figure_tabs = site.explore.figure_tabs
     narrow = run(lm, build_settings({"prompt": "the cat", "max_tokens": 60, "selection_threshold": 0.3}))
     stretch = next(u for u in units(narrow) if u.collapsed)
-    out = explore.expand_stretch(narrow.to_dict(), [], click(stretch.id))
+    out = inspector.expand_stretch(narrow.to_dict(), [], click(stretch.id))
     nodes = next(t for t in out[tree]["data"] if t["name"] == "candidate")
     assert f"{stretch.first}:0" in nodes["customdata"] and out[site.page.expanded] == [stretch.first]
     for bogus in ("run:999999-1000000", "run:x", f"run:{stretch.first}-{stretch.last + 5}"):  # not on the page
-        assert explore.expand_stretch(narrow.to_dict(), [], click(bogus)) == gr.skip()  # the list does not grow
+        assert inspector.expand_stretch(narrow.to_dict(), [], click(bogus)) == gr.skip()  # the list does not grow
     trace = run(lm, build_settings(LONG))
     data = trace.to_dict()
     pruned = next(f"{st.step}:{i}" for st in trace.steps for i, c in enumerate(st.candidates) if c.pruned_at)
-    out = explore.clicked(data, [], click(pruned, "tempo-heatmap"))
-    assert out[explore.node_pick] == pruned and out[explore.research.rewind_pick] == pruned
-    assert "pruned** after step" in out[explore.details]
-    assert out[explore.figure_tabs].selected == "research" and out[explore.research.tabs].selected == "rewind"
+    out = inspector.clicked(data, [], click(pruned, "tempo-heatmap"))
+    assert out[site.page.node_pick] == pruned and out[research.rewind_pick] == pruned
+    assert "pruned** after step" in out[inspector.details]
+    assert out[figure_tabs].selected == "research" and out[research.tabs].selected == "rewind"
     # from the tree, a pruned node opens its details but stays on the tree
-    out = explore.clicked_in_tree(data, [], click(pruned))
-    assert out[explore.research.rewind_pick] == pruned and explore.figure_tabs not in out
-    assert explore.clicked(data, [], click("-1:0")) == gr.skip()
+    out = inspector.clicked_in_tree(data, [], click(pruned))
+    assert out[research.rewind_pick] == pruned and figure_tabs not in out
+    assert inspector.clicked(data, [], click("-1:0")) == gr.skip()
     # a node clicked in the tree is ringed by the page itself: only its details come back (the tree is not an
     # output); from the text, the tree is redrawn with the node ringed
-    from_tree = explore.clicked_in_tree(data, [], click("3:0"))
-    assert from_tree == {explore.details: node_details(trace, "3:0"), explore.node_pick: "3:0"}
-    from_text = explore.clicked(data, [], click("3:0", "tempo-text"))
+    from_tree = inspector.clicked_in_tree(data, [], click("3:0"))
+    assert from_tree == {inspector.details: node_details(trace, "3:0"), site.page.node_pick: "3:0"}
+    from_text = inspector.clicked(data, [], click("3:0", "tempo-text"))
     ringed = next(t for t in from_text[tree]["data"] if t["name"] == "selected")
     assert (ringed["x"], ringed["y"]) == ([3], [0])
 
@@ -70,12 +71,12 @@ def test_a_clicked_node_outlines_its_step_in_the_commitment_strip(built_page):
     and the list alike; its numbers are the trace's."""
     lm = tiny_llama(seed=3)
     site = built_page(lm)
-    explore, strip = site.explore, site.page.view.strip
+    inspector, strip = site.explore.inspector, site.page.view.strip
     trace = run(lm, build_settings({"prompt": "the cat", "max_tokens": 6, "selection_threshold": 0.05,
                                     "commitment": True}))
     data = trace.to_dict()
-    for out in (explore.clicked_in_tree(data, [], click("4:0")), explore.clicked(data, [], click("4:0", "tempo-text")),
-                explore.show_node(data, "4:0", [])):
+    for out in (inspector.clicked_in_tree(data, [], click("4:0")), inspector.clicked(data, [], click("4:0", "tempo-text")),
+                inspector.show_node(data, "4:0", [])):
         fig = out[strip]
         assert [(s["x0"], s["x1"]) for s in fig["layout"]["shapes"]] == [(3.5, 4.5)]
         assert fig["data"][0]["z"][0] == [x["p_final"][0] for x in trace.commitment["steps"]]

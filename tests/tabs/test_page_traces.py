@@ -68,7 +68,7 @@ def engine(trace: Trace) -> dict:
 
 
 # How the server fed a run, not what the run is: a prompt prefix copied from another run's cache, a prompt in
-# chunks (tempo_core/batch.py, prefix.py). The trace's tokens, sets and pruning are the same; its numbers agree to
+# chunks (tempo_core/serving/, runtime/prefix.py). The trace's tokens, sets and pruning are the same; its numbers agree to
 # float rounding (the same rows computed in a forward of another shape).
 SERVING_STATS = {"prompt_rows_reused", "tokens_processed", "forward_passes"}
 
@@ -135,7 +135,7 @@ def test_continue_from_here_puts_the_engines_continued_trace_on_the_page(site, l
     branching = [st["step"] for st in original["steps"] if len(st["candidates"]) > 1]
     step = {"first": 0, "second": 1, "late": branching[-1]}[where]
     index = len(original["steps"][step]["candidates"]) - 1
-    frames = list(site.explore.continue_here(request("cont"), original, f"{step}:{index}"))
+    frames = list(site.explore.inspector.continue_here(request("cont"), original, f"{step}:{index}"))
     data = finished(site, frames)
     reference = last(continue_from(lm, Trace.from_dict(original), step, index))
     assert same(data, reference)
@@ -283,7 +283,7 @@ def test_what_if_states_each_rows_threshold_as_the_engine_computed_it(site, lm):
     data = reference.to_plain()
     statuses = set()
     for st in reference.steps:
-        table = site.explore.what_if_lower(data, f"{st.step}:0")
+        table = site.explore.inspector.what_if_lower(data, f"{st.step}:0")
         lines = [line for line in table.splitlines() if line.startswith("| `")]
         rows = lower_threshold_preview(reference, st.step)
         assert len(lines) == len(rows)

@@ -1,7 +1,7 @@
 """On a GPU: the CUDA-graphed TEMPO step (the default on CUDA) against the eager one, and its speed against HF
-static-cache greedy, all in one process.
+static-cache greedy, all in one process (that both make the same run is a test too: tests/gpu/test_graphs_gpu.py).
 
-    python bench/check_graphs.py [--steps 32] [--ks 1,2,4,8,16]
+    python bench/bench_graphs.py [--steps 32] [--ks 1,2,4,8,16]
 
 Random Llama-3.2-3B shape, bf16. For k forced (threshold 0, max_parallel_tokens k), with and without pruning:
 the graphed run's candidates and pruning decisions against an eager static-cache run with the same (fused)
