@@ -20,7 +20,7 @@ from .events import StepEvent, new_trace
 from .model import LoadedModel, cache_argument
 from .stop import stop_reason
 from .text import finalise_text
-from .trace import Candidate, Step, summarise, Trace
+from .trace import Candidate, Step, Trace, summarise
 
 TOP_ALTERNATIVES = 5
 

@@ -25,7 +25,7 @@ from .selection import NEAR_MISSES, mixture, select_forced, select_with_near_mis
 from .sequence import ParallelSequence
 from .stop import stop_reason
 from .text import RunningText, clean_token_ids, repaired_text
-from .trace import Candidate, Step, summarise, Trace
+from .trace import Candidate, Step, Trace, summarise
 
 PREFILL_CHUNK = 128  # prompt rows per forward when runs share the model (bench/README.md: a chunk's cost)
 

@@ -17,7 +17,7 @@ from .engine import tempo_events
 from .events import StepEvent
 from .forward import ForwardRequest
 from .model import LoadedModel
-from .trace import rewind, Trace
+from .trace import Trace, rewind
 
 
 def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,

@@ -3,7 +3,7 @@ most probable surviving candidate); kept current a step at a time while a run gr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, TYPE_CHECKING
 
 if TYPE_CHECKING:  # text is made from the trace's dataclasses, which use these functions
     from .model import LoadedModel

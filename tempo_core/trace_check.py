@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from .config import MODES, echo_name, echo_value
-from .trace import SCHEMA_VERSION, Candidate, Step, Trace
+from .trace import Candidate, SCHEMA_VERSION, Step, Trace
 
 MAX_TEXT = 100_000  # characters in any one string of an uploaded trace
 

@@ -12,7 +12,7 @@ import html
 
 from tempo_core.trace import Trace
 
-from .style import empty_figure, UIREVISION
+from .style import UIREVISION, empty_figure
 
 SETTLED, LATE, PART = "#e6550d", "#9e9e9e", "#54278f"
 BLUES = [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]]  # more probable = darker

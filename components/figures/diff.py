@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 
 from tempo_core.trace import Trace
 
-from .style import PATH, PRUNED, show_token, UIREVISION
+from .style import PATH, PRUNED, UIREVISION, show_token
 
 
 def diff_trees(a: Trace, b: Trace) -> list[dict[str, Any]]:

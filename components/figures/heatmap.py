@@ -75,7 +75,8 @@ def heatmap_view(trace: Trace) -> dict:
     shown = f"{lo:.3f}" if abs(hi - lo) < 1e-9 else f"{lo:.3f}–{hi:.3f} (see Threshold curve)"
     plot = 20 * len(rows)  # px of rows; the title, the legend and the column labels sit above them
     height = plot + 150
-    layout = {"title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk<br>"
+    layout = {"meta": "tempo-heatmap",  # the page names it as a click's source (a pruned cross opens its rewind)
+              "title": {"text": f"Attention paid to the {len(rows)} candidates ever at risk<br>"
                                 f"<sup>pruning threshold {shown}</sup>",
                         "font": {"size": 14}, "x": 0.01, "xanchor": "left", "y": 1 - 12 / height, "yanchor": "top"},
               "template": "plotly_white", "uirevision": UIREVISION, "height": height,

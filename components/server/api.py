@@ -23,7 +23,7 @@ from tempo_core import LoadedModel, SettingsError, StepEvent, Trace, __version__
 from tempo_core import generate as tempo_generate
 from tempo_core.config import TempoSettings, validate_prompt
 from tempo_core.events import check_context, encode_prompt
-from tempo_core.serving.limits import check_budget, Limits
+from tempo_core.serving.limits import Limits, check_budget
 from tempo_core.serving.scheduler import Batcher
 from tempo_core.stop import RunStop
 

@@ -53,6 +53,19 @@ def research_examples(limits: Limits) -> list[list[Any]]:
             for _, values in RESEARCH_EXAMPLES]
 
 
+EXAMPLE_FIELDS = ["prompt", "selection_threshold", "max_tokens", "mode"]
+
+
+def example_settings(index: int, research: bool, limits: Limits) -> TempoSettings:
+    """An Examples row (or, `research`, a research preset) as whole settings: what the row names, and the page's
+    defaults for everything it does not (a row must not inherit the hidden settings of whatever came before it).
+    IndexError for a row that is not there."""
+    rows, fields = (research_examples(limits), RESEARCH_FIELDS) if research else (examples(limits), EXAMPLE_FIELDS)
+    if not 0 <= index < len(rows):
+        raise IndexError(index)
+    return settings_from_form({**page_defaults(limits).to_dict(), **dict(zip(fields, rows[index]))}, limits)
+
+
 def page_defaults(limits: Limits) -> TempoSettings:
     """The settings the form shows on a plain visit to a server with these limits."""
     return limits.fit(build_settings(PAGE_START))

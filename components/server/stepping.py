@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from tempo_core import StepEvent, Trace
 from tempo_core.serving.scheduler import Batcher
+from tempo_core.config import TempoSettings
 from tempo_core.stop import RunStop
 
 from ..figures.predict import Score
@@ -35,6 +36,8 @@ class SteppedRun:
     stop: RunStop | None = None  # the run's stop flag: its clock restarts at every press (`SteppedRuns.press_s`)
     busy: bool = False  # a press is running
     closed: bool = False  # dropped (replaced, expired, evicted): its generator is closed once no press runs
+    settings: TempoSettings | None = None  # what it was made from: a press with other settings starts a new run
+    notice: str = ""  # said once in the status after the next press (why a new run began)
 
 
 class SteppedRuns:

@@ -16,7 +16,8 @@ from tempo_core.stop import RunStop
 from ..figures.lessons import GLOSSARY
 from ..figures.recordings import RECORDINGS, recorded
 from ..figures.text import status_line
-from ..server.forms import RESEARCH_EXAMPLES, RESEARCH_FIELDS, examples, research_examples
+from ..server.forms import (EXAMPLE_FIELDS, RESEARCH_EXAMPLES, RESEARCH_FIELDS, example_settings, examples,
+                            research_examples)
 from ..server.live import Pace, live_traces
 from ..server.sessions import session_key
 from ..server.shared import Shared
@@ -62,11 +63,13 @@ class Explore:
                 with gr.Column(scale=3, min_width=340):
                     self._views_column()
             form = page.form
-            gr.Examples(examples(shared.limits), [form[n] for n in ("prompt", "selection_threshold", "max_tokens",
-                                                                      "mode")], label="Examples")
-            gr.Examples(research_examples(shared.limits), [form[n] for n in RESEARCH_FIELDS],
-                        example_labels=[label for label, _ in RESEARCH_EXAMPLES],
-                        label="Research presets (then open the Research tab)")
+            rows = gr.Examples(examples(shared.limits), [form[n] for n in EXAMPLE_FIELDS], label="Examples")
+            presets = gr.Examples(research_examples(shared.limits), [form[n] for n in RESEARCH_FIELDS],
+                                  example_labels=[label for label, _ in RESEARCH_EXAMPLES],
+                                  label="Research presets (then open the Research tab)")
+            for table, research in ((rows, False), (presets, True)):  # every other setting back to the defaults
+                table.dataset.click(lambda picked, research=research: self.fill_example(picked, research),
+                                    table.dataset, list(form.values()), queue=False, api_visibility="private")
             self._wire_runs()  # inside the tab: step mode's State must not sit among the top tabs
             self.inspector.wire(self._stream, self.figure_tabs)
 
@@ -180,6 +183,14 @@ class Explore:
         except Exception as exc:  # noqa: BLE001 - the page shows a message, never a traceback
             log.exception("run failed")
             yield {view.status: f"**Error:** run failed: {html.escape(str(exc))}"}
+
+    def fill_example(self, picked: Any, research: bool) -> Outputs:
+        """An Examples row or research preset was clicked (`picked`: the dataset's (index, values)): the whole form
+        from it, the settings it does not name at the page's defaults."""
+        try:
+            return self.page.fill_form(example_settings(int(picked[0]), research, self.shared.limits))
+        except (TypeError, ValueError, IndexError, SettingsError):
+            return gr.skip()
 
     def show_recorded(self, name: str) -> Outputs:
         """A recorded run (assets/learn): its views at once, its settings in the form (no model needed)."""

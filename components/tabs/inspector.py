@@ -19,7 +19,7 @@ from ..figures.inspect import find_node, node_details, what_if_lower
 from ..figures.tree import tree_view, units
 from ..server.api import admit
 from ..server.shared import Shared
-from .page import NO_TRACE, Outputs, Page
+from .page import NO_TRACE, After, Hook, Outputs, Page
 
 Events = Callable[[TempoSettings, RunStop], Iterator[StepEvent | ForwardRequest]]
 # (request, settings, events, source) -> the run's frames on the page (Explore streams it like any run)
@@ -60,6 +60,11 @@ class TreeInspector:
         # output even when it sends nothing new, and a 200-step tree takes Plotly about a second
         view.tree.click(self.clicked_in_tree, [page.trace, page.expanded], click_outputs, **listen)
         view.tree.expand(self.expand_stretch, [page.trace, page.expanded], [view.tree, page.expanded], **listen)
+        page.after_trace(After.PICK, Hook(self.forget_pick, [], [self.details, self.what_if]))
+
+    def forget_pick(self) -> Outputs:
+        """A new trace is on show (the candidate list was emptied): nothing of the trace before stays described."""
+        return {self.details: node_details(NO_TRACE, ""), self.what_if: ""}
 
     def continue_here(self, request: gr.Request, data: dict | None, node: str | None) -> Iterator[Outputs]:
         """Steer: the run up to the chosen candidate, that candidate alone in its set, then onward (the original

@@ -11,7 +11,7 @@ import gradio as gr
 from tempo_core import build_settings
 
 from ..figures.inspect import find_node, node_details
-from ..figures.lessons import GLOSSARY, lesson_view, LESSONS
+from ..figures.lessons import GLOSSARY, LESSONS, lesson_view
 from ..server.shared import Shared
 from .page import Outputs, Page
 from .widgets import plotly_view

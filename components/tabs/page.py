@@ -85,8 +85,9 @@ class Hook:
 class After(IntEnum):
     """Where a tab's "trace arrived" hook runs, in this order whichever tab was built first."""
     LINKS = 0  # downloads, the share link, the candidate list: what a person reaches for at once
-    HISTORY = 1  # Compare files the run in the session's history
-    RESEARCH = 2  # the research views redraw from the trace
+    PICK = 1  # the details and what-if of a candidate of the trace before are cleared
+    HISTORY = 2  # Compare files the run in the session's history
+    RESEARCH = 3  # the research views redraw from the trace
 
 
 class Page:
@@ -144,8 +145,8 @@ class Page:
         self._producers.append(event)
 
     def connect(self) -> None:
-        """Chain the hooks after every event that puts a trace on show, in `After` order. Called once, when every
-        tab is laid out (app.py)."""
+        """Chain the hooks after every event that puts a trace on show: the first in `After` order right after it,
+        the others after that one. Called once, when every tab is laid out (app.py)."""
         view = {"api_visibility": "private", **self.shared.view_events}
         first, *rest = [hook for _, hook in sorted(self._hooks, key=lambda item: item[0])]
         for event in self._producers:

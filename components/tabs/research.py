@@ -11,11 +11,10 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from components.figures.study import study_figure
 from tempo_core import SettingsError, Trace
 from tempo_core.analysis.baselines import baselines
 from tempo_core.analysis.report import study_table
-from tempo_core.analysis.study import BUNDLED_RESULTS, load_prompts, QUICK, study_iter
+from tempo_core.analysis.study import BUNDLED_RESULTS, QUICK, load_prompts, study_iter
 from tempo_core.analysis.sweep import sweep
 from tempo_core.config import echo_value
 from tempo_core.stop import RunStop
@@ -27,6 +26,7 @@ from ..figures.inspect import find_node
 from ..figures.positions import positions_figure
 from ..figures.report import tree_figure
 from ..figures.rewind import rewind_figure
+from ..figures.study import study_figure
 from ..figures.sweep import sweep_figure, sweep_multiples, sweep_table
 from ..server.shared import Shared
 from .controls import setting_slider

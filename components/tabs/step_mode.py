@@ -92,14 +92,18 @@ class StepMode:
                                                 api_visibility="private"))
 
     def _run(self, request: gr.Request, form: dict[str, Any]) -> SteppedRun:
-        """The session's stepped run; a new one (from the form) when it has none or its run has ended."""
+        """The session's stepped run; a new one (from the form) when it has none, its run has ended, or the form no
+        longer says what the paused run was made from (its `notice` then says so)."""
         key = session_key(request)
+        s = self.shared.settings(form)
         run = self.shared.stepped.get(key)
-        if run is None or run.done:
-            s = self.shared.settings(form)
+        if run is None or run.done or run.settings != s:
+            replaced = run is not None and not run.done
             graphs = self.shared.batcher.active == 0  # made before it joins the batcher (not counted yet)
             run = self.shared.stepped.start(key, lambda stop: generate(self.shared.lm, s, stop, cooperative=True,
                                                                        cuda_graphs=graphs))
+            run.settings = s
+            run.notice = "The form changed: a new stepped run with its settings. " if replaced else ""
         return run
 
     def step(self, request: gr.Request, predict: bool, **form: Any) -> Outputs:
@@ -157,12 +161,14 @@ class StepMode:
         st = trace.steps[-1]
         if predict and not run.done:
             run.hidden = True
-            ask = (f"**Step {st.step}: which tokens pass the selection threshold {st.selection_threshold:g}?** Tick "
-                   f"them, then press **Reveal**. (Score so far: {run.score})")
+            ask = (f"{run.notice}**Step {st.step}: which tokens pass the selection threshold "
+                   f"{st.selection_threshold:g}?** Tick them, then press **Reveal**. (Score so far: {run.score})")
+            run.notice = ""
             return {**out, **view.show(rewind(trace, len(trace.steps) - 2), ask, live=True), ui.reveal_md: "",
                     ui.question: "", ui.choices: gr.update(choices=prediction_choices(st), value=[], visible=True)}
         run.hidden = False
-        status = status_line(trace, not run.done, paused=not run.playing and not run.done)
+        status = run.notice + status_line(trace, not run.done, paused=not run.playing and not run.done)
+        run.notice = ""
         if run.done and run.score.total:
             status += f" · prediction score {run.score}"
         return {**out, **view.show(trace, status, live=not run.done), ui.choices: hidden_choices()}

@@ -71,7 +71,8 @@ const draw = () => {
       // 200-step tree takes Plotly about a second to redraw on a small machine)
       if (p.customdata.startsWith('run:')) { trigger('expand', {node: p.customdata}); return; }  // a stretch
       if ((props.value.layout || {}).meta === 'tempo-tree' && /^\\d+:\\d+$/.test(p.customdata)) ring(el, p);
-      trigger('click', {node: p.customdata, source: (element.closest('[id]') || {}).id || ''});
+      // the source is the figure's own name (its layout's meta), not whichever ancestor has an id
+      trigger('click', {node: p.customdata, source: (props.value.layout || {}).meta || ''});
     });
     el.on('plotly_relayout', () => { const r = el.querySelector('.tempo-ring'); if (r) r.style.display = 'none'; });
   }

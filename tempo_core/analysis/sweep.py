@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..config import TempoSettings
 from ..model import LoadedModel
-from ..trace import rewind, Step, Trace
+from ..trace import Step, Trace, rewind
 from .after_run import run
 
 

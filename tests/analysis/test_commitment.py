@@ -9,8 +9,8 @@ from tiny import tiny_llama
 
 from tempo_core import build_settings, run
 from tempo_core.analysis.commitment import _settles_from
-from tempo_core.trace import rewind, Trace
-from tempo_core.trace_check import check_trace_data, TraceError
+from tempo_core.trace import Trace, rewind
+from tempo_core.trace_check import TraceError, check_trace_data
 
 pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
@@ -137,7 +137,7 @@ def test_a_long_replay_in_chunks_reads_what_one_forward_reads_and_stops_between_
     import tempo_core.analysis.replay as replay
     from tempo_core import run
     from tempo_core.analysis.commitment import layer_states
-    from tempo_core.analysis.replay import merged_distributions, ReplayStopped
+    from tempo_core.analysis.replay import ReplayStopped, merged_distributions
     from tempo_core.stop import RunStop
     from tiny import tiny_llama
     lm = tiny_llama(seed=4)

@@ -134,7 +134,7 @@ def test_the_quick_study_fits_a_small_budget():
 
 
 def test_the_forest_plot_draws_each_estimate_in_its_units_panel():
-    from components.figures.study import study_figure, study_panels, UPSTREAM_CLAIM
+    from components.figures.study import UPSTREAM_CLAIM, study_figure, study_panels
     from tempo_core.analysis.study import BUNDLED_RESULTS
     result = json.loads(BUNDLED_RESULTS.read_text())
     fig = study_figure(result)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.figures.commitment_strip import commitment_strip, LATE, NO_STRIP, SETTLED
+from components.figures.commitment_strip import LATE, NO_STRIP, SETTLED, commitment_strip
 from tempo_core import build_settings, run
 from tiny import tiny_llama
 

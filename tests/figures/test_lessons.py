@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from components.figures.lessons import lesson_view, LESSONS
-from components.figures.recordings import first_branch, first_pruned, LEARN_DIR, recorded, RECORDINGS
+from components.figures.lessons import LESSONS, lesson_view
+from components.figures.recordings import LEARN_DIR, RECORDINGS, first_branch, first_pruned, recorded
 from tempo_core import build_settings
 from tempo_core.model import bundled_gguf
 

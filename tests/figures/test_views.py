@@ -9,7 +9,7 @@ from components.figures.heatmap import heatmap_view
 from components.figures.inspect import node_details
 from components.figures.style import main_path, show_token
 from components.figures.text import text_view
-from components.figures.tree import COLLAPSE_MIN, LABEL_PROB, tree_view, units, WINDOW
+from components.figures.tree import COLLAPSE_MIN, LABEL_PROB, WINDOW, tree_view, units
 from tempo_core import Trace, build_settings, run
 from tiny import tiny_llama
 

@@ -13,7 +13,7 @@ from tiny import tiny_llama
 from tempo_core import build_settings, run
 from tempo_core.engine import tempo_events
 from tempo_core.runtime.attention import stacked_gqa_attention
-from tempo_core.runtime.graphs import graphs_unavailable, SlotPool
+from tempo_core.runtime.graphs import SlotPool, graphs_unavailable
 from tempo_core.sequence import ParallelSequence
 
 pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)

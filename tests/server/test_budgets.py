@@ -16,7 +16,7 @@ from tiny import tiny_llama
 import app as tempo_app
 import tempo_core.runtime.attention as attention
 from tempo_core import build_settings, run
-from tempo_core.serving.limits import check_budget, estimate_cost, Limits
+from tempo_core.serving.limits import Limits, check_budget, estimate_cost
 from tempo_core.stop import RunStop
 
 LONG_MCTS = {"prompt": "the cat", "use_mcts": True, "mcts_simulations": 500, "mcts_depth": 4, "max_tokens": 200}

@@ -10,13 +10,14 @@ import json
 from types import SimpleNamespace
 from urllib.parse import unquote_plus
 
+import gradio as gr
 import pytest
 
 import app as tempo_app
 from components.figures.curve import curve_view
 from components.figures.heatmap import heatmap_view
 from components.figures.lessons import LESSONS
-from components.figures.recordings import recorded, RECORDINGS
+from components.figures.recordings import RECORDINGS, recorded
 from components.figures.text import text_view
 from components.figures.tree import tree_view
 from components.server.forms import (RESEARCH_FIELDS, examples, form_values, page_defaults, research_examples,
@@ -216,6 +217,26 @@ def test_a_recorded_example_is_the_recorded_trace(site):
         assert same(out[site.page.trace], recorded(name))
         assert out[site.page.view.text] == text_view(recorded(name))
 
+
+
+@pytest.mark.parametrize("research", [False, True], ids=["examples", "research presets"])
+def test_an_example_row_sets_every_setting_it_does_not_name_back_to_the_pages_defaults(site, research):
+    """After the "Threshold curve" recording filled the form (a Bezier schedule hidden behind Advanced), a click on
+    an Examples row fills the whole form: the row's values, and the page's defaults for everything else. The
+    listener is on each table's click, with the whole form as its outputs."""
+    curve = form_of(site, site.explore.show_recorded("curve"))
+    assert curve["dynamic_threshold"] is True and curve["final_threshold"] == 0.3
+    rows, fields = (research_examples(site.page.shared.limits), RESEARCH_FIELDS) if research else \
+        (examples(site.page.shared.limits), ["prompt", "selection_threshold", "max_tokens", "mode"])
+    defaults = dict(zip(names(site), form_values(page_defaults(site.page.shared.limits), names(site))))
+    for index, row in enumerate(rows):
+        filled = form_of(site, site.explore.fill_example((index, row), research))
+        assert filled == {**defaults, **dict(zip(fields, row))}, index
+    assert site.explore.fill_example((len(rows), None), research) == gr.skip()  # the browser's index is checked
+    tables = [f for f in site.blocks.fns.values() if getattr(f.fn, "__name__", "") == "<lambda>"
+              and {c._id for c in site.page.form.values()} <= {o._id for o in f.outputs}
+              and f.inputs and type(f.inputs[0]).__name__ == "Dataset"]
+    assert len(tables) == 2  # the Examples and the research presets
 
 # --- demo mode: the whole walkthrough under the classroom caps ------------------------------------------------
 

@@ -80,3 +80,27 @@ def test_play_steps_to_the_end_and_pause_halts_it(lm, built_page):
     rest = list(slow)
     paused = site.page.shared.stepped.get(session_key(other))
     assert paused is not None and not paused.done and not paused.playing and len(rest) <= 3
+
+
+def test_a_press_after_the_form_changed_starts_a_new_run_from_the_form_and_says_so(lm, built_page):
+    """A paused run belongs to the form it was made from: Step with other settings (an Examples row, a lesson's
+    Try it live) ends it and steps a new run made from what the form shows, and the status says why."""
+    from types import SimpleNamespace
+
+    from components.server.sessions import session_key
+    site = built_page(lm)
+    stepper, status = site.explore.step_mode, site.page.view.status
+    request = SimpleNamespace(session_hash="form-changed")
+    first = dict(prompt="once upon a time", max_tokens=8, selection_threshold=1.0, use_retroactive_pruning=False)
+    for _ in range(3):
+        out = stepper.step(request, False, **first)
+    assert "at step 2" in out[status] and "form changed" not in out[status]
+    second = dict(first, prompt="the cat sat", selection_threshold=0.08)
+    out = stepper.step(request, False, **second)
+    assert out[status].startswith("The form changed: a new stepped run") and "at step 0" in out[status]
+    run_now = site.page.shared.stepped.get(session_key(request))
+    assert run_now.trace.prompt == "the cat sat" and run_now.trace.steps[0].selection_threshold == 0.08
+    made = run(lm, site.page.shared.settings(second))
+    assert [c.token_id for c in run_now.trace.steps[0].candidates] == [c.token_id for c in made.steps[0].candidates]
+    out = stepper.step(request, False, **second)  # the same form again: the same run goes on, nothing to say
+    assert "at step 1" in out[status] and "form changed" not in out[status]

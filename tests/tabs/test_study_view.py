@@ -12,7 +12,7 @@ from tiny import tiny_llama
 from components.figures.study import study_figure
 from components.tabs.research import bundled_study
 from tempo_core.analysis.report import study_table
-from tempo_core.analysis.study import BUNDLED_RESULTS, load_prompts, QUICK, study_iter
+from tempo_core.analysis.study import BUNDLED_RESULTS, QUICK, load_prompts, study_iter
 from tempo_core.serving.limits import Limits
 
 

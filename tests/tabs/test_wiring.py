@@ -21,7 +21,7 @@ def test_every_event_that_shows_a_trace_is_followed_by_every_hook(built_page, cl
         first = [j for j, f in fns.items() if f.trigger_after == i]
         assert [name(fns[j]) for j in first] == ["after_run"], producer
         then = sorted(name(f) for f in fns.values() if f.trigger_after == first[0])
-        assert then == ["file_arrival", "refresh"], producer
+        assert then == ["file_arrival", "forget_pick", "refresh"], producer
 
 
 @pytest.mark.parametrize("classroom", [False, True], ids=["explore first", "learn first"])
@@ -45,3 +45,23 @@ def test_tab_bars_hold_only_tabs(built_page, classroom):
     assert bars[0] == top
     assert ["Tree", "Pruning heatmap", "Threshold curve", "Compare", "Research", "Replay & export"] in bars
     assert ["Faithfulness", "Positions & mask", "Pruning rewind", "Baselines", "Study", "Threshold sweep"] in bars
+
+
+@pytest.mark.parametrize("classroom", [False, True], ids=["explore first", "learn first"])
+def test_the_views_and_form_the_page_makes_are_each_placed_once(built_page, classroom):
+    """The page makes its shared views, form and candidate list before any tab (render=False) and Explore places
+    them: each must sit in the layout exactly once, or the browser (and gradio_client) cannot find it."""
+    site = built_page(tiny_llama(seed=0), Limits.from_env({"TEMPO_DEMO": "1"}) if classroom else Limits())
+    placed = []
+
+    def walk(node):
+        placed.append(node["id"])
+        for child in node.get("children", []):
+            walk(child)
+    walk(site.blocks.config["layout"])
+    page = site.page
+    shared = [*page.view.outputs, *page.form.values(), page.node_pick]
+    assert all(placed.count(c._id) == 1 for c in shared), [c for c in shared if placed.count(c._id) != 1]
+    dependencies = {i for f in site.blocks.config["dependencies"] for i in (*f["inputs"], *f["outputs"])}
+    known = {c["id"] for c in site.blocks.config["components"]}
+    assert dependencies <= known  # no listener names a component the page does not have
