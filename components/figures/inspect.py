@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import html
+import re
 
 from tempo_core.steer import lower_threshold_preview
 from tempo_core.trace import Candidate, Trace
 
 from .style import show_token
+
+
+def code(text: str, in_table: bool = False) -> str:
+    """`text` as a Markdown code span, shown literally (no entities: a code span is not HTML, and the page's
+    Markdown is sanitised anyway): a fence longer than any run of backticks in it, and `|` escaped in a table."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    body = text.replace("|", "\\|") if in_table else text
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:
@@ -22,7 +31,7 @@ def find_node(trace: Trace, node: str) -> tuple[int, int, Candidate] | None:
 
 
 def node_choices(trace: Trace) -> list[tuple[str, str]]:
-    return [(f"step {st.step} · {c.text!r} · p={c.prob:.3f}{' · pruned' if c.pruned_at is not None else ''}",
+    return [(f"step {st.step} · {show_token(c.shown)} · p={c.prob:.3f}{' · pruned' if c.pruned_at is not None else ''}",
              f"{st.step}:{i}") for st in trace.steps for i, c in enumerate(st.candidates)]
 
 
@@ -36,8 +45,9 @@ def node_details(trace: Trace, node: str) -> str:
         fate = "not chosen by the search" if trace.mode == "mcts" else f"**pruned** after step {c.pruned_at}"
     else:
         fate = "kept (its whole set failed; `keep_unattended`)" if c.unattended else "alive"
-    lines = [f"### `{html.escape(show_token(c.shown))}` — token id {c.token_id}",
-             f"- logical step **{s}**, shared position id **{st.position}**, physical row {c.row}",
+    row = f", physical row {c.row}" if c.row >= 0 else ""  # an MCTS node has no row of a shared sequence
+    lines = [f"### {code(show_token(c.shown))} — token id {c.token_id}",
+             f"- logical step **{s}**, shared position id **{st.position}**{row}",
              f"- probability **{c.prob:.4f}** (rank {i + 1} of {len(st.candidates)} in its set)",
              f"- selection threshold {st.selection_threshold:.3f}" + (
                  f", pruning threshold in force {st.pruning_threshold:.4f}" if st.pruning_threshold is not None else ""),
@@ -48,7 +58,7 @@ def node_details(trace: Trace, node: str) -> str:
     if c.visits is not None:
         lines.append(f"- MCTS: {c.visits} visits, mean value {c.value:.3f}")
     if st.alternatives:
-        alts = ", ".join(f"`{html.escape(show_token(a['text']))}` {a['prob']:.4f}" for a in st.alternatives)
+        alts = ", ".join(f"{code(show_token(a['text']))} {a['prob']:.4f}" for a in st.alternatives)
         lines.append(f"- top alternatives not chosen: {alts}")
     return "\n".join(lines)
 
@@ -66,12 +76,12 @@ def what_if_lower(trace: Trace, node: str) -> str:
             fate = f"joins at a threshold ≤ {r['joins_at']:.4f}"
         else:
             fate = {"kept": "in the set",
-                    "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}): a lower "
-                              "threshold adds nothing",
+                    "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}); a lower "
+                              "threshold does not add it",
                     "by_hand": "passed the threshold; this set was chosen by hand (continue from here)"}[r["status"]]
         if r["needs_cap"]:
-            fate += f" with max_parallel_tokens ≥ {r['needs_cap']}"
-        lines.append(f"| `{html.escape(show_token(r['text']))}` | {r['prob']:.4f} | {fate} |")
+            fate += f"; it joins once max_parallel_tokens is {r['needs_cap']} or more"
+        lines.append(f"| {code(show_token(r['text']), in_table=True)} | {r['prob']:.4f} | {fate} |")
     return (f"**Step {step} at lower thresholds** (this run: {trace.steps[step].selection_threshold:g}). A token joins "
             f"the set once the threshold is at or below its probability (thresholds rounded down, so a run at the "
             f"one shown selects it) and the set has room.\n\n| token | probability | |\n|---|---|---|\n"

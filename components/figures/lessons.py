@@ -118,7 +118,7 @@ def _pruning_body(t: Trace) -> str:
     return (f"Later tokens **attend** to earlier ones. **Retroactive pruning** scores each candidate by the "
             f"attention later steps pay it and removes those below the **attention threshold** "
             f"({t.settings['attention_threshold']}): `{show_token(c.shown)}` from step {st.step} (outlined row) "
-            f"was pruned at step {c.pruned_at}. Its row is masked from then on, and in the text it is struck "
+            f"was pruned after step {c.pruned_at}. Its row is masked from then on, and in the text it is struck "
             f"through. Darker cells = more attention; red outlines: below the threshold then.")
 
 

@@ -36,9 +36,11 @@ def text_view(trace: Trace) -> dict:
             "n": len(trace.steps)}
 
 
-def status_line(trace: Trace, running: bool, paused: bool = False, progress: str | None = None) -> str:
+def status_line(trace: Trace, running: bool, paused: bool = False, progress: str | None = None,
+                stepped: bool = False) -> str:
     """One line under the prompt. Steps are named by their number in the trace (from 0), as in the tree, the
-    node details, step mode and replay. `progress`: what a phase after the steps (faithfulness) is doing."""
+    node details, step mode and replay. `progress`: what a phase after the steps (faithfulness) is doing.
+    `stepped`: a run made a step per press, whose rate counts the steps' own time, not the pauses between."""
     n = len(trace.steps)
     if n == 0:
         return "Starting…" if running else f"no steps ({trace.stop_reason})"
@@ -46,6 +48,9 @@ def status_line(trace: Trace, running: bool, paused: bool = False, progress: str
     if running and progress:
         return f"Steps 0–{last.step} done · {progress}…"
     rate = trace.timings.get("steps_per_s", 0.0)
+    if stepped:
+        mean_ms = trace.timings.get("mean_step_ms", 0.0)
+        rate = 1e3 / mean_ms if mean_ms > 0 else 0.0
     pruned = trace.stats.get("pruned", 0)
     if paused:
         head = "Paused (press Step or Play to go on)"

@@ -150,6 +150,16 @@ class SteppedRuns:
             if run.busy:
                 run.stop.stop()
 
+    def end(self, session: str) -> SteppedRun | None:
+        """Stop pressed in step mode: the session's stepped run ends (a press still running stops at its next step)
+        and is dropped; the run it was, if any."""
+        self.stop(session)
+        with self._lock:
+            run = self._runs.pop(session, None)
+        if run is not None:
+            self._close(run)
+        return run
+
     def drop(self, session: str) -> None:
         with self._lock:
             run = self._runs.pop(session, None)

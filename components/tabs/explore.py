@@ -134,7 +134,7 @@ class Explore:
             page.trace_arrived(button.click(lambda name=name: self.show_recorded(name), None,
                                             [*outputs, *form.values()], api_visibility="private",
                                             **shared.view_events))
-        self.step_mode = StepMode(shared, page, self.step_controls)
+        self.step_mode = StepMode(shared, page, self.step_controls, self.stop)
         clear = self.step_controls.cleared
         for source in (self.run, self.inspector.continue_btn, *self.recorded.values()):
             source.click(clear, None, list(clear()), **quiet)

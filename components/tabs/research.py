@@ -114,8 +114,10 @@ class Research:
                                 [self.rewind_plot, self.before_plot, self.after_plot], **listen)
         self.base_btn.click(self.run_baselines, None, [self.base_html, self.beam_plot], inputs_kwargs=page.form,
                             api_name="baselines", **shared.research_events)
-        self.study_btn.click(self.run_study, [self.study_n], [self.study_plot, self.study_md], api_name="study",
-                             **shared.research_events)
+        self.bundled_btn.click(self.show_bundled, None, [self.study_heading, self.study_plot, self.study_md],
+                               queue=False, api_visibility="private")
+        self.study_btn.click(self.run_study, [self.study_n], [self.study_heading, self.study_plot, self.study_md],
+                             api_name="study", **shared.research_events)
         self.sweep_btn.click(self.run_sweep, [self.sweep_thr], [self.sweep_plot, self.sweep_small, self.sweep_md],
                              inputs_kwargs=page.form, api_name="sweep", **shared.research_events)
         page.after_trace(After.RESEARCH, Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot,
@@ -160,13 +162,14 @@ class Research:
                     "attention received by parallel against ordinary tokens (with a greedy control), faithfulness and "
                     "single-threadedness by threshold for TEMPO against Soft Thinking, how many temperature-1 samples "
                     "stay on the sets, and where predictions settle. Rerun it all with `python cli.py study`.")
-        gr.Markdown(study_heading(bundled), elem_id="study-heading")
+        self.study_heading = gr.Markdown(study_heading(bundled), elem_id="study-heading")
         self.study_plot = plotly_view(study_figure(bundled) if bundled else None, elem_id="study-plot")
         self.study_md = gr.Markdown(study_table(bundled) if bundled else "", elem_id="study-table")
         with gr.Row():
             self.study_n = setting_slider(1, MAX_STUDY_PROMPTS, value=2, step=1, scale=2,
-                                     label="Prompts for a small study here (the first of the bundled set)")
+                                          label="Prompts for a small study here (the first of the bundled set)")
             self.study_btn = gr.Button("Run a small study", elem_id="run-study", scale=1)
+            self.bundled_btn = gr.Button("Show the bundled results", elem_id="show-bundled", scale=1)
 
     def refresh(self, data: dict | None) -> dict:
         """A trace arrived (the hook): its faithfulness, positions and pruned candidates."""
@@ -222,6 +225,7 @@ class Research:
         except SettingsError as exc:
             return {self.study_md: f"**Error:** {exc}"}
         cfg = replace(QUICK, max_prompts=n)
+        progress(0, desc=f"study: 0 of {n} prompts done")  # a bar from the start, also for one prompt
 
         def job(stop: RunStop) -> dict:
             result = None
@@ -231,8 +235,14 @@ class Research:
         with self.shared.research_job(request) as stop:
             result = _on(self.shared.research_executor, job, stop)
         result = json.loads(json.dumps(result), parse_constant=lambda c: None)
-        return {self.study_plot: study_figure(result), self.study_md: study_heading(result, here=True) + "\n\n"
-                + study_table(result)}
+        return {self.study_heading: study_heading(result, here=True), self.study_plot: study_figure(result),
+                self.study_md: study_table(result)}
+
+    def show_bundled(self) -> dict:
+        """The bundled study again, after a small study here replaced it."""
+        bundled = bundled_study()
+        return {self.study_heading: study_heading(bundled), self.study_plot: study_figure(bundled) if bundled else None,
+                self.study_md: study_table(bundled) if bundled else ""}
 
     def _job(self, request: gr.Request, job: Callable[..., Any], s: Any, progress: gr.Progress, *args: Any) -> Any:
         """`job(lm, s, *args)` on the research thread, within the server's time limit (Stop and a closed tab end

@@ -77,7 +77,8 @@ class StepControls:
 
 
 class StepMode:
-    def __init__(self, shared: Shared, page: Page, controls: StepControls):
+    def __init__(self, shared: Shared, page: Page, controls: StepControls, stop: gr.Button):
+        """`stop`: the page's Stop button, which also ends a stepped run."""
         self.shared, self.page, self.ui = shared, page, controls
         self.finished = gr.State(None)  # a stepped run's trace once it has finished
         ui = controls
@@ -86,6 +87,7 @@ class StepMode:
         ui.step.click(self.step, [ui.predict], outputs, inputs_kwargs=page.form, api_name="step", **model)
         ui.play.click(self.play, [ui.speed], outputs, inputs_kwargs=page.form, api_visibility="private", **model)
         ui.pause.click(self.pause, None, None, queue=False, api_visibility="private")
+        stop.click(self.stopped, None, [page.view.status, ui.choices], queue=False, api_visibility="private")
         ui.reveal.click(self.reveal, [ui.choices], outputs, api_visibility="private", show_progress="hidden",
                         **shared.view_events)
         page.trace_arrived(self.finished.change(self.arrived, [self.finished], [page.trace, page.arrived],
@@ -138,6 +140,14 @@ class StepMode:
     def pause(self, request: gr.Request) -> None:
         self.shared.stepped.pause(session_key(request))
 
+    def stopped(self, request: gr.Request) -> Outputs:
+        """Stop was pressed: a stepped run (paused or playing) ends there, and the next Step starts a new one."""
+        run = self.shared.stepped.end(session_key(request))
+        if run is None or run.trace is None or not run.trace.steps:
+            return gr.skip()
+        return {self.page.view.status: f"Stopped at step {run.trace.steps[-1].step} ({len(run.trace.steps)} steps): "
+                                       f"press Step or Play for a new run", self.ui.choices: hidden_choices()}
+
     def reveal(self, request: gr.Request, picked: list[str] | None) -> Outputs:
         """Reveal the hidden step: the picks marked right or wrong, the running score, then a question."""
         run = self.shared.stepped.get(session_key(request))
@@ -167,7 +177,7 @@ class StepMode:
             return {**out, **view.show(rewind(trace, len(trace.steps) - 2), ask, live=True), ui.reveal_md: "",
                     ui.question: "", ui.choices: gr.update(choices=prediction_choices(st), value=[], visible=True)}
         run.hidden = False
-        status = run.notice + status_line(trace, not run.done, paused=not run.playing and not run.done)
+        status = run.notice + status_line(trace, not run.done, paused=not run.playing and not run.done, stepped=True)
         run.notice = ""
         if run.done and run.score.total:
             status += f" · prediction score {run.score}"

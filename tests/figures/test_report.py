@@ -108,6 +108,23 @@ def test_node_details_and_choices_validate_ids():
     assert len(node_choices(t)) == 6
 
 
+def test_details_and_the_candidate_list_show_tokens_as_the_page_shows_them():
+    """An apostrophe or a backtick in a token stays itself (no `&#x27;` in a code span), whitespace shows as · and
+    ⏎ in the list too, and an MCTS node (no row of a shared sequence) names no physical row."""
+    t = recorded()
+    t.steps[0].candidates[0].text, t.steps[0].candidates[1].text = "'s", " `a`\n"
+    for c in t.steps[0].candidates[:2]:
+        c.display = None
+    d = node_details(t, "0:0")
+    assert "### `'s`" in d and "&#" not in d
+    assert "### ``·`a`⏎``" in node_details(t, "0:1")  # a fence longer than the backticks inside
+    labels = [label for label, _ in node_choices(t)]
+    assert labels[1].startswith("step 0 · ·`a`⏎ · p=") and "\\n" not in labels[1]
+    t.mode = "mcts"
+    t.steps[0].candidates[0].row = -1
+    assert "physical row" not in node_details(t, "0:0")
+
+
 def test_figures_of_a_real_run_and_report(tmp_path):
     lm = tiny_llama(seed=4)
     trace = run(lm, build_settings(dict(prompt="the cat", max_tokens=6, selection_threshold=0.05,

@@ -1,5 +1,6 @@
 """Step mode on the page: /step advances one step per call, demo mode opens on Learn, Play steps to the end."""
 
+import gradio as gr
 import pytest
 from tiny import tiny_llama
 
@@ -104,3 +105,28 @@ def test_a_press_after_the_form_changed_starts_a_new_run_from_the_form_and_says_
     assert [c.token_id for c in run_now.trace.steps[0].candidates] == [c.token_id for c in made.steps[0].candidates]
     out = stepper.step(request, False, **second)  # the same form again: the same run goes on, nothing to say
     assert "at step 1" in out[status] and "form changed" not in out[status]
+
+
+def test_stop_ends_a_stepped_run_and_its_rate_counts_only_the_steps(lm, built_page):
+    """Stop in step mode says where the run stopped and the next Step starts a new one (it used to leave
+    "Generating" on screen and go on); the status's steps/s is the steps' own time, not the pauses between."""
+    import time
+    from types import SimpleNamespace
+
+    from components.server.sessions import session_key
+    site = built_page(lm)
+    stepper, status = site.explore.step_mode, site.page.view.status
+    request = SimpleNamespace(session_hash="stop-steps")
+    form = dict(prompt="once upon a time", max_tokens=8, selection_threshold=0.08, use_retroactive_pruning=False)
+    for _ in range(3):
+        out = stepper.step(request, False, **form)
+        time.sleep(0.3)  # a student reading between presses
+    trace = site.page.shared.stepped.get(session_key(request)).trace
+    per_step = 1e3 / (sum(st.time_ms for st in trace.steps) / len(trace.steps))
+    assert f"{per_step:.1f} steps/s" in out[status]
+    assert per_step > len(trace.steps) / (trace.timings["total_ms"] / 1e3)  # the pauses would have lowered it
+    stopped = stepper.stopped(request)
+    assert stopped[status].startswith("Stopped at step 2 (3 steps)")
+    assert site.page.shared.stepped.get(session_key(request)) is None
+    assert "at step 0" in stepper.step(request, False, **form)[status]  # a new run
+    assert stepper.stopped(SimpleNamespace(session_hash="never-stepped")) == gr.skip()

@@ -31,20 +31,23 @@ def test_a_small_study_here_shows_what_the_study_computes(live_server):
     url, fastapi_app = live_server(lm)
     browser = PageClient(url, fastapi_app, "study")
     seen: list = []
-    figure, markdown = browser.call("run_study", [2], seen=seen, timeout=300)["data"]
+    heading, figure, markdown = browser.call("run_study", [2], seen=seen, timeout=300)["data"]
     *_, (_, direct) = list(study_iter(lm, replace(QUICK, max_prompts=2), load_prompts()))
     direct = json.loads(json.dumps(direct))
-    assert markdown.startswith("**Run here**: tiny-llama-3, 2 prompts") and markdown.endswith(study_table(direct))
+    assert heading.startswith("**Run here**: tiny-llama-3, 2 prompts") and markdown == study_table(direct)
     expected = study_figure(direct)["data"][0]
     assert figure["data"][0]["x"] == expected["x"] and figure["data"][0]["y"] == expected["y"]
     bars = [p["desc"] for m in seen if m.get("msg") == "progress" for p in m.get("progress_data") or []]
-    assert "study: 1 of 2 prompts done" in bars
+    assert bars[0] == "study: 0 of 2 prompts done" and "study: 1 of 2 prompts done" in bars  # a bar from the start
+    back = browser.call("show_bundled", [])["data"]  # and the bundled results come back without a reload
+    bundled = bundled_study()
+    assert back[0].startswith("**Bundled results**") and back[2] == study_table(bundled)
     for bad in (0, 6, 2.5):
         out = browser.call("run_study", [bad])["data"]
-        assert out[1].startswith("**Error:** study prompts: must be an integer in [1, 5]"), out[1]
+        assert out[2].startswith("**Error:** study prompts: must be an integer in [1, 5]"), out[1]
 
 
 def test_a_study_beyond_the_budget_is_refused_before_it_starts(live_server):
     url, fastapi_app = live_server(tiny_llama(seed=3), limits=Limits(max_forward_passes=300))
     out = PageClient(url, fastapi_app, "budget").call("run_study", [5])["data"]
-    assert out[1].startswith("**Error:** study prompts: 5 prompts need up to ") and "allows 300 per" in out[1]
+    assert out[2].startswith("**Error:** study prompts: 5 prompts need up to ") and "allows 300 per" in out[2]
