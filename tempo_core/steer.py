@@ -44,10 +44,17 @@ def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
     return tempo_events(lm, s, stop, prefix=prefix, force={step: [token]}, cooperative=cooperative)
 
 
+# A forward that carries other runs' rows (a server's batched tick) moves probabilities by a few millionths (up to
+# ~5e-6 measured): a stated threshold keeps this margin below the probability, so that a run at it selects the token
+# however its forwards are served.
+JOIN_MARGIN = 1e-5
+
+
 def joins_at(prob: float) -> float:
-    """The threshold to state for a token of probability `prob`: rounded DOWN to 4 decimals, so that a run at
-    the stated threshold really selects it (p >= threshold); 0.072846 -> 0.0728, never 0.073."""
-    return math.floor(prob * 1e4) / 1e4
+    """The threshold to state for a token of probability `prob`: `prob` less JOIN_MARGIN, rounded DOWN to 4
+    decimals, so that a run at the stated threshold really selects it (p >= threshold), batched or alone:
+    0.072846 -> 0.0728, 0.0357002 -> 0.0356 (never 0.0357, which a batched forward's 0.0356999859 misses)."""
+    return math.floor((prob - JOIN_MARGIN) * 1e4) / 1e4
 
 
 def lower_threshold_preview(original: Trace, step: int) -> list[dict]:
@@ -59,17 +66,25 @@ def lower_threshold_preview(original: Trace, step: int) -> list[dict]:
     capped    passed the run's threshold but the set was full (max_parallel_tokens): a lower threshold adds
               nothing, a larger cap does;
     by_hand   passed the run's threshold, but this step's set was chosen by hand ("continue from here");
-    joins     joins once the threshold is at or below `joins_at` (and the cap allows it)."""
+    joins     joins once the threshold is at or below `joins_at` (and the cap allows it).
+    eos       end of text passed the threshold but was dropped (not the most probable, or before min_steps); it
+              took a place in the set all the same (its probability is not recorded: `prob` None).
+    The sizes count that place: a set whose EOS was dropped held one token more than it shows."""
     st = original.steps[step]
     threshold = st.selection_threshold
     cap = int(original.settings.get("max_parallel_tokens", len(st.candidates)))
     forced = original.stats.get("forced_step") == step
     rows = [{"text": c.shown, "prob": c.prob, "kept": True, "status": "kept", "joins_at": None, "needs_cap": None}
             for c in st.candidates]
+    taken = len(st.candidates) + (1 if st.dropped_eos else 0)  # places the set used, the dropped EOS's included
     for j, a in enumerate(sorted(st.alternatives, key=lambda a: -a["prob"])):
-        size = len(st.candidates) + j + 1  # the set it joins holds every more probable token too
+        size = taken + j + 1  # the set it joins holds every more probable token too
         passed = a["prob"] >= threshold
         status = ("by_hand" if forced else "capped") if passed else "joins"
         rows.append({"text": a["text"], "prob": a["prob"], "kept": False, "status": status,
                      "joins_at": None if passed else joins_at(a["prob"]), "needs_cap": size if size > cap else None})
-    return sorted(rows, key=lambda r: -r["prob"])
+    rows.sort(key=lambda r: -r["prob"])
+    if st.dropped_eos:
+        rows.append({"text": "end of text (EOS)", "prob": None, "kept": False, "status": "eos", "joins_at": None,
+                     "needs_cap": None})
+    return rows

@@ -78,11 +78,17 @@ def what_if_lower(trace: Trace, node: str) -> str:
             fate = {"kept": "in the set",
                     "capped": f"passed the threshold, but the set was full (max_parallel_tokens = {cap}); a lower "
                               "threshold does not add it",
-                    "by_hand": "passed the threshold; this set was chosen by hand (continue from here)"}[r["status"]]
+                    "by_hand": "passed the threshold; this set was chosen by hand (continue from here)",
+                    "eos": "passed the threshold and was dropped (end of text ends a run only as the most probable "
+                           "token, after min_steps); it took a place in the set all the same"}[r["status"]]
         if r["needs_cap"]:
             fate += f"; it joins once max_parallel_tokens is {r['needs_cap']} or more"
-        lines.append(f"| {code(show_token(r['text']), in_table=True)} | {r['prob']:.4f} | {fate} |")
+        prob = "—" if r["prob"] is None else f"{r['prob']:.4f}"
+        token = r["text"] if r["status"] == "eos" else code(show_token(r["text"]), in_table=True)
+        lines.append(f"| {token} | {prob} | {fate} |")
     return (f"**Step {step} at lower thresholds** (this run: {trace.steps[step].selection_threshold:g}). A token joins "
-            f"the set once the threshold is at or below its probability (thresholds rounded down, so a run at the "
-            f"one shown selects it) and the set has room.\n\n| token | probability | |\n|---|---|---|\n"
+            f"the set once the threshold is at or below its probability and the set has room. Each threshold shown "
+            f"is 0.00001 below the probability, rounded down (a forward shared with other runs moves probabilities "
+            f"by a few millionths), so a run at it selects the token when the earlier steps are as they were here "
+            f"(a fresh run at a lower threshold may change them, and so this step).\n\n| token | probability | |\n|---|---|---|\n"
             + "\n".join(lines))

@@ -56,15 +56,28 @@ def score_prediction(st: Step, picked: list[str]) -> Reveal:
     return Reveal(marks, right, len(marks))
 
 
+def prediction_question(mode: str, st: Step) -> str:
+    """What the student is asked before a hidden step: in a greedy run (mode "default") which token is picked, in
+    the others which tokens pass the step's selection threshold."""
+    if mode == "default":
+        return f"**Step {st.step}: which token will greedy decoding pick?** Tick it, then press **Reveal**."
+    return (f"**Step {st.step}: which tokens pass the selection threshold {st.selection_threshold:g}?** Tick them, "
+            f"then press **Reveal**.")
+
+
 def reveal_markdown(st: Step, reveal: Reveal, score: Score) -> str:
-    """The reveal as a short list (it fits the narrow column of a phone or the form)."""
+    """The reveal as a short list (it fits the narrow column of a phone or the form). A kept token below the
+    threshold is the most probable one, kept alone because nothing passed: it says so."""
     lines = []
     for label, p, ok, ticked in reveal.marks:
         verdict = "✓" if ok == ticked else "✗"
         you = "you ticked it" if ticked else "you left it"
-        lines.append(f"- **{verdict}** `{label}` p = {p:.3f}: {'kept' if ok else 'not kept'} ({you})")
+        fate = "not kept" if not ok else ("kept" if p >= st.selection_threshold else
+                                          "kept: nothing passed the threshold, so the most probable token is kept")
+        lines.append(f"- **{verdict}** `{label}` p = {p:.3f}: {fate} ({you})")
     return (f"**Step {st.step}: {reveal.right} of {reveal.total} right** · running score {score}\n\n"
-            f"Threshold {st.selection_threshold:g}: every token at or above it is kept.\n\n" + "\n".join(lines))
+            f"Threshold {st.selection_threshold:g}: every token at or above it is kept (up to max_parallel_tokens); "
+            f"when none is, the most probable one is kept alone.\n\n" + "\n".join(lines))
 
 
 def reflection_question(trace: Trace, index: int) -> str:

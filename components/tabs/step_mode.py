@@ -14,7 +14,8 @@ from tempo_core import SettingsError, generate
 from tempo_core.config import echo_value
 from tempo_core.trace import rewind
 
-from ..figures.predict import prediction_choices, reflection_question, reveal_markdown, score_prediction
+from ..figures.predict import (prediction_choices, prediction_question, reflection_question, reveal_markdown,
+                               score_prediction)
 from ..figures.text import status_line
 from ..server.sessions import session_key
 from ..server.shared import Shared
@@ -171,8 +172,7 @@ class StepMode:
         st = trace.steps[-1]
         if predict and not run.done:
             run.hidden = True
-            ask = (f"{run.notice}**Step {st.step}: which tokens pass the selection threshold "
-                   f"{st.selection_threshold:g}?** Tick them, then press **Reveal**. (Score so far: {run.score})")
+            ask = f"{run.notice}{prediction_question(trace.mode, st)} (Score so far: {run.score})"
             run.notice = ""
             return {**out, **view.show(rewind(trace, len(trace.steps) - 2), ask, live=True), ui.reveal_md: "",
                     ui.question: "", ui.choices: gr.update(choices=prediction_choices(st), value=[], visible=True)}

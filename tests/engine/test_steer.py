@@ -7,7 +7,7 @@ from tiny import tiny_llama
 from tempo_core import build_settings, run
 from tempo_core.config import SettingsError
 from tempo_core.engine import tempo_events
-from tempo_core.steer import continue_from, lower_threshold_preview
+from tempo_core.steer import JOIN_MARGIN, continue_from, joins_at, lower_threshold_preview
 
 pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
@@ -133,15 +133,35 @@ def test_what_if_thresholds_are_the_ones_a_run_selects_at(lm):
                 assert r["prob"] >= st.selection_threshold and r["joins_at"] is None and r["needs_cap"] > 2
             if r["status"] != "joins":
                 continue
-            assert r["joins_at"] <= r["prob"] and r["prob"] - r["joins_at"] < 1e-4  # rounded down, never up
+            assert r["joins_at"] <= r["prob"] - JOIN_MARGIN and r["prob"] - r["joins_at"] < 1e-4 + JOIN_MARGIN
             cap = r["needs_cap"] or 2
             again = last(tempo_events(lm, s.replace(selection_threshold=r["joins_at"], max_parallel_tokens=cap,
                                                      max_tokens=st.step + 1), force=earlier))
             assert r["text"] in [c.text for c in again.steps[st.step].candidates]
             checked += 1
     assert checked >= 3 and capped >= 1
+    assert joins_at(0.0357002) == 0.0356 and joins_at(0.072846) == 0.0728  # a margin below, then rounded down
     # at a step chosen by hand, a token above the run's threshold is not said to need a lower one
     forced = last(continue_from(lm, trace, 1, len(trace.steps[1].candidates) - 1))
     rows = lower_threshold_preview(forced, 1)
     assert {r["status"] for r in rows if not r["kept"] and r["prob"] >= s.selection_threshold} <= {"by_hand"}
     assert any(r["status"] == "by_hand" for r in rows)
+
+
+def test_a_dropped_eos_counts_in_the_sets_size_and_is_listed(lm):
+    """Where end of text passed the threshold and was dropped (not first, or before min_steps), it took a place
+    among the max_parallel_tokens the engine selects before the drop (selection.split_eos): a near miss needs a cap
+    one larger than the set shows, a token the cap cut gets a cap too, and the view lists EOS."""
+    trace = run(lm, build_settings(dict(prompt="once upon a time", max_tokens=3, selection_threshold=0.02,
+                                        max_parallel_tokens=2)))
+    st = trace.steps[1]
+    st.dropped_eos = True
+    st.candidates = st.candidates[:1]  # the set as shown: one token, EOS dropped beside it
+    st.alternatives = [{"token_id": 7, "text": "x", "prob": st.selection_threshold + 0.01},
+                       {"token_id": 8, "text": "y", "prob": st.selection_threshold / 2}]
+    rows = {r["text"]: r for r in lower_threshold_preview(trace, 1)}
+    assert rows["x"]["status"] == "capped" and rows["x"]["needs_cap"] == 3  # token, EOS, then x
+    assert rows["y"]["status"] == "joins" and rows["y"]["needs_cap"] == 4
+    assert rows["end of text (EOS)"]["status"] == "eos" and rows["end of text (EOS)"]["prob"] is None
+    st.dropped_eos = False
+    assert lower_threshold_preview(trace, 1)[1]["needs_cap"] is None  # x alone beside the token fits cap 2

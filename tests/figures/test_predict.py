@@ -43,3 +43,20 @@ def test_reveal_and_reflection_say_what_happened(lm):
     assert f"Step {st.step}" in text and "3/8" in text and "not kept" in text
     question = reflection_question(trace, i)
     assert "share position" in question or "pruned" in question
+
+
+def test_a_token_kept_below_the_threshold_is_called_the_fallback_and_greedy_asks_for_its_pick(lm):
+    """At threshold 1 nothing passes: the most probable token is kept alone, and the reveal says so instead of
+    calling it a token at or above the threshold; a greedy run asks which token greedy decoding picks."""
+    from components.figures.predict import Score, prediction_question
+    trace = run(lm, settings(selection_threshold=1.0, max_tokens=3))
+    st = trace.steps[0]
+    top = st.candidates[0]
+    assert top.prob < 1.0 and len(st.candidates) == 1
+    text = reveal_markdown(st, score_prediction(st, []), Score())
+    line = next(line for line in text.splitlines() if f"p = {top.prob:.3f}" in line)
+    assert "nothing passed the threshold, so the most probable token is kept" in line
+    assert "which tokens pass the selection threshold 1?" in prediction_question("tempo", st)
+    greedy = run(lm, settings(mode="default", max_tokens=2))
+    assert "which token will greedy decoding pick?" in prediction_question("default", greedy.steps[0])
+    assert "threshold" not in prediction_question("default", greedy.steps[0])
