@@ -1,9 +1,12 @@
-"""The commitment strip: layers x steps under the tree, from a trace's `commitment` record (tempo_core/commitment.py).
+"""The commitment strip: layers x steps under the tree, from a trace's `commitment` record
+(tempo_core/analysis/commitment.py).
 
-Top: how much the merged logit lens at each layer already gives the token finally chosen (darker = more), with
-each step's commitment layer marked (a diamond; grey when the prediction settles only at the output). Bottom, for
-steps with siblings: the siblings' Jensen-Shannon divergence by layer and the layer where their predictions part.
-A plain figure dict, as views.py draws for the page's Plotly widget.
+Top: how much the merged logit lens at each layer already gives the output's top token, the most probable token of
+the distribution the next step is selected from (darker = more; not necessarily a token the run kept: the next set
+may hold others, pruning may remove it, and after the last step nothing is chosen), with each step's commitment
+layer marked (a diamond; grey when the prediction settles only at the output). Bottom, for steps with siblings: the
+siblings' Jensen-Shannon divergence by layer and the first layer from which their top-1 predictions differ through
+the output (layer 1: they never agree). A plain figure dict, for the page's Plotly widget.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ def commitment_strip(trace: Trace, step: int | None = None) -> dict:
     layers, rows = c["layers"], c["steps"]
     xs, ys = [x["step"] for x in rows], list(range(1, layers + 1))
     esc = lambda s: html.escape(s.replace("\n", "⏎"))  # noqa: E731
-    hover = [[f"step {x['step']} → {esc(x['token'])}<br>layer {layer}: p = {x['p_final'][layer - 1]:.3f}<br>lens: "
+    hover = [[f"step {x['step']}: output's top token {esc(x['token'])}<br>layer {layer}: p = "
+              f"{x['p_final'][layer - 1]:.3f}<br>lens: "
               + ", ".join(f"{esc(tok)} {p:.2f}" for tok, p in x["lens"][layer - 1]) for x in rows] for layer in ys]
     data: list[dict] = [
         {"type": "heatmap", "x": xs, "y": ys, "z": [[x["p_final"][layer - 1] for x in rows] for layer in ys],
          "zmin": 0, "zmax": 1, "colorscale": BLUES, "hovertext": hover, "hoverinfo": "text", "xaxis": "x",
-         "yaxis": "y", "colorbar": {"title": {"text": "p(final)"}, "len": 0.5, "y": 0.78, "thickness": 10}},
+         "yaxis": "y", "colorbar": {"title": {"text": "p(output top)"}, "len": 0.5, "y": 0.78, "thickness": 10}},
         _marks([x for x in rows if x["commit_layer"] < layers], "commit_layer", SETTLED, "commitment layer", "y"),
         _marks([x for x in rows if x["commit_layer"] == layers], "commit_layer", LATE, "settles only at the output",
                "y"),
@@ -47,7 +51,7 @@ def commitment_strip(trace: Trace, step: int | None = None) -> dict:
                   "hovertemplate": "step %{x}, layer %{y}<br>siblings' JS divergence %{z:.3f} nats<extra></extra>",
                   "colorbar": {"title": {"text": "JS"}, "len": 0.4, "y": 0.2, "thickness": 10}},
                  _marks([x for x in sets if x["part_layer"] is not None], "part_layer", PART,
-                        "siblings' predictions part", "y2")]
+                        "siblings' top-1 differ from here on", "y2")]
     mean = sum(x["commit_layer"] for x in rows) / len(rows)
     layout = {"template": "plotly_white", "uirevision": UIREVISION, "height": 400 if sets else 270,
               "margin": {"l": 50, "r": 10, "t": 40, "b": 70}, "hovermode": "closest",

@@ -1,7 +1,7 @@
 """Figures of a recorded trace as Plotly `Figure`s and HTML, for reports, the CLI and the research views.
 
-The figures themselves are built as plain dicts in `views.py` (what the live page streams); here they become
-validated `go.Figure`s. `tree_graph` is the tree as a networkx graph (nodes = candidates, edges = visibility).
+The figures themselves are built as plain dicts (tree.py, heatmap.py, curve.py: what the live page streams); here
+they become validated `go.Figure`s. `tree_graph` is the tree as a networkx graph (nodes = candidates, edges = visibility).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tempo_core.text import clean_token_ids
 from tempo_core.trace import Trace
 
 from .curve import curve_view
-from .faithfulness import faithfulness_figure
+from .commitment_strip import commitment_strip
+from .faithfulness import faithfulness_figure, threads_figure
 from .heatmap import heatmap_view
 from .style import main_path, seen_by_next_step
 from .text import text_view
@@ -74,11 +75,18 @@ def faithfulness_html(trace: Trace) -> str:
 
 
 def report_html(trace: Trace) -> str:
-    """One self-contained HTML file: settings, text and the three figures (plotly.js inlined once)."""
-    figs = [tree_figure(trace), attention_figure(trace), threshold_figure(trace)]
-    if trace.faithfulness:  # measured: its figure and its numbers
-        figs.append(faithfulness_figure(trace))
+    """One self-contained HTML file: settings, text and the figures the page shows of the run (plotly.js inlined
+    once): the tree with its commitment strip when measured, the heatmap and the curve, then, when measured, the
+    faithfulness section (its numbers, its figure and single-threadedness w)."""
+    figs = [tree_figure(trace)]
+    if trace.commitment:
+        figs.append(go.Figure(commitment_strip(trace)))
+    figs += [attention_figure(trace), threshold_figure(trace)]
     divs = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figs)]
+    if trace.faithfulness:  # measured: its numbers above its figures, after the run's own
+        divs.append(faithfulness_html(trace))
+        divs += [f.to_html(full_html=False, include_plotlyjs=False)
+                 for f in (faithfulness_figure(trace), threads_figure(trace))]
     esc = lambda v: html.escape(str(v), quote=True)  # noqa: E731 - every trace string is escaped
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in trace.settings.items() if k != "prompt")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>TEMPO report</title>"
@@ -86,7 +94,7 @@ def report_html(trace: Trace) -> str:
             f"opacity:.6}} .set{{background:#f3f0ff}} td{{padding:0 8px}}</style></head><body>"
             f"<h1>TEMPO run</h1><p><b>Model</b> {esc(trace.model)} · <b>mode</b> {esc(trace.mode)} · "
             f"<b>stop</b> {esc(trace.stop_reason)}</p><p><b>Prompt</b> {esc(trace.prompt)}</p>"
-            f"{text_html(trace)}{faithfulness_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table>"
+            f"{text_html(trace)}{''.join(divs)}<h2>Settings</h2><table>{rows}</table>"
             f"</body></html>")
 
 

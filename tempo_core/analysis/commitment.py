@@ -5,7 +5,8 @@ For every logical step t of a finished TEMPO or soft run, the rows of step t's s
 decoder layer l is read through the model's own final norm and lm_head: q_{l,i} = softmax(lm_head(norm(h_{l,i})) / T).
 The merged lens m_l = sum_i w_i q_{l,i} uses the siblings' renormalised probabilities, as the run's own mixture
 does, so m_L is exactly the distribution step t+1 was selected from. Recorded per step:
-  * `p_final[l]`: m_l's probability of the finally chosen token (argmax m_L);
+  * `p_final[l]`: m_l's probability of the output's top token (argmax m_L: the most probable token of the
+    distribution step t+1 is selected from; not necessarily kept by the run, and after the last step not chosen);
   * `commit_layer`: the first layer from which that token stays m's top-1 through the last layer (NDIF's
     commitment layer; equal to the number of layers when it settles only at the output);
   * `js[l]`: the siblings' generalised Jensen-Shannon divergence H(m_l) - sum_i w_i H(q_{l,i}) (nats; None for

@@ -147,6 +147,9 @@ def test_the_html_report_carries_the_measured_faithfulness():
     f = measured.faithfulness
     assert html.escape(faithfulness_line(f)) in report and f"{f['mean_kl']:.4f}" in report
     assert "Faithfulness —" in report  # its figure too
+    # the run's own figures first, then the faithfulness section: its numbers, its figure and w
+    assert report.index("Token tree") < report.index("<h2>Faithfulness</h2>") < report.index("Faithfulness —")
+    assert report.count('class="plotly-graph-div"') == 5  # tree, heatmap, curve, faithfulness, threads (w)
     assert "<h2>Faithfulness</h2>" not in report_html(recorded("greedy"))
     nan = Trace.from_dict({**measured.to_plain(), "faithfulness": {**f, "clean_ppl": None, "greedy_ppl": None}})
     assert "clean-text perplexity n/a (no text)" in report_html(nan)  # a run of no text still reports
@@ -162,3 +165,11 @@ def test_the_report_escapes_every_trace_string():
     page = report_html(trace)
     assert "<script>alert" not in page and "<img src=x" not in page
     assert "&lt;/script&gt;" in page
+
+
+def test_the_html_report_carries_the_commitment_strip_when_measured():
+    trace = run(tiny_llama(seed=3), build_settings({"prompt": "the cat", "max_tokens": 4, "selection_threshold": 0.05,
+                                                    "commitment": True}))
+    report = report_html(trace)
+    assert "Commitment strip" in report and report.count('class="plotly-graph-div"') == 4
+    assert report.index("Token tree") < report.index("Commitment strip")  # under the tree, as on the page
