@@ -17,7 +17,7 @@ from .engine import tempo_events
 from .events import StepEvent
 from .forward import ForwardRequest
 from .model import LoadedModel
-from .trace import Trace, rewind
+from .trace import Step, Trace, rewind
 
 
 def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
@@ -26,22 +26,56 @@ def continue_from(lm: LoadedModel, original: Trace, step: int, index: int,
     """Events of a run that repeats `original` up to `step`, keeps only candidate `index` there, and goes on
     (to the original's max_tokens, or `max_tokens`). The original trace is not changed. `cooperative`: as in
     engine.tempo_events (its steps are served with other runs')."""
-    if original.mode != "tempo":
-        raise SettingsError("mode", f"continue from here works on TEMPO runs, this one is {original.mode}")
     if not 0 <= step < len(original.steps) or not 0 <= index < len(original.steps[step].candidates):
         raise SettingsError("node", f"no candidate {step}:{index} in this run")
-    vocab = lm.model.get_input_embeddings().num_embeddings
-    for st in original.steps[:step + 1]:  # an uploaded trace may name tokens this model does not have
-        for i, c in enumerate(st.candidates):
-            if not 0 <= c.token_id < vocab:
-                raise SettingsError(f"steps[{st.step}].candidates[{i}].token_id",
-                                    f"{c.token_id} is not a token of {lm.name} (ids 0 to {vocab - 1})")
+    _check_steerable(lm, original, "continue from here", step)
     s = build_settings(original.settings)
     s = s.replace(max_tokens=max(step + 1, max_tokens or s.max_tokens))
     token = original.steps[step].candidates[index].token_id
     # seeded sigmoid pruning draws in step order: a resumed run would draw differently, so it starts over
     prefix = rewind(original, step - 1).steps if step > 0 and not s.use_sigmoid_threshold else None
     return tempo_events(lm, s, stop, prefix=prefix, force={step: [token]}, cooperative=cooperative)
+
+
+def rerun_at(lm: LoadedModel, original: Trace, step: int, threshold: float, stop: threading.Event | None = None,
+             cooperative: bool = False) -> Iterator[StepEvent | ForwardRequest]:
+    """Events of a run that repeats `original`'s steps before `step` as they were (their sets, their pruning, their
+    thresholds) and selects from `step` on at `threshold`: what "what if the threshold were lower here" promises,
+    which a fresh run at that threshold does not keep (its earlier sets change too). Recorded in `trace.stats` as
+    `rerun_step` and `rerun_threshold`."""
+    _check_steerable(lm, original, "rerun at a threshold", step)
+    s = build_settings({"selection_threshold": threshold}, build_settings(original.settings))
+    earlier = original.steps[:step]
+    # seeded sigmoid pruning draws in step order: a resumed run would draw differently, so it starts over forced
+    prefix = rewind(original, step - 1).steps if step > 0 and not s.use_sigmoid_threshold else None
+    force = {st.step: [c.token_id for c in st.candidates] for st in earlier} if step > 0 and prefix is None else None
+    return _as_recorded(tempo_events(lm, s, stop, prefix=prefix, force=force, cooperative=cooperative), earlier,
+                        {"rerun_step": step, "rerun_threshold": threshold})
+
+
+def _as_recorded(events: Iterator[StepEvent | ForwardRequest], earlier: list[Step], stats: dict
+                 ) -> Iterator[StepEvent | ForwardRequest]:
+    """`events`, their trace's first steps carrying the thresholds they were made at (`earlier`'s), and `stats`."""
+    for event in events:
+        if not isinstance(event, ForwardRequest):
+            for st, was in zip(event.trace.steps, earlier):
+                st.selection_threshold = was.selection_threshold
+            event.trace.stats.update(stats)
+        yield event
+
+
+def _check_steerable(lm: LoadedModel, original: Trace, what: str, step: int) -> None:
+    """A TEMPO run with a step `step`, whose tokens up to it are this model's (an upload may name others)."""
+    if original.mode != "tempo":
+        raise SettingsError("mode", f"{what} works on TEMPO runs, this one is {original.mode}")
+    if not 0 <= step < len(original.steps):
+        raise SettingsError("step", f"must be an integer in [0, {len(original.steps) - 1}], got {step}")
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    for st in original.steps[:step + 1]:
+        for i, c in enumerate(st.candidates):
+            if not 0 <= c.token_id < vocab:
+                raise SettingsError(f"steps[{st.step}].candidates[{i}].token_id",
+                                    f"{c.token_id} is not a token of {lm.name} (ids 0 to {vocab - 1})")
 
 
 # A forward that carries other runs' rows (a server's batched tick) moves probabilities by a few millionths (up to

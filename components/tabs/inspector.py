@@ -11,7 +11,7 @@ import gradio as gr
 from tempo_core import SettingsError, StepEvent, Trace, build_settings
 from tempo_core.config import TempoSettings
 from tempo_core.forward import ForwardRequest
-from tempo_core.steer import continue_from
+from tempo_core.steer import continue_from, rerun_at
 from tempo_core.stop import RunStop
 
 from ..figures.commitment_strip import commitment_strip
@@ -38,6 +38,10 @@ class TreeInspector:
                                           size="sm")
             self.what_if_btn = gr.Button("What if the threshold were lower here?", elem_id="what-if", size="sm")
         self.what_if = gr.Markdown("", elem_id="what-if-result")
+        with gr.Row():  # what the what-if table promises, run: the earlier steps kept, this step on at a threshold
+            self.rerun_threshold = gr.Number(None, label="Rerun from this step at threshold", minimum=0, maximum=1,
+                                             step=0.0001, elem_id="rerun-threshold", scale=2)
+            self.rerun_btn = gr.Button("Rerun (earlier steps as they were)", elem_id="rerun", size="sm", scale=1)
 
     def wire(self, stream: Stream, figure_tabs: gr.Tabs) -> None:
         """Listeners on the page's views; `stream` runs "continue from here" like any run. `figure_tabs` (the tabs
@@ -48,6 +52,9 @@ class TreeInspector:
         page.trace_arrived(self.continue_btn.click(self.continue_here, [page.trace, page.node_pick],
                                                    [*view.outputs, page.trace, page.arrived],
                                                    api_name="continue_from", **model))
+        page.trace_arrived(self.rerun_btn.click(self.rerun_here, [page.trace, page.node_pick, self.rerun_threshold],
+                                                [*view.outputs, page.trace, page.arrived], api_name="rerun_at",
+                                                **model))
         listen = {"api_visibility": "private", **self.shared.view_events}
         self.what_if_btn.click(self.what_if_lower, [page.trace, page.node_pick], self.what_if, **listen)
         # .input, not .change: a click already drew the tree and the details; only a pick from the list redraws
@@ -89,6 +96,32 @@ class TreeInspector:
         def events(s: TempoSettings, stop: RunStop) -> Iterator[StepEvent | ForwardRequest]:
             return continue_from(lm, original, step, index, stop, cooperative=True)
         yield from self.stream(request, settings, events, "continued")
+
+    def rerun_here(self, request: gr.Request, data: dict | None, node: str | None, threshold: Any
+                   ) -> Iterator[Outputs]:
+        """What if, run: the run's steps before the picked candidate's as they were, its step and the rest selected
+        at `threshold` (the original stays in Compare's history)."""
+        original = Trace.from_dict(data) if data else None
+        found = find_node(original, node) if original is not None and node else None
+        if found is None:
+            yield {self.page.view.status: "**Error:** pick a candidate in the tree first (click a node)"}
+            return
+        step = found[0]
+        lm, limits = self.shared.lm, self.shared.limits
+
+        def settings() -> TempoSettings:
+            if original.model != lm.name:
+                raise SettingsError("trace", f"made with {original.model}; this server runs {lm.name}")
+            if threshold is None:
+                raise SettingsError("rerun threshold", "must be a number in [0, 1] (the what-if table states them)")
+            s = build_settings({"selection_threshold": threshold}, build_settings(original.settings))
+            s = admit(lm, limits.fit(s), limits)  # within this server's caps, as continue from here
+            original.settings = s.to_dict()
+            return s
+
+        def events(s: TempoSettings, stop: RunStop) -> Iterator[StepEvent | ForwardRequest]:
+            return rerun_at(lm, original, step, s.selection_threshold, stop, cooperative=True)
+        yield from self.stream(request, settings, events, "rerun")
 
     def clicked_in_tree(self, data: dict | None, expanded: list | None, evt: gr.EventData) -> Outputs:
         """A candidate clicked in the tree: its details and pick (the page rings it itself)."""

@@ -7,7 +7,7 @@ from tiny import tiny_llama
 from tempo_core import build_settings, run
 from tempo_core.config import SettingsError
 from tempo_core.engine import tempo_events
-from tempo_core.steer import JOIN_MARGIN, continue_from, joins_at, lower_threshold_preview
+from tempo_core.steer import JOIN_MARGIN, continue_from, joins_at, lower_threshold_preview, rerun_at
 
 pytestmark = pytest.mark.floor  # also run on the oldest transformers allowed (make test-floor)
 
@@ -165,3 +165,35 @@ def test_a_dropped_eos_counts_in_the_sets_size_and_is_listed(lm):
     assert rows["end of text (EOS)"]["status"] == "eos" and rows["end of text (EOS)"]["prob"] is None
     st.dropped_eos = False
     assert lower_threshold_preview(trace, 1)[1]["needs_cap"] is None  # x alone beside the token fits cap 2
+
+
+def test_a_rerun_at_a_stated_threshold_keeps_the_earlier_steps_and_selects_the_token(lm):
+    """What if promises a token at a threshold with the earlier steps as they were; rerun_at is that run: it equals
+    a run from scratch at the lower threshold whose earlier sets are forced to the original's, keeps the earlier
+    steps (sets, pruning, thresholds) as they were, and selects the promised token at the step."""
+    s = build_settings(dict(prompt="once upon a time", max_tokens=7, selection_threshold=0.05,
+                            use_retroactive_pruning=True, attention_threshold=0.05))
+    trace = run(lm, s)
+    checked = 0
+    for st in trace.steps[1:]:
+        for r in lower_threshold_preview(trace, st.step):
+            if r["status"] != "joins" or r["needs_cap"]:
+                continue
+            again = last(rerun_at(lm, trace, st.step, r["joins_at"]))
+            assert r["text"] in [c.text for c in again.steps[st.step].candidates]
+            before = lambda x: [(c.token_id, c.pruned_at if c.pruned_at is not None and c.pruned_at < st.step  # noqa
+                                 else None) for c in x.candidates]  # the sets, and what pruning did before the step
+            for a, b in zip(trace.steps[:st.step], again.steps):
+                assert before(a) == before(b) and a.selection_threshold == b.selection_threshold == 0.05
+            earlier = {p.step: [c.token_id for c in p.candidates] for p in trace.steps[:st.step]}
+            scratch = last(tempo_events(lm, s.replace(selection_threshold=r["joins_at"]), force=earlier))
+            assert [[c.token_id for c in x.candidates] for x in again.steps] == \
+                   [[c.token_id for c in x.candidates] for x in scratch.steps]
+            assert again.stats["rerun_step"] == st.step and again.stats["rerun_threshold"] == r["joins_at"]
+            checked += 1
+            break
+    assert checked >= 2
+    with pytest.raises(SettingsError, match="selection_threshold"):
+        rerun_at(lm, trace, 1, 1.5)
+    with pytest.raises(SettingsError, match="step"):
+        rerun_at(lm, trace, 99, 0.01)

@@ -150,6 +150,24 @@ def test_continue_from_here_puts_the_engines_continued_trace_on_the_page(site, l
     assert frames[-1][site.page.view.text] == text_view(reference)
 
 
+
+def test_a_rerun_at_a_stated_threshold_puts_the_engines_rerun_on_the_page(site, lm):
+    """The what-if table's promise, run from the page: the earlier steps as they were, the step on at the stated
+    threshold; the page holds the trace the engine makes for it, and the promised token is in the step's set."""
+    from tempo_core.steer import lower_threshold_preview, rerun_at
+    original = finished(site, list(site.explore.run_stream(request("rerun"), **dict(FORM, max_tokens=10))))
+    trace = Trace.from_dict(original)
+    step, row = next((st.step, r) for st in trace.steps[1:] for r in lower_threshold_preview(trace, st.step)
+                     if r["status"] == "joins" and not r["needs_cap"])
+    frames = list(site.explore.inspector.rerun_here(request("rerun"), original, f"{step}:0", row["joins_at"]))
+    data = finished(site, frames)
+    assert same(data, last(rerun_at(lm, trace, step, row["joins_at"])))
+    assert row["text"] in [c["text"] for c in data["steps"][step]["candidates"]]
+    status = site.page.view.status
+    bad = list(site.explore.inspector.rerun_here(request("rerun"), original, f"{step}:0", 1.5))
+    assert bad[-1][status].startswith("**Error:** selection_threshold: must be")
+    assert "pick a candidate" in list(site.explore.inspector.rerun_here(request("rerun"), original, "", 0.1))[-1][status]
+
 def test_step_mode_builds_the_engines_trace_a_step_at_a_time(site, lm):
     req = request("stepper")
     form = dict(FORM, max_tokens=10)
