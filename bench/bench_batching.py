@@ -1,4 +1,4 @@
-"""Aggregate TEMPO steps/s with N runs at once: one forward per tick for all runs (batch.Batcher) against the
+"""Aggregate TEMPO steps/s with N runs at once: one forward per tick for all runs (serving.scheduler.Batcher) against the
 round robin it replaced (a forward per run per step: the same Batcher with a tick budget of one run's rows).
 
     python bench/bench_batching.py                              # embedded SmolLM2-135M, this machine

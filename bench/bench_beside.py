@@ -1,4 +1,4 @@
-"""A short run beside a long unit of model work, on the embedded model and one model thread (batch.Batcher).
+"""A short run beside a long unit of model work, on the embedded model and one model thread (serving.scheduler.Batcher).
 
     python bench/bench_beside.py [--long-tokens 8000] [--rounds 1]
 

@@ -30,7 +30,7 @@ def _positions(t: Trace, part: str) -> dict:
     st = t.steps[b]
     fig = one_panel(positions_figure(t, b).to_dict(), "x" if part == "positions" else "x2")
     fig["layout"]["title"]["text"] = (f"Step {b}: {len(st.candidates)} siblings at position {st.position}"
-                                      if part == "positions" else f"Step {b}: what its candidates may attend to")
+                                      if part == "positions" else f"Step {b}: what each candidate sees")
     first, k = st.candidates[0].row, len(st.candidates)
     # zoom in on the set and the tokens just before it (the whole prompt stays a drag away)
     fig["layout"].setdefault("xaxis", {})["range"] = [first - 10.5, first + k + 0.5]
