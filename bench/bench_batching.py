@@ -1,5 +1,5 @@
-"""Aggregate TEMPO steps/s with N runs at once: one forward per tick for all runs (serving.scheduler.Batcher) against the
-round robin it replaced (a forward per run per step: the same Batcher with a tick budget of one run's rows).
+"""Aggregate TEMPO steps/s with N runs at once: one forward per tick for all runs (serving.scheduler.Batcher) against
+the round robin it replaced (a forward per run per step: the same Batcher with a tick budget of one run's rows).
 
     python bench/bench_batching.py                              # embedded SmolLM2-135M, this machine
     python bench/bench_batching.py --random-config llama3b      # random weights, Llama-3.2-3B shape (GPU, bf16)

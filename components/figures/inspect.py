@@ -90,5 +90,6 @@ def what_if_lower(trace: Trace, node: str) -> str:
             f"the set once the threshold is at or below its probability and the set has room. Each threshold shown "
             f"is 0.00001 below the probability, rounded down (a forward shared with other runs moves probabilities "
             f"by a few millionths), so a run at it selects the token when the earlier steps are as they were here "
-            f"(a fresh run at a lower threshold may change them, and so this step).\n\n| token | probability | |\n|---|---|---|\n"
+            f"(a fresh run at a lower threshold may change them, and so this step).\n\n"
+            f"| token | probability | |\n|---|---|---|\n"
             + "\n".join(lines))

@@ -1,7 +1,8 @@
 """Figures of a recorded trace as Plotly `Figure`s and HTML, for reports, the CLI and the research views.
 
 The figures themselves are built as plain dicts (tree.py, heatmap.py, curve.py: what the live page streams); here
-they become validated `go.Figure`s. `tree_graph` is the tree as a networkx graph (nodes = candidates, edges = visibility).
+they become validated `go.Figure`s. `tree_graph` is the tree as a networkx graph (nodes = candidates, edges =
+visibility).
 """
 
 from __future__ import annotations

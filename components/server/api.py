@@ -171,10 +171,10 @@ def add_routes(api: FastAPI, lm: LoadedModel, slots: Slots, store: TraceStore, l
             "step_runs": len(stepped), "step_cache_bytes": stepped.cache_bytes, "step_cache_limit_bytes": stepped.max_bytes}
         if research is not None:
             paused |= {"research_active": research.active, "research_waiting": research.waiting}
-        if lm.runtime.kv_store:  # the batched runs' K/V store (tempo_core/runtime/kvstore.py), allocated up front once a run needed it
+        if lm.runtime.kv_store:  # the batched runs' K/V store (runtime/kvstore.py), made once a run needed it
             paused |= {"kv_store_bytes": lm.runtime.kv_store.nbytes, "kv_store_slots": lm.runtime.kv_store.slots,
                        "kv_store_slots_free": lm.runtime.kv_store.free_slots}
-        if lm.runtime.batch_graphs:  # captured batch forwards (tempo_core/serving/graphed.py), at most MAX_GRAPHS shapes
+        if lm.runtime.batch_graphs:  # captured batch forwards (serving/graphed.py), at most MAX_GRAPHS shapes
             paused |= {"batch_graphs": len(lm.runtime.batch_graphs.graphs)}
         if queue is not None:
             paused |= {"queue": queue()}

@@ -30,7 +30,10 @@ class FairShare:
     per_session: int = 24  # the page itself fires a run, a Step and its views' "trace arrived" hooks at once
     per_session_group: int = 8
     per_address: int = 48
-    grace_s: float = 5.0
+    # a browser opens its stream right after it joins, but on a busy machine (a phone, a loaded laptop, 30 pages
+    # drawing at once) that can take seconds: an event dropped while its page was still opening the stream would
+    # leave that page waiting forever. Waiting costs nothing but a place in the session's bounded share.
+    grace_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "FairShare":
@@ -71,9 +74,11 @@ class QueueWatch:
             stream.end()
 
     def stream_ended(self, session: str, reconnect_s: float = 0.5) -> None:
-        """A stream ended. Gradio ends one itself only once the session has nothing pending; if it still has events
-        `reconnect_s` later and no new stream, the client went away: drop them and stop their work (not after the
-        grace). The pause covers an event joined while Gradio was closing the stream of the one before."""
+        """A stream ended. Gradio ends one itself only once the session has nothing pending; if an event of the
+        session is still running `reconnect_s` later and no new stream, the client went away: drop it and stop its
+        work (not after the grace). Events still waiting are left to the grace: one joined while Gradio was closing
+        the stream of the one before is heard once the page opens its next stream, however long a busy machine
+        takes to do so."""
         self.streams[session] -= 1
         if self.streams[session] <= 0:
             del self.streams[session]
@@ -83,9 +88,9 @@ class QueueWatch:
     async def _gone_if_silent(self, session: str, ended: float) -> None:
         if self.listening(session):
             return
-        left = [e for e in self._events() if e.session_hash == session and e.enqueue_time <= ended]
+        left = [e for e in self._running() if e.session_hash == session and e.enqueue_time <= ended]
         if left:
-            log.info("a client left with %d event(s) pending: dropping them", len(left))
+            log.info("a client left with %d event(s) running: dropping them", len(left))
         for event in left:
             await self.queue.clean_events(event_id=event._id)
 

@@ -46,7 +46,7 @@ class SteppedRuns:
 
     def __init__(self, executor: Executor, batcher: Batcher, max_runs: int = 40, idle_s: float = 300.0, max_bytes: int | None = None,
                  bytes_of: Callable[[Trace], int] = lambda trace: 0, press_s: float | None = None):
-        """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (tempo_core.runtime.sizes.kv_cache_bytes).
+        """`bytes_of(trace)`: the KV cache a run holds once it has made `trace` (runtime.sizes.kv_cache_bytes).
         `press_s`: the time one press may take (a step, or the analyses after the last one): past it the run
         ends with stop_reason "time_limit", as a Generate run does at the server's time limit."""
         self.executor, self.batcher = executor, batcher

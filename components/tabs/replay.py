@@ -42,7 +42,8 @@ class Replay:
                                       elem_id="trace-upload")
                 with gr.Column():
                     self.downloads = gr.HTML("", elem_id="downloads")
-                    self.share = gr.Textbox(label="Link with the settings of the run on show (opens a fresh page with them)", interactive=False,
+                    self.share = gr.Textbox(label="Link with the settings of the run on show (opens a fresh page "
+                                                  "with them)", interactive=False,
                                             elem_id="share-link", buttons=["copy"])
         view, form = page.view, list(page.form.values())
         listen = {"api_visibility": "private", **shared.view_events}

@@ -121,7 +121,8 @@ class Research:
         self.sweep_btn.click(self.run_sweep, [self.sweep_thr], [self.sweep_plot, self.sweep_small, self.sweep_md],
                              inputs_kwargs=page.form, api_name="sweep", **shared.research_events)
         page.after_trace(After.RESEARCH, Hook(self.refresh, [page.trace], [self.faith_plot, self.threads_plot,
-                                                                       self.mask_step, self.mask_plot, self.rewind_pick]))
+                                                                       self.mask_step, self.mask_plot,
+                                                                       self.rewind_pick]))
         page.offer_rewind(self.rewind_pick, self.tabs, "rewind")  # a pruned candidate clicked on the page opens here
 
     def _layout(self) -> None:
@@ -217,7 +218,7 @@ class Research:
                 self.sweep_md: sweep_table(traces)}
 
     def run_study(self, prompts: Any, request: gr.Request, progress: gr.Progress = gr.Progress()) -> dict:
-        """The quick study (tempo_core/analysis/study.py QUICK) over the first `prompts` bundled prompts, on the research
+        """The quick study (analysis/study.py QUICK) over the first `prompts` bundled prompts, on the research
         thread within the server's budget and time limit (Stop and a closed tab end it too); a stopped study
         shows the prompts it finished."""
         try:

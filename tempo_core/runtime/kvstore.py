@@ -38,7 +38,8 @@ MIN_ROWS = 256  # a store whose slots hold fewer rows is not made
 
 class KVStore:
     """K and V of `slots` caches of up to `capacity` rows each, per layer: [slots + 1, kv_heads, capacity, head_dim].
-    The last slot (`scratch`) is never lent: a captured batch forward (serving/graphed.py) writes its pad blocks there."""
+    The last slot (`scratch`) is never lent: a captured batch forward (serving/graphed.py) writes its pad blocks
+    there."""
 
     def __init__(self, config: Any, slots: int, capacity: int, dtype: torch.dtype, device: torch.device):
         kv_heads, head_dim = kv_heads_and_dim(config)

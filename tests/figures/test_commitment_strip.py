@@ -36,7 +36,8 @@ def test_the_strip_is_the_commitment_record(trace):
     for layer in range(c["layers"]):
         assert js["z"][layer] == [x["js"][layer] if x["js"] is not None else None for x in c["steps"]]
     parted = [(x["step"], x["part_layer"]) for x in sets if x["part_layer"] is not None]
-    assert list(zip(marks["siblings' top-1 differ from here on"]["x"], marks["siblings' top-1 differ from here on"]["y"])) == parted
+    differ = marks["siblings' top-1 differ from here on"]
+    assert list(zip(differ["x"], differ["y"])) == parted
     mean = sum(x["commit_layer"] for x in c["steps"]) / len(c["steps"])
     assert f"layer {mean:.1f} of {c['layers']}" in fig["layout"]["title"]["text"]
     # the hover names the final token and the lens's top tokens at that layer

@@ -32,7 +32,7 @@ def test_lessons_name_the_recorded_runs_real_tokens():
     text = lesson_view(1)[0]
     for c in tempo.steps[b].candidates:
         assert f"({c.prob:.2f})" in text
-    assert first_pruned(tempo) is not None and "was pruned at step" in lesson_view(5)[0]
+    assert first_pruned(tempo) is not None and "was pruned after step" in lesson_view(5)[0]
     assert tempo.faithfulness and f"mean KL is {tempo.faithfulness['mean_kl']:.3f}" in lesson_view(7)[0]
     assert lesson_view(99)[2] == f"Lesson {len(LESSONS)} of {len(LESSONS)}"  # clamped
 

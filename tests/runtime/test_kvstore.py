@@ -1,5 +1,5 @@
-"""The K/V store batched runs keep their caches in (tempo_core/runtime/kvstore.py): a cache in a slot must give the model
-exactly what a plain DynamicCache gives it, through forwards of its own, crops, and moving out of a slot it
+"""The K/V store batched runs keep their caches in (tempo_core/runtime/kvstore.py): a cache in a slot must give the
+model exactly what a plain DynamicCache gives it, through forwards of its own, crops, and moving out of a slot it
 outgrows; two runs' slots never touch each other. (Batched runs in the store against their solo runs:
 tests/serving/test_batch.py, the `kv` fixture.)"""
 

@@ -47,7 +47,8 @@ def test_health_reports_the_kv_store_and_its_free_slots(lm, client):
 
 
 def test_health_counts_the_captured_batch_forwards(lm, client):
-    """The batch forwards of fixed shapes (serving/graphed.py, captured on CUDA, eager here) are counted: bounded memory."""
+    """The batch forwards of fixed shapes (serving/graphed.py, captured on CUDA, eager here) are counted: bounded
+    memory."""
     import threading
 
     from tempo_core import generate

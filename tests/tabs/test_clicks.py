@@ -75,7 +75,8 @@ def test_a_clicked_node_outlines_its_step_in_the_commitment_strip(built_page):
     trace = run(lm, build_settings({"prompt": "the cat", "max_tokens": 6, "selection_threshold": 0.05,
                                     "commitment": True}))
     data = trace.to_dict()
-    for out in (inspector.clicked_in_tree(data, [], click("4:0")), inspector.clicked(data, [], click("4:0", "tempo-text")),
+    for out in (inspector.clicked_in_tree(data, [], click("4:0")),
+                inspector.clicked(data, [], click("4:0", "tempo-text")),
                 inspector.show_node(data, "4:0", [])):
         fig = out[strip]
         assert [(s["x0"], s["x1"]) for s in fig["layout"]["shapes"]] == [(3.5, 4.5)]

@@ -69,8 +69,8 @@ def engine(trace: Trace) -> dict:
 
 
 # How the server fed a run, not what the run is: a prompt prefix copied from another run's cache, a prompt in
-# chunks (tempo_core/serving/, runtime/prefix.py). The trace's tokens, sets and pruning are the same; its numbers agree to
-# float rounding (the same rows computed in a forward of another shape).
+# chunks (tempo_core/serving/, runtime/prefix.py). The trace's tokens, sets and pruning are the same; its numbers
+# agree to float rounding (the same rows computed in a forward of another shape).
 SERVING_STATS = {"prompt_rows_reused", "tokens_processed", "forward_passes"}
 
 
@@ -166,7 +166,8 @@ def test_a_rerun_at_a_stated_threshold_puts_the_engines_rerun_on_the_page(site, 
     status = site.page.view.status
     bad = list(site.explore.inspector.rerun_here(request("rerun"), original, f"{step}:0", 1.5))
     assert bad[-1][status].startswith("**Error:** selection_threshold: must be")
-    assert "pick a candidate" in list(site.explore.inspector.rerun_here(request("rerun"), original, "", 0.1))[-1][status]
+    unpicked = list(site.explore.inspector.rerun_here(request("rerun"), original, "", 0.1))
+    assert "pick a candidate" in unpicked[-1][status]
 
 def test_step_mode_builds_the_engines_trace_a_step_at_a_time(site, lm):
     req = request("stepper")

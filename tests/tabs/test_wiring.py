@@ -14,7 +14,7 @@ def test_every_event_that_shows_a_trace_is_followed_by_every_hook(built_page, cl
     name = lambda f: getattr(f.fn, "__name__", "")  # noqa: E731
     producers = {i: name(f) for i, f in fns.items() if site.page.trace._id in {o._id for o in f.outputs}}
     producers = {i: n for i, n in producers.items() if n != "file_arrival"}  # Compare's hook reads, never shows
-    # Generate, Continue from here, Rerun at a threshold, three recorded examples, an upload, a stepped run that finished
+    # Generate, Continue from here, Rerun at a threshold, three recorded examples, an upload, a finished stepped run
     assert sorted(producers.values()) == sorted(["run_stream", "continue_here", "rerun_here", "<lambda>", "<lambda>",
                                                  "<lambda>", "load_trace", "arrived"])
     for i, producer in producers.items():
