@@ -32,7 +32,7 @@ def test_the_strip_is_the_commitment_record(trace):
     assert marks["settles only at the output"]["marker"]["color"] == LATE
     sets = [x for x in c["steps"] if x["js"] is not None]
     assert sets, "the threshold should make sets"
-    js = fig["data"][3]
+    js = next(d for d in fig["data"] if d["type"] == "heatmap" and d["yaxis"] == "y2")
     for layer in range(c["layers"]):
         assert js["z"][layer] == [x["js"][layer] if x["js"] is not None else None for x in c["steps"]]
     parted = [(x["step"], x["part_layer"]) for x in sets if x["part_layer"] is not None]
@@ -52,3 +52,24 @@ def test_a_clicked_step_is_outlined_and_a_run_without_record_says_what_to_do(tra
     bare = type(trace)(**{**trace.__dict__, "commitment": None})
     empty = commitment_strip(bare)
     assert empty["data"] == [] and NO_STRIP[2] in empty["layout"]["title"]["text"]
+
+
+
+def test_each_definition_of_commitment_is_computed_from_the_record(trace):
+    """Top-1, top-3 and p > 0.5 (NDIF Workbench's three): each step's layer recomputed here from the record's lens and
+    p_final, as the first layer from which the condition holds through the output. The strip draws top-1's and
+    names it in its title."""
+    from components.figures.commitment_strip import DEFINITIONS, OVER_HALF, TOP1, TOP3, commit_layers
+    c = trace.commitment
+
+    def first_from(holds):
+        return next((i + 1 for i in range(len(holds)) if all(holds[i:])), None)
+    expected = {TOP1: [x["commit_layer"] for x in c["steps"]],
+                TOP3: [first_from([x["token"] in [t for t, _ in lens] for lens in x["lens"]]) for x in c["steps"]],
+                OVER_HALF: [first_from([p > 0.5 for p in x["p_final"]]) for x in c["steps"]]}
+    assert expected[TOP1] == [first_from([lens[0][0] == x["token"] for lens in x["lens"]]) for x in c["steps"]]
+    for definition in DEFINITIONS:
+        assert commit_layers(c, definition) == expected[definition]
+    assert commitment_strip(trace)["layout"]["title"]["text"].startswith(f"Commitment strip ({TOP1})")
+    with pytest.raises(ValueError, match="definition"):
+        commit_layers(c, "top-2")

@@ -203,7 +203,7 @@ def test_soft_thinking_the_commitment_strip_and_the_study_in_a_real_browser(app_
         page.locator("#generate").click()
         expect(page.locator("#status")).to_contain_text("Done", timeout=RUN_MS)
         strip = page.locator("#commitment-strip")
-        expect(strip).to_contain_text("Commitment strip — predictions settle at layer", timeout=VIEW_MS)
+        expect(strip).to_contain_text("Commitment strip (top-1 and stays): predictions settle at", timeout=VIEW_MS)
         tempo = _download_trace(page, f"commitment-trace{'-phone' if phone else ''}.json")
         _open_tab(page, "Tree")
         drawn = _plot(page, "#commitment-strip")
