@@ -28,7 +28,7 @@ class FairShare:
     concurrency group such as the model's) and per client address; how long an event may wait for its session's
     stream before it is dropped."""
     per_session: int = 24  # the page itself fires a run, a Step and its views' "trace arrived" hooks at once
-    per_session_group: int = 8
+    per_session_group: int = 16  # a trace's arrival alone fires 3 queued hooks after its event
     per_address: int = 48
     # a browser opens its stream right after it joins, but on a busy machine (a phone, a loaded laptop, 30 pages
     # drawing at once) that can take seconds: an event dropped while its page was still opening the stream would

@@ -67,7 +67,7 @@ class TreeInspector:
         # output even when it sends nothing new, and a 200-step tree takes Plotly about a second
         view.tree.click(self.clicked_in_tree, [page.trace, page.expanded], click_outputs, **listen)
         view.tree.expand(self.expand_stretch, [page.trace, page.expanded], [view.tree, page.expanded], **listen)
-        page.after_trace(After.PICK, Hook(self.forget_pick, [], [self.details, self.what_if]))
+        page.after_trace(After.PICK, Hook(self.forget_pick, [], [self.details, self.what_if], queued=False))
 
     def forget_pick(self) -> Outputs:
         """A new trace is on show (the candidate list was emptied): nothing of the trace before stays described."""

@@ -76,10 +76,12 @@ class TraceView:
 
 @dataclass(frozen=True)
 class Hook:
-    """A listener a tab asks to run after another tab's event."""
+    """A listener a tab asks to run after another tab's event. `queued` False: it costs nothing (no model, no
+    figure), so it runs at once, outside the queue, taking none of the session's share of it."""
     fn: Callable[..., Any]
     inputs: list[Component]
     outputs: list[Component]
+    queued: bool = True
 
 
 class After(IntEnum):
@@ -152,7 +154,8 @@ class Page:
         for event in self._producers:
             done = event.then(first.fn, first.inputs, first.outputs, **view)
             for hook in rest:
-                done.then(hook.fn, hook.inputs, hook.outputs, **view)
+                done.then(hook.fn, hook.inputs, hook.outputs,
+                          **(view if hook.queued else {"api_visibility": "private", "queue": False}))
         self._producers.clear()
 
 
