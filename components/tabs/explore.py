@@ -36,12 +36,6 @@ log = logging.getLogger("tempo.app")
 # With many runs at once, each run's frames get rarer too (a class of 30: 1.5 s apart), so that drawing does not
 # take the server's cores from decoding.
 FRAMES = Pace(min_s=0.25, per_step_s=0.005, per_run_s=0.05, max_s=2.0)
-# On a narrow screen the form fills the first screens: after Generate (or Step, Play) the page scrolls to the status
-# line above the text and the tree, where the run shows, instead of leaving the person at a dimmed button.
-SCROLL_TO_STATUS = """() => { if (window.innerWidth < 700) {
-  const status = document.getElementById('status');
-  if (status) status.scrollIntoView({behavior: 'smooth', block: 'start'});
-} }"""
 RECORDED = (("greedy", "Greedy"), ("tempo", "TEMPO + pruning"), ("curve", "Threshold curve"))
 # the settings whose change redraws the threshold curve at once, before any run
 CURVE_FIELDS = ("dynamic_threshold", "dynamic_threshold_form", "attention_threshold", "final_threshold", "bezier_p1",
@@ -132,8 +126,6 @@ class Explore:
         model = {"show_progress": "hidden", **shared.model_events}
         quiet = {"queue": False, "api_visibility": "private"}
         self.run.click(shared.arm, None, None, **quiet)
-        for source in (self.run, self.step_controls.step, self.step_controls.play):  # a phone: to where the run shows
-            source.click(None, None, None, js=SCROLL_TO_STATUS, **quiet)
         self.run.click(lambda: [], None, page.expanded, **quiet)
         page.trace_arrived(self.run.click(self.run_stream, None, outputs, inputs_kwargs=form, api_name="generate",
                                           **model))

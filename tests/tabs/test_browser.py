@@ -419,10 +419,6 @@ def test_a_200_step_run_streams_stays_readable_and_compares(app_url, chromium):
     expect(phone.locator("input[aria-label='number input for Max tokens']")).to_have_value("200", timeout=VIEW_MS)
     assert phone.locator("#generate").bounding_box()["y"] < 844
     phone.locator("#generate").click()
-    # the page scrolls to where the run shows: the status line comes into the phone's screen
-    phone.wait_for_function("() => { const s = document.getElementById('status'); if (!s) return false; "
-                            "const r = s.getBoundingClientRect(); return r.top >= 0 && r.top < 400; }",
-                            timeout=VIEW_MS)
     expect(phone.locator("#status")).to_contain_text("Done", timeout=RUN_MS)
     phone.screenshot(path=str(ARTIFACTS / "phone-top.png"))
     phone.locator("#tempo-tree").scroll_into_view_if_needed()
